@@ -1,0 +1,34 @@
+# seq2seq-attn: install, lint and test. Everything lives in .venv/ inside the repository.
+PYTHON ?= python3
+# The torch requirement is installed before anything else so that pip never resolves an
+# unpinned torch (which would pull gigabytes of CUDA packages). Override: make install TORCH=...
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALL_STAMP := $(VENV)/.install-stamp
+TORCH_STAMP := $(VENV)/.torch-spec
+
+.PHONY: install lint test clean FORCE
+
+install: $(INSTALL_STAMP)
+
+# Rewritten only when the requested torch changes, so a new TORCH=... triggers a reinstall.
+$(TORCH_STAMP): FORCE
+	@mkdir -p $(VENV)
+	@echo '$(TORCH)' | cmp -s - $@ || echo '$(TORCH)' > $@
+
+$(INSTALL_STAMP): pyproject.toml $(TORCH_STAMP)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet '$(TORCH)'
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
+	HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
