@@ -1,0 +1,113 @@
+"""Config loading: every bad key, type or value is an error naming it and the fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from seq2seq_attn.config import (
+    ConfigError,
+    DecodeConfig,
+    TrainConfig,
+    apply_overrides,
+    from_mapping,
+    read_yaml,
+    to_yaml,
+)
+
+
+@dataclass
+class Outer:
+    """A nested section, to check dotted paths in messages."""
+
+    name: str = "run"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def test_values_are_typed_and_defaults_kept():
+    train = from_mapping(TrainConfig, {"lr": 1, "betas": [0.9, 0.99], "max_steps": None}, "train")
+    assert train.lr == 1.0 and isinstance(train.lr, float)
+    assert train.betas == (0.9, 0.99)
+    assert train.max_steps is None
+    assert train.schedule == TrainConfig().schedule
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"warmup_step": 10}, "train.warmup_step: unknown key; did you mean 'train.warmup_steps'?"),
+        ({"lr": "fast"}, "train.lr: expected a number, got 'fast'"),
+        ({"max_steps": True}, "train.max_steps: expected a whole number, got True"),
+        ({"validate_every": 1.5}, "train.validate_every: expected a whole number, got 1.5"),
+        (
+            {"schedule": "inverse-sqrt"},
+            "train.schedule: invalid value 'inverse-sqrt' (did you mean",
+        ),
+        ({"betas": [0.9]}, "train.betas: expected a list of 2 values, got [0.9]"),
+        ({"betas": 0.9}, "train.betas: expected a list, got 0.9"),
+        ({"lr": -1}, "train.lr: invalid value -1.0; use a positive learning rate"),
+        ({"accumulate_steps": 0}, "train.accumulate_steps: invalid value 0"),
+        ({"label_smoothing": 1.0}, "train.label_smoothing: invalid value 1.0"),
+    ],
+)
+def test_bad_train_values_name_the_key(values, message):
+    with pytest.raises(ConfigError) as error:
+        from_mapping(TrainConfig, values, "train")
+    assert message in str(error.value)
+
+
+def test_decode_limits_are_checked():
+    with pytest.raises(ConfigError, match=r"decode\.max_length: invalid value 3; it must exceed"):
+        from_mapping(DecodeConfig, {"min_length": 5, "max_length": 3}, "decode")
+    with pytest.raises(ConfigError, match=r"decode\.beam_size"):
+        from_mapping(DecodeConfig, {"beam_size": 0}, "decode")
+
+
+def test_nested_sections_report_full_paths():
+    with pytest.raises(ConfigError, match=r"^outer\.train\.lr: expected a number"):
+        from_mapping(Outer, {"train": {"lr": [1]}}, "outer")
+    with pytest.raises(ConfigError, match=r"^outer\.train: expected a mapping"):
+        from_mapping(Outer, {"train": 3}, "outer")
+
+
+def test_overrides_set_nested_values_parsed_as_yaml():
+    raw = {"train": {"lr": 0.1}}
+    result = apply_overrides(raw, ["train.lr=2e-3", "train.betas=[0.8, 0.9]", "decode.beam_size=4"])
+    assert result == {
+        "train": {"lr": 2e-3, "betas": [0.8, 0.9]},
+        "decode": {"beam_size": 4},
+    }
+    assert raw == {"train": {"lr": 0.1}}  # the input is left alone
+    with pytest.raises(ConfigError, match=r"expected section\.key=value"):
+        apply_overrides(raw, ["train.lr"])
+    with pytest.raises(ConfigError, match="'lr' holds a value, not a section"):
+        apply_overrides(raw, ["train.lr.x=1"])
+
+
+def test_read_yaml_errors_name_file_and_line(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train:\n  lr: 0.1\n  betas: [0.9, 0.98\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"broken\.yaml:line \d+, column \d+: invalid YAML"):
+        read_yaml(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="expected a mapping of sections"):
+        read_yaml(listing)
+    with pytest.raises(ConfigError, match=r"missing\.yaml: config file not found"):
+        read_yaml(tmp_path / "missing.yaml")
+
+
+def test_yaml_round_trip(tmp_path):
+    original = Outer(name="x", train=TrainConfig(lr=0.01, betas=(0.8, 0.9), max_minutes=5.0))
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(original), encoding="utf-8")
+    assert from_mapping(Outer, read_yaml(path), "outer") == original
+
+
+def test_yaml_exponent_floats_are_numbers(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("train:\n  lr: 5e-4\n  warmup_steps: 10\n  max_minutes: 1.5E+1\n")
+    train = from_mapping(TrainConfig, read_yaml(path)["train"], "train")
+    assert (train.lr, train.warmup_steps, train.max_minutes) == (5e-4, 10, 15.0)
+    assert isinstance(train.warmup_steps, int)
