@@ -1,0 +1,112 @@
+"""Checkpoint files: atomic writes of plain data and safe loads that never run pickled code.
+
+A checkpoint holds only tensors and plain Python data (dict, list, tuple, str, int, float, bool,
+None), so every load can use ``torch.load(..., weights_only=True)``: a file carrying pickled
+objects is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+PLAIN_TYPES = (str, int, float, bool, type(None), torch.Tensor)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, truncated, corrupt or unsafe; the message names the file."""
+
+
+def check_plain(value: object, where: str = "checkpoint") -> None:
+    """Raise ``TypeError`` naming the first entry that is not a tensor or plain Python data."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str | int):
+                raise TypeError(f"{where}: key {key!r} is not a string or integer")
+            check_plain(item, f"{where}[{key!r}]")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            check_plain(item, f"{where}[{index}]")
+    elif not isinstance(value, PLAIN_TYPES):
+        raise TypeError(
+            f"{where} holds a {type(value).__name__}; checkpoints hold only tensors and plain "
+            "Python data so that they load with weights_only=True"
+        )
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write ``state`` to ``path`` atomically: temporary file, fsync, rename, fsync directory.
+
+    A crash or kill at any moment leaves either the previous file or the new one, never a
+    partial file. The state is checked to be plain data first, so it always loads safely.
+    """
+    check_plain(state)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Persist a rename in ``directory`` (a no-op where directories cannot be opened)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint`, with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or corrupt, or carries pickled Python
+            objects (refused without running them).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(error))
+        if found is None:  # bytes the safe unpickler cannot read at all
+            raise _corrupt(path, error) from None
+        raise CheckpointError(
+            f"{path}: refused: the file contains pickled Python objects ({found.group(1)}), not "
+            "only tensors and plain data. It was not written by seq2seq-attn or has been "
+            "tampered with; nothing in it was executed."
+        ) from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as error:
+        raise _corrupt(path, error) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a seq2seq-attn checkpoint (top level is not a dict)")
+    return state
+
+
+def _corrupt(path: Path, error: Exception) -> CheckpointError:
+    """The error for a checkpoint that cannot be read back, with torch's first line of detail."""
+    detail = str(error).split("\n")[0] or type(error).__name__
+    return CheckpointError(
+        f"{path}: truncated or corrupt checkpoint ({detail}); use another checkpoint of the run "
+        "(last.pt, best.pt or a numbered one)"
+    )
