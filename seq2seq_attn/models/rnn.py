@@ -224,8 +224,9 @@ class AttentionDecoder(nn.Module, ABC):
         embedded = self.dropout(self.embed(tgt_in))  # (B, T, E)
         ahead = self.rnn.ahead_proj(embedded)  # (B, T, G): one matmul for every step
         features, weights = [], []
-        for position in range(tgt_in.size(1)):
-            step_features, state, step_weights = self._step(ahead[:, position], state)
+        # unbind, not ahead[:, t]: its backward is one stack, not T zero-filled (B, T, G) grads
+        for ahead_gates in ahead.unbind(dim=1):  # T x (B, G)
+            step_features, state, step_weights = self._step(ahead_gates, state)
             features.append(step_features)
             weights.append(step_weights)
         outputs = self._readout(torch.stack(features, dim=1), embedded)  # (B, T, O)

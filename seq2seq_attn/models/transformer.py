@@ -195,7 +195,9 @@ class Transformer(Seq2Seq):
             elif param.dim() == 2:
                 nn.init.xavier_uniform_(param)
 
-    def _embed(self, embed: Embeddings, positions: PositionalEncoding, tokens: Tensor, offset=0):
+    def _embed(
+        self, embed: Embeddings, positions: PositionalEncoding, tokens: Tensor, offset: int = 0
+    ) -> Tensor:
         """Scaled embeddings plus positions, with dropout: ``(B, T) -> (B, T, D)``."""
         embedded = embed(tokens) + positions(tokens.size(1), offset)  # (B, T, D)
         return self.dropout(embedded)
