@@ -46,6 +46,15 @@ KINDS = {
 kinds = pytest.mark.parametrize("kind", list(KINDS))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, which also keeps them steady on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make(kind: str, seed: int = 0, joint: bool = False) -> Seq2Seq:
     """A seeded model of ``kind`` in eval mode."""
     torch.manual_seed(seed)
@@ -105,7 +114,7 @@ def test_attention_is_a_distribution_over_real_source_tokens(kind):
 
 
 @kinds
-def test_trains_under_bf16_autocast(kind):
+def test_trains_and_decodes_under_bf16_autocast(kind):
     model = make(kind).train()
     src, src_mask, tgt_in, _ = padded_batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -114,6 +123,10 @@ def test_trains_under_bf16_autocast(kind):
     logits.float().logsumexp(-1).mean().backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        incremental, attention = decode_incrementally(model.eval(), src, src_mask, tgt_in)
+    assert incremental.dtype == torch.bfloat16 and torch.isfinite(incremental).all()
+    assert torch.isfinite(attention).all()
 
 
 def test_models_use_the_projects_attention_not_torchs():
