@@ -63,7 +63,7 @@ class TransformerConfig:
     norm_position: str = "pre"  # pre | post (layer norm before or after each residual block)
     positional: str = "sinusoidal"  # sinusoidal | learned
     activation: str = "relu"  # relu | gelu
-    tie_embeddings: bool = True  # target embedding = output projection (+ source when joint)
+    tie_embeddings: bool = True  # output projection = target embedding (= source when joint)
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_heads", "encoder_layers", "decoder_layers", "ff_size"):

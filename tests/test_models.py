@@ -232,9 +232,7 @@ def transformer_parameter_count(config: ModelConfig, src_vocab: int, tgt_vocab: 
     layers += t.decoder_layers * (2 * attention + feed_forward + 3 * norm)
     final_norms = 2 * norm if t.norm_position == "pre" else 0
     positions = 2 * config.max_positions * d if t.positional == "learned" else 0
-    embeddings = tgt_vocab * d
-    if not (joint and t.tie_embeddings):
-        embeddings += src_vocab * d
+    embeddings = tgt_vocab * d if joint else (src_vocab + tgt_vocab) * d
     if not t.tie_embeddings:
         embeddings += tgt_vocab * d  # the output projection
     return layers + final_norms + positions + embeddings
@@ -253,7 +251,7 @@ def test_tied_weights_are_one_tensor_counted_once(kind, joint, tie):
         model.src_embed.weight,
     )
     assert (output.data_ptr() == tgt_embed.data_ptr()) == tie
-    assert (src_embed.data_ptr() == tgt_embed.data_ptr()) == (joint and tie)
+    assert (src_embed.data_ptr() == tgt_embed.data_ptr()) == joint
     assert model.num_parameters() == transformer_parameter_count(config, SRC_VOCAB, vocab, joint)
 
 

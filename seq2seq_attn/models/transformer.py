@@ -173,8 +173,7 @@ class Transformer(Seq2Seq):
         self.max_positions = opts.max_positions
         d_model = opts.d_model
         self.tgt_embed = Embeddings(tgt_vocab_size, d_model, scale=True)
-        share_src = joint and opts.tie_embeddings
-        self.src_embed = self.tgt_embed if share_src else Embeddings(src_vocab_size, d_model, True)
+        self.src_embed = self.tgt_embed if joint else Embeddings(src_vocab_size, d_model, True)
         self.src_positions = PositionalEncoding(d_model, opts.max_positions, opts.learned_positions)
         self.tgt_positions = PositionalEncoding(d_model, opts.max_positions, opts.learned_positions)
         self.dropout = nn.Dropout(opts.dropout)
