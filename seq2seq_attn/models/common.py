@@ -1,0 +1,174 @@
+"""What both model families share: embeddings, positions, the encoder output and the protocol.
+
+Decoding and training code talk to a model only through :class:`Seq2Seq` (``encode``,
+``init_state``, ``decode_step``, ``forward``, ``attention_maps``) and to a decoder state only
+through :class:`DecoderState` (``select``), so they never need to know which family they hold.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+
+def select_rows(tensor: Tensor | None, batch_indices: Tensor) -> Tensor | None:
+    """``tensor.index_select(0, batch_indices)``, passing ``None`` through."""
+    return None if tensor is None else tensor.index_select(0, batch_indices)
+
+
+@dataclass
+class EncoderOutput:
+    """What a decoder reads from the encoder, batch-first.
+
+    Attributes:
+        states: ``(B, S, D)`` encoder states (the attention memory).
+        mask: ``(B, S)`` boolean, ``True`` at real source tokens (may attend).
+        final: ``(B, F)`` a summary of the whole sentence (the RNN's final states, which its
+            bridge turns into the decoder's first state), or ``None`` when a family has none.
+    """
+
+    states: Tensor
+    mask: Tensor
+    final: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        """Number of sentences ``B``."""
+        return self.states.size(0)
+
+    def select(self, batch_indices: Tensor) -> EncoderOutput:
+        """A new output holding rows ``batch_indices`` (``(B',)`` long) in that order."""
+        return EncoderOutput(
+            states=self.states.index_select(0, batch_indices),
+            mask=self.mask.index_select(0, batch_indices),
+            final=select_rows(self.final, batch_indices),
+        )
+
+    def repeat_interleave(self, repeats: int) -> EncoderOutput:
+        """Each sentence ``repeats`` times in a row (``B -> B * repeats``), e.g. for beams."""
+        indices = torch.arange(self.batch_size, device=self.states.device)
+        return self.select(indices.repeat_interleave(repeats))
+
+
+StateT = TypeVar("StateT", bound="DecoderState")
+
+
+class DecoderState(Protocol):
+    """Everything a decoder carries between steps (caches, recurrent state, encoder memory).
+
+    Beam search reorders and shrinks it with :meth:`select` and nothing else.
+    """
+
+    def select(self: StateT, batch_indices: Tensor) -> StateT:
+        """A new state holding batch rows ``batch_indices`` (``(B',)`` long, repeats allowed)
+        in that order; every tensor is index-selected on its batch axis, ``self`` is left as
+        it was."""
+        ...
+
+
+class Seq2Seq(nn.Module, ABC):
+    """An encoder-decoder translation model: the one interface that search and training use.
+
+    Shapes: ``src`` ``(B, S)`` and ``tgt_in`` ``(B, T)`` token ids; ``src_mask`` ``(B, S)``
+    boolean with ``True`` at real tokens. ``tgt_in`` starts with BOS and may end in padding
+    (logits at padded positions are to be ignored by the loss).
+    """
+
+    max_positions: int | None = None
+    """Longest source or target (in tokens) the model accepts; ``None``: no limit."""
+
+    @abstractmethod
+    def encode(self, src: Tensor, src_mask: Tensor) -> EncoderOutput:
+        """Run the encoder over a padded source batch."""
+
+    @abstractmethod
+    def init_state(self, encoder_output: EncoderOutput) -> DecoderState:
+        """The decoder state before the first target token (nothing decoded yet)."""
+
+    @abstractmethod
+    def decode_step(
+        self, prev_tokens: Tensor, state: DecoderState
+    ) -> tuple[Tensor, DecoderState, Tensor]:
+        """One incremental decoding step.
+
+        Args:
+            prev_tokens: ``(B,)`` the previous target token of every row (BOS at the start).
+            state: from :meth:`init_state` or the previous step. It may be updated in place
+                (caches grow); use only the returned state afterwards.
+
+        Returns:
+            ``(logits (B, V), new state, attention (B, S))``; the attention is this step's
+            alignment over source positions (the Transformer's: its last decoder layer,
+            averaged over heads).
+        """
+
+    @abstractmethod
+    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits ``(B, T, V)`` for the next token after each ``tgt_in`` token."""
+
+    @abstractmethod
+    def attention_maps(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced attention weights for plots, ``(B, L, H, T, S)``: every decoder
+        layer ``L`` and head ``H`` that attends to the source (``L = H = 1`` for an RNN)."""
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of parameters; a tensor shared by several modules (tied weights) counts once."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+class Embeddings(nn.Module):
+    """Token embeddings, optionally multiplied by ``sqrt(dim)`` (Vaswani et al., 2017, 3.4)."""
+
+    def __init__(self, vocab_size: int, dim: int, scale: bool = False) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, dim)
+        self.scale = math.sqrt(dim) if scale else 1.0
+
+    @property
+    def weight(self) -> nn.Parameter:
+        """The ``(V, D)`` embedding matrix (what an output projection ties to)."""
+        return self.embedding.weight
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """``(B, T) -> (B, T, D)``."""
+        embedded = self.embedding(tokens)
+        return embedded * self.scale if self.scale != 1.0 else embedded
+
+
+def sinusoid_table(max_positions: int, dim: int) -> Tensor:
+    """Vaswani et al.'s encodings: ``sin`` at even and ``cos`` at odd features, ``(P, D)``."""
+    positions = torch.arange(max_positions, dtype=torch.float32).unsqueeze(1)  # (P, 1)
+    rates = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    angles = positions * rates  # (P, ceil(D/2))
+    table = torch.zeros(max_positions, dim)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : dim // 2])
+    return table
+
+
+class PositionalEncoding(nn.Module):
+    """Position vectors for positions ``offset .. offset + length - 1``: fixed sinusoids or a
+    learned table of ``max_positions`` rows."""
+
+    def __init__(self, dim: int, max_positions: int, learned: bool = False) -> None:
+        super().__init__()
+        self.max_positions = max_positions
+        self.learned = nn.Embedding(max_positions, dim) if learned else None
+        if self.learned is None:
+            self.register_buffer("table", sinusoid_table(max_positions, dim), persistent=False)
+
+    def forward(self, length: int, offset: int = 0) -> Tensor:
+        """``(length, D)`` encodings, to be added to ``(B, length, D)`` embeddings."""
+        if offset + length > self.max_positions:
+            raise ValueError(
+                f"sequence of {offset + length} positions is longer than model.max_positions "
+                f"({self.max_positions}); shorten it or raise model.max_positions"
+            )
+        if self.learned is not None:
+            return self.learned.weight[offset : offset + length]
+        return self.table[offset : offset + length]

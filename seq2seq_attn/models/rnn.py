@@ -1,0 +1,326 @@
+"""Recurrent encoder-decoders with attention: Bahdanau et al. (2015) and Luong et al. (2015).
+
+The encoder is a (bi)directional GRU/LSTM over packed sequences, so padding never changes a
+sentence's states. The decoders step a GRU/LSTM stack by hand so that the work that does not
+depend on the previous step is done once, outside the time loop: the key projections of the
+attention (once per sentence, kept in :class:`RNNState`), the embedding half of the first
+layer's input matmul and the output projection (once per batch in teacher forcing).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ..attention import build_score, softmax_attention
+from .common import Embeddings, EncoderOutput, Seq2Seq, select_rows
+
+
+@dataclass
+class RNNOptions:
+    """Hyperparameters of one RNN model (mirrors ``model.rnn`` plus the shared dropout).
+
+    ``hidden_size`` is the decoder state size and the encoder output size (a bidirectional
+    encoder runs ``hidden_size // 2`` units per direction).
+    """
+
+    cell: str = "gru"
+    embedding_size: int = 256
+    hidden_size: int = 512
+    encoder_layers: int = 1
+    decoder_layers: int = 1
+    bidirectional: bool = True
+    decoder: str = "bahdanau"
+    luong_score: str = "general"
+    attention_size: int = 512
+    dropout: float = 0.1
+
+    @property
+    def num_gates(self) -> int:
+        """Gate blocks in a layer's input/hidden matmuls: 3 for a GRU, 4 for an LSTM."""
+        return 4 if self.cell == "lstm" else 3
+
+
+class RNNEncoder(nn.Module):
+    """Embeddings and a GRU/LSTM stack over packed sequences."""
+
+    def __init__(self, opts: RNNOptions, embed: Embeddings) -> None:
+        super().__init__()
+        self.embed = embed
+        self.dropout = nn.Dropout(opts.dropout)
+        directions = 2 if opts.bidirectional else 1
+        rnn_class = nn.LSTM if opts.cell == "lstm" else nn.GRU
+        self.rnn = rnn_class(
+            opts.embedding_size,
+            opts.hidden_size // directions,
+            num_layers=opts.encoder_layers,
+            batch_first=True,
+            bidirectional=opts.bidirectional,
+            dropout=opts.dropout if opts.encoder_layers > 1 else 0.0,
+        )
+        self.directions = directions
+        self.lstm = opts.cell == "lstm"
+
+    def forward(self, src: Tensor, src_mask: Tensor) -> EncoderOutput:
+        """``src`` ``(B, S)`` -> states ``(B, S, hidden)``, final ``(B, hidden [*2 for LSTM])``.
+
+        Every sentence needs at least one real token.
+        """
+        embedded = self.dropout(self.embed(src))  # (B, S, E)
+        lengths = src_mask.sum(dim=1).cpu()  # (B,)
+        packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
+        outputs, final = self.rnn(packed)
+        states, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
+        finals = final if self.lstm else (final,)  # LSTM: (h, c); GRU: h
+        summary = torch.cat([self._top_layer(f) for f in finals], dim=-1)
+        return EncoderOutput(states=self.dropout(states), mask=src_mask, final=summary)
+
+    def _top_layer(self, final: Tensor) -> Tensor:
+        """``(layers * directions, B, Hd)`` -> top layer, directions side by side, ``(B, H)``."""
+        top = final[-self.directions :]  # (directions, B, Hd)
+        return top.transpose(0, 1).reshape(top.size(1), -1)  # (B, directions * Hd)
+
+
+class DecoderRNN(nn.Module):
+    """A GRU/LSTM stack stepped one position at a time.
+
+    The first layer's input is ``[ahead; step]``: ``ahead`` (the embedding) is known for every
+    step in advance, so its matmul (:attr:`ahead_proj`, with the input bias) can run for all
+    positions at once; ``step`` (a context or the input-feeding vector) is known only at the
+    step. The gate maths is PyTorch's ``GRUCell`` / ``LSTMCell``.
+    """
+
+    def __init__(self, opts: RNNOptions, ahead_size: int, step_size: int) -> None:
+        super().__init__()
+        gates, hidden = opts.num_gates * opts.hidden_size, opts.hidden_size
+        self.lstm = opts.cell == "lstm"
+        self.ahead_proj = nn.Linear(ahead_size, gates)
+        self.step_proj = nn.Linear(step_size, gates, bias=False)
+        self.input_projs = nn.ModuleList(
+            nn.Linear(hidden, gates) for _ in range(opts.decoder_layers - 1)
+        )
+        self.hidden_projs = nn.ModuleList(
+            nn.Linear(hidden, gates) for _ in range(opts.decoder_layers)
+        )
+        self.dropout = nn.Dropout(opts.dropout)
+
+    def forward(
+        self, ahead_gates: Tensor, step_input: Tensor, hidden: Tensor, cell: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """One step: ``ahead_gates`` ``(B, G)`` from :attr:`ahead_proj`, ``step_input``
+        ``(B, X)``, ``hidden``/``cell`` ``(B, L, H)`` -> new ``(hidden, cell)``."""
+        input_gates = ahead_gates + self.step_proj(step_input)  # (B, G)
+        new_hidden, new_cell = [], []
+        for layer, hidden_proj in enumerate(self.hidden_projs):
+            if layer > 0:
+                below = self.dropout(new_hidden[-1])  # (B, H)
+                input_gates = self.input_projs[layer - 1](below)
+            hidden_gates = hidden_proj(hidden[:, layer])  # (B, G)
+            if self.lstm:
+                h, c = lstm_gates(input_gates, hidden_gates, cell[:, layer])
+                new_cell.append(c)
+            else:
+                h = gru_gates(input_gates, hidden_gates, hidden[:, layer])
+            new_hidden.append(h)
+        return torch.stack(new_hidden, 1), torch.stack(new_cell, 1) if self.lstm else None
+
+
+def gru_gates(input_gates: Tensor, hidden_gates: Tensor, hidden: Tensor) -> Tensor:
+    """GRU update from ``W_i x + b_i`` and ``W_h h + b_h`` (both ``(B, 3H)``) -> ``(B, H)``."""
+    i_r, i_z, i_n = input_gates.chunk(3, dim=-1)
+    h_r, h_z, h_n = hidden_gates.chunk(3, dim=-1)
+    reset = torch.sigmoid(i_r + h_r)
+    update = torch.sigmoid(i_z + h_z)
+    candidate = torch.tanh(i_n + reset * h_n)
+    return candidate + update * (hidden - candidate)  # (1 - z) * n + z * h
+
+
+def lstm_gates(input_gates: Tensor, hidden_gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
+    """LSTM update from ``W_i x + b_i`` and ``W_h h + b_h`` (both ``(B, 4H)``) -> ``(h, c)``."""
+    i, f, g, o = (input_gates + hidden_gates).chunk(4, dim=-1)
+    new_cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(new_cell), new_cell
+
+
+@dataclass
+class RNNState:
+    """Decoder state between steps; every tensor is batch-first."""
+
+    memory: Tensor  # (B, S, H) encoder states: the attention values
+    keys: Tensor  # (B, S, K) the attention score's projected keys
+    src_mask: Tensor  # (B, S) True at real source tokens
+    hidden: Tensor  # (B, L, H)
+    cell: Tensor | None  # (B, L, H), LSTM only
+    feed: Tensor | None  # (B, H) Luong's previous attentional state; None for Bahdanau
+
+    def select(self, batch_indices: Tensor) -> RNNState:
+        """A new state holding rows ``batch_indices`` of every tensor."""
+        return RNNState(
+            memory=self.memory.index_select(0, batch_indices),
+            keys=self.keys.index_select(0, batch_indices),
+            src_mask=self.src_mask.index_select(0, batch_indices),
+            hidden=self.hidden.index_select(0, batch_indices),
+            cell=select_rows(self.cell, batch_indices),
+            feed=select_rows(self.feed, batch_indices),
+        )
+
+
+class AttentionDecoder(nn.Module, ABC):
+    """What both attentional decoders share: bridge, attention over the memory, time loop.
+
+    Subclasses define :meth:`_step` (one position, from the embedding's precomputed gates to the
+    features that predict the next token) and :meth:`_readout` (features -> output vector).
+    """
+
+    def __init__(self, opts: RNNOptions, embed: Embeddings, score: str, step_size: int) -> None:
+        super().__init__()
+        self.opts = opts
+        self.embed = embed
+        self.dropout = nn.Dropout(opts.dropout)
+        hidden = opts.hidden_size
+        num_states = 2 if opts.cell == "lstm" else 1
+        self.bridge = nn.Linear(num_states * hidden, num_states * opts.decoder_layers * hidden)
+        self.attention = build_score(score, hidden, hidden, opts.attention_size)
+        self.rnn = DecoderRNN(opts, opts.embedding_size, step_size)
+
+    def init_state(self, encoder_output: EncoderOutput) -> RNNState:
+        """Bridge ``tanh(W final + b)`` to the first decoder state; project the keys once."""
+        if encoder_output.final is None:
+            raise ValueError("the RNN decoder needs the encoder's final states (final=None)")
+        batch, layers, hidden = (
+            encoder_output.batch_size,
+            self.opts.decoder_layers,
+            self.opts.hidden_size,
+        )
+        bridged = torch.tanh(self.bridge(encoder_output.final))  # (B, states * L * H)
+        bridged = bridged.view(batch, -1, layers, hidden)  # (B, states, L, H)
+        return RNNState(
+            memory=encoder_output.states,
+            keys=self.attention.project_keys(encoder_output.states),
+            src_mask=encoder_output.mask,
+            hidden=bridged[:, 0],
+            cell=bridged[:, 1] if self.rnn.lstm else None,
+            feed=None,
+        )
+
+    def attend(self, query: Tensor, state: RNNState) -> tuple[Tensor, Tensor]:
+        """``query`` ``(B, H)`` -> ``(context (B, H), weights (B, S))`` over the memory."""
+        scores = self.attention.score(query.unsqueeze(1), state.keys)  # (B, 1, S)
+        context, weights = softmax_attention(scores, state.memory, state.src_mask.unsqueeze(1))
+        return context.squeeze(1), weights.squeeze(1)
+
+    def step(self, prev_tokens: Tensor, state: RNNState) -> tuple[Tensor, RNNState, Tensor]:
+        """``prev_tokens`` ``(B,)`` -> ``(output vectors (B, O), new state, weights (B, S))``."""
+        embedded = self.dropout(self.embed(prev_tokens))  # (B, E)
+        features, state, weights = self._step(self.rnn.ahead_proj(embedded), state)
+        return self._readout(features, embedded), state, weights
+
+    def forward(self, tgt_in: Tensor, state: RNNState) -> tuple[Tensor, Tensor]:
+        """Teacher forcing on ``tgt_in`` ``(B, T)``: ``(outputs (B, T, O), weights (B, T, S))``."""
+        embedded = self.dropout(self.embed(tgt_in))  # (B, T, E)
+        ahead = self.rnn.ahead_proj(embedded)  # (B, T, G): one matmul for every step
+        features, weights = [], []
+        # unbind, not ahead[:, t]: its backward is one stack, not T zero-filled (B, T, G) grads
+        for ahead_gates in ahead.unbind(dim=1):  # T x (B, G)
+            step_features, state, step_weights = self._step(ahead_gates, state)
+            features.append(step_features)
+            weights.append(step_weights)
+        outputs = self._readout(torch.stack(features, dim=1), embedded)  # (B, T, O)
+        return outputs, torch.stack(weights, dim=1)
+
+    @abstractmethod
+    def _step(self, ahead_gates: Tensor, state: RNNState) -> tuple[Tensor, RNNState, Tensor]:
+        """One position: ``(features (B, F), new state, weights (B, S))``."""
+
+    @abstractmethod
+    def _readout(self, features: Tensor, embedded: Tensor) -> Tensor:
+        """``features`` ``(..., F)`` and the input embeddings ``(..., E)`` -> ``(..., O)``."""
+
+
+class BahdanauDecoder(AttentionDecoder):
+    """Bahdanau et al. (2015): attend from the previous state ``s_{t-1}`` (additive score), feed
+    ``[E y_{t-1}; c_t]`` to the RNN, read out ``tanh(W_o [s_t; c_t; E y_{t-1}])``."""
+
+    def __init__(self, opts: RNNOptions, embed: Embeddings) -> None:
+        super().__init__(opts, embed, "additive", step_size=opts.hidden_size)
+        readout_inputs = 2 * opts.hidden_size + opts.embedding_size
+        self.readout = nn.Linear(readout_inputs, opts.hidden_size)
+
+    def _step(self, ahead_gates: Tensor, state: RNNState) -> tuple[Tensor, RNNState, Tensor]:
+        """Attention, then the RNN step; features ``[s_t; c_t]`` ``(B, 2H)``."""
+        context, weights = self.attend(state.hidden[:, -1], state)  # from s_{t-1}
+        hidden, cell = self.rnn(ahead_gates, context, state.hidden, state.cell)
+        features = torch.cat([hidden[:, -1], context], dim=-1)  # (B, 2H)
+        return features, replace(state, hidden=hidden, cell=cell), weights
+
+    def _readout(self, features: Tensor, embedded: Tensor) -> Tensor:
+        """``tanh(W_o [s_t; c_t; E y_{t-1}])`` with dropout, ``(..., H)``."""
+        return self.dropout(torch.tanh(self.readout(torch.cat([features, embedded], dim=-1))))
+
+
+class LuongDecoder(AttentionDecoder):
+    """Luong et al. (2015): RNN step on ``[E y_{t-1}; h~_{t-1}]`` (input feeding), attend from
+    ``h_t``, attentional state ``h~_t = tanh(W_c [c_t; h_t])``."""
+
+    def __init__(self, opts: RNNOptions, embed: Embeddings) -> None:
+        super().__init__(opts, embed, opts.luong_score, step_size=opts.hidden_size)
+        self.combine = nn.Linear(2 * opts.hidden_size, opts.hidden_size, bias=False)
+
+    def init_state(self, encoder_output: EncoderOutput) -> RNNState:
+        """The bridged state, with a zero input-feeding vector ``h~_0``."""
+        state = super().init_state(encoder_output)
+        return replace(state, feed=state.hidden.new_zeros(state.hidden[:, -1].shape))
+
+    def _step(self, ahead_gates: Tensor, state: RNNState) -> tuple[Tensor, RNNState, Tensor]:
+        """RNN step, then attention; features ``h~_t`` ``(B, H)``."""
+        hidden, cell = self.rnn(ahead_gates, state.feed, state.hidden, state.cell)
+        context, weights = self.attend(hidden[:, -1], state)  # from h_t
+        attentional = torch.tanh(self.combine(torch.cat([context, hidden[:, -1]], dim=-1)))
+        return attentional, replace(state, hidden=hidden, cell=cell, feed=attentional), weights
+
+    def _readout(self, features: Tensor, embedded: Tensor) -> Tensor:
+        """``h~_t`` with dropout, ``(..., H)``."""
+        return self.dropout(features)
+
+
+class RNNSeq2Seq(Seq2Seq):
+    """Bi-GRU/LSTM encoder and a Bahdanau or Luong attentional decoder."""
+
+    def __init__(
+        self, opts: RNNOptions, src_vocab_size: int, tgt_vocab_size: int, joint: bool
+    ) -> None:
+        super().__init__()
+        self.opts = opts
+        tgt_embed = Embeddings(tgt_vocab_size, opts.embedding_size)
+        src_embed = tgt_embed if joint else Embeddings(src_vocab_size, opts.embedding_size)
+        self.encoder = RNNEncoder(opts, src_embed)
+        decoder_class = LuongDecoder if opts.decoder == "luong" else BahdanauDecoder
+        self.decoder = decoder_class(opts, tgt_embed)
+        self.output = nn.Linear(opts.hidden_size, tgt_vocab_size)
+
+    def encode(self, src: Tensor, src_mask: Tensor) -> EncoderOutput:
+        """``src`` ``(B, S)`` -> states ``(B, S, H)`` and the final states."""
+        return self.encoder(src, src_mask)
+
+    def init_state(self, encoder_output: EncoderOutput) -> RNNState:
+        """Bridged first decoder state and the projected keys."""
+        return self.decoder.init_state(encoder_output)
+
+    def decode_step(self, prev_tokens: Tensor, state: RNNState) -> tuple[Tensor, RNNState, Tensor]:
+        """One step; see :meth:`Seq2Seq.decode_step`. Attention ``(B, S)``."""
+        outputs, state, weights = self.decoder.step(prev_tokens, state)
+        return self.output(outputs), state, weights
+
+    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits ``(B, T, V)`` (the decoder loops over time)."""
+        outputs, _ = self.decoder(tgt_in, self.init_state(self.encode(src, src_mask)))
+        return self.output(outputs)
+
+    def attention_maps(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced attention weights ``(B, 1, 1, T, S)``."""
+        _, weights = self.decoder(tgt_in, self.init_state(self.encode(src, src_mask)))
+        return weights[:, None, None]

@@ -1,0 +1,267 @@
+"""The Transformer (Vaswani et al., 2017) on the project's :class:`MultiHeadAttention`.
+
+Pre-norm residual blocks by default (``x + f(norm(x))``, with a final layer norm on each stack);
+post-norm (``norm(x + f(x))``) as in the paper on request. Incremental decoding keeps a growing
+self-attention cache and a static cross-attention cache per layer, so a step costs ``O(T)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attention import KVCache, MultiHeadAttention, causal_mask
+from .common import Embeddings, EncoderOutput, PositionalEncoding, Seq2Seq
+
+
+@dataclass
+class TransformerOptions:
+    """Hyperparameters of one Transformer (mirrors ``model.transformer`` plus shared options)."""
+
+    d_model: int = 256
+    num_heads: int = 4
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    ff_size: int = 1024
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    pre_norm: bool = True
+    learned_positions: bool = False
+    activation: str = "relu"
+    tie_embeddings: bool = True
+    max_positions: int = 512
+
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward block ``W_2 act(W_1 x)``, ``(B, T, D) -> (B, T, D)``."""
+
+    def __init__(self, opts: TransformerOptions) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(opts.d_model, opts.ff_size)
+        self.linear2 = nn.Linear(opts.ff_size, opts.d_model)
+        self.activation = ACTIVATIONS[opts.activation]
+        self.dropout = nn.Dropout(opts.activation_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, T, D) -> (B, T, D)``."""
+        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+
+
+class Residual(nn.Module):
+    """A residual connection with layer norm before (pre-norm) or after (post-norm) it."""
+
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+        """``x + dropout(sublayer(norm(x)))`` or ``norm(x + dropout(sublayer(x)))``."""
+        if self.pre_norm:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention then feed-forward, each in a :class:`Residual`."""
+
+    def __init__(self, opts: TransformerOptions) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(opts.d_model, opts.num_heads, opts.attention_dropout)
+        self.feed_forward = FeedForward(opts)
+        self.attn_block = Residual(opts.d_model, opts.dropout, opts.pre_norm)
+        self.ff_block = Residual(opts.d_model, opts.dropout, opts.pre_norm)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``x`` ``(B, S, D)``, ``mask`` ``(B, 1, S)`` (True = real key) -> ``(B, S, D)``."""
+        x = self.attn_block(x, lambda h: self.self_attn(h, h, h, mask)[0])
+        return self.ff_block(x, self.feed_forward)
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention to the encoder, feed-forward."""
+
+    def __init__(self, opts: TransformerOptions) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(opts.d_model, opts.num_heads, opts.attention_dropout)
+        self.cross_attn = MultiHeadAttention(opts.d_model, opts.num_heads, opts.attention_dropout)
+        self.feed_forward = FeedForward(opts)
+        self.self_block = Residual(opts.d_model, opts.dropout, opts.pre_norm)
+        self.cross_block = Residual(opts.d_model, opts.dropout, opts.pre_norm)
+        self.ff_block = Residual(opts.d_model, opts.dropout, opts.pre_norm)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor | None,
+        self_mask: Tensor | None,
+        cross_mask: Tensor,
+        caches: tuple[KVCache, KVCache] | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """One decoder layer.
+
+        Args:
+            x: ``(B, T, D)`` target states.
+            memory: ``(B, S, D)`` encoder states; ``None`` when ``caches`` hold their projections.
+            self_mask: ``(T, T_cached + T)`` causal mask, or ``None`` (one new step may see all).
+            cross_mask: ``(B, 1, S)``, True at real source tokens.
+            caches: ``(self-attention cache, cross-attention cache)`` for incremental decoding.
+            need_weights: also return the cross-attention weights.
+
+        Returns:
+            ``(x (B, T, D), cross-attention weights (B, H, T, S) or None)``.
+        """
+        self_cache, cross_cache = (None, None) if caches is None else caches
+        x = self.self_block(x, lambda h: self.self_attn(h, h, h, self_mask, cache=self_cache)[0])
+        weights = None
+
+        def cross(h: Tensor) -> Tensor:
+            nonlocal weights
+            out, weights = self.cross_attn(
+                h, memory, memory, cross_mask, need_weights=need_weights, cache=cross_cache
+            )
+            return out
+
+        x = self.cross_block(x, cross)
+        return self.ff_block(x, self.feed_forward), weights
+
+
+@dataclass
+class TransformerState:
+    """Incremental decoding state: per-layer caches, the source mask and the step count."""
+
+    self_caches: list[KVCache]  # growing, each (B, H, t, Dh)
+    cross_caches: list[KVCache]  # static encoder projections, each (B, H, S, Dh)
+    src_mask: Tensor  # (B, S)
+    position: int = 0  # target tokens decoded so far
+
+    def select(self, batch_indices: Tensor) -> TransformerState:
+        """A new state holding rows ``batch_indices`` of every cache and of the mask."""
+        return TransformerState(
+            self_caches=[select_cache(c, batch_indices) for c in self.self_caches],
+            cross_caches=[select_cache(c, batch_indices) for c in self.cross_caches],
+            src_mask=self.src_mask.index_select(0, batch_indices),
+            position=self.position,
+        )
+
+
+def select_cache(cache: KVCache, batch_indices: Tensor) -> KVCache:
+    """A new cache with rows ``batch_indices`` (the original is left untouched)."""
+    selected = KVCache(static=cache.static, key=cache.key, value=cache.value)
+    selected.select(batch_indices)
+    return selected
+
+
+class Transformer(Seq2Seq):
+    """Encoder-decoder Transformer with tied embeddings and an incremental decoder."""
+
+    def __init__(
+        self, opts: TransformerOptions, src_vocab_size: int, tgt_vocab_size: int, joint: bool
+    ) -> None:
+        super().__init__()
+        self.opts = opts
+        self.max_positions = opts.max_positions
+        d_model = opts.d_model
+        self.tgt_embed = Embeddings(tgt_vocab_size, d_model, scale=True)
+        self.src_embed = self.tgt_embed if joint else Embeddings(src_vocab_size, d_model, True)
+        self.src_positions = PositionalEncoding(d_model, opts.max_positions, opts.learned_positions)
+        self.tgt_positions = PositionalEncoding(d_model, opts.max_positions, opts.learned_positions)
+        self.dropout = nn.Dropout(opts.dropout)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(opts) for _ in range(opts.encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(opts) for _ in range(opts.decoder_layers))
+        self.encoder_norm = nn.LayerNorm(d_model) if opts.pre_norm else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(d_model) if opts.pre_norm else nn.Identity()
+        self.output = nn.Linear(d_model, tgt_vocab_size, bias=False)
+        self._init_weights()
+        if opts.tie_embeddings:
+            self.output.weight = self.tgt_embed.weight
+
+    def _init_weights(self) -> None:
+        """Xavier-uniform matrices; embeddings ``N(0, d^-1/2)`` so scaled ones start near 1."""
+        for name, param in self.named_parameters():
+            if "embed" in name:
+                nn.init.normal_(param, std=self.opts.d_model**-0.5)
+            elif param.dim() == 2:
+                nn.init.xavier_uniform_(param)
+
+    def _embed(
+        self, embed: Embeddings, positions: PositionalEncoding, tokens: Tensor, offset: int = 0
+    ) -> Tensor:
+        """Scaled embeddings plus positions, with dropout: ``(B, T) -> (B, T, D)``."""
+        embedded = embed(tokens) + positions(tokens.size(1), offset)  # (B, T, D)
+        return self.dropout(embedded)
+
+    def encode(self, src: Tensor, src_mask: Tensor) -> EncoderOutput:
+        """``src`` ``(B, S)`` -> states ``(B, S, D)``."""
+        x = self._embed(self.src_embed, self.src_positions, src)
+        key_mask = src_mask.unsqueeze(1)  # (B, 1, S)
+        for layer in self.encoder_layers:
+            x = layer(x, key_mask)
+        return EncoderOutput(states=self.encoder_norm(x), mask=src_mask)
+
+    def _decode(
+        self, tgt_in: Tensor, encoder_output: EncoderOutput, need_weights: bool
+    ) -> tuple[Tensor, list[Tensor | None]]:
+        """Teacher-forced decoder: ``(B, T)`` -> (states ``(B, T, D)``, per-layer weights)."""
+        x = self._embed(self.tgt_embed, self.tgt_positions, tgt_in)
+        self_mask = causal_mask(tgt_in.size(1), device=tgt_in.device)  # (T, T)
+        cross_mask = encoder_output.mask.unsqueeze(1)  # (B, 1, S)
+        all_weights = []
+        for layer in self.decoder_layers:
+            x, weights = layer(x, encoder_output.states, self_mask, cross_mask, None, need_weights)
+            all_weights.append(weights)
+        return self.decoder_norm(x), all_weights
+
+    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits ``(B, T, V)``; all target positions in parallel."""
+        states, _ = self._decode(tgt_in, self.encode(src, src_mask), need_weights=False)
+        return self.output(states)
+
+    def attention_maps(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Cross-attention weights of every decoder layer and head, ``(B, L, H, T, S)``."""
+        _, weights = self._decode(tgt_in, self.encode(src, src_mask), need_weights=True)
+        return torch.stack([w for w in weights if w is not None], dim=1)
+
+    def init_state(self, encoder_output: EncoderOutput) -> TransformerState:
+        """Project the encoder states once into every layer's static cross-attention cache."""
+        memory = encoder_output.states  # (B, S, D)
+        return TransformerState(
+            self_caches=[KVCache(static=False) for _ in self.decoder_layers],
+            cross_caches=[cross_cache(layer.cross_attn, memory) for layer in self.decoder_layers],
+            src_mask=encoder_output.mask,
+        )
+
+    def decode_step(
+        self, prev_tokens: Tensor, state: TransformerState
+    ) -> tuple[Tensor, TransformerState, Tensor]:
+        """Decode one position for every row; see :meth:`Seq2Seq.decode_step`."""
+        x = self._embed(
+            self.tgt_embed, self.tgt_positions, prev_tokens.unsqueeze(1), state.position
+        )
+        cross_mask = state.src_mask.unsqueeze(1)  # (B, 1, S)
+        last = len(self.decoder_layers) - 1
+        for index, layer in enumerate(self.decoder_layers):
+            caches = (state.self_caches[index], state.cross_caches[index])
+            x, weights = layer(x, None, None, cross_mask, caches, need_weights=index == last)
+        logits = self.output(self.decoder_norm(x)).squeeze(1)  # (B, V)
+        state.position += 1
+        return logits, state, weights.mean(dim=1).squeeze(1)  # (B, H, 1, S) -> (B, S)
+
+
+def cross_cache(attention: MultiHeadAttention, memory: Tensor) -> KVCache:
+    """A filled static cache of the key/value projections of ``memory`` ``(B, S, D)``."""
+    batch, src_len, _ = memory.shape
+    shape = (batch, src_len, attention.num_heads, attention.head_dim)
+    key = attention.k_proj(memory).view(shape).transpose(1, 2)  # (B, H, S, Dh)
+    value = attention.v_proj(memory).view(shape).transpose(1, 2)  # (B, H, S, Dh)
+    return KVCache(static=True, key=key, value=value)

@@ -1,0 +1,300 @@
+"""Both model families through the one protocol: shapes, padding, incremental decoding, state
+selection, overfitting a tiny batch, weight tying and configuration errors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seq2seq_attn.attention import MultiHeadAttention
+from seq2seq_attn.config import ConfigError, ModelConfig, RNNConfig, TransformerConfig
+from seq2seq_attn.models import Seq2Seq, build_model
+
+SRC_VOCAB, TGT_VOCAB = 23, 19
+ATOL = 1e-5
+
+
+def small_rnn(**options) -> ModelConfig:
+    """A tiny RNN configuration."""
+    sizes = {"embedding_size": 16, "hidden_size": 32, "attention_size": 24}
+    return ModelConfig(family="rnn", dropout=0.1, rnn=RNNConfig(**(sizes | options)))
+
+
+def small_transformer(**options) -> ModelConfig:
+    """A tiny Transformer configuration."""
+    sizes = {"d_model": 32, "num_heads": 4, "encoder_layers": 2, "decoder_layers": 2}
+    section = TransformerConfig(**(sizes | {"ff_size": 64} | options))
+    return ModelConfig(family="transformer", dropout=0.1, max_positions=64, transformer=section)
+
+
+KINDS = {
+    "bahdanau": small_rnn(decoder="bahdanau"),
+    "luong-dot": small_rnn(decoder="luong", luong_score="dot"),
+    "luong-general": small_rnn(decoder="luong", luong_score="general"),
+    "luong-concat": small_rnn(decoder="luong", luong_score="concat"),
+    "lstm-bahdanau-deep": small_rnn(cell="lstm", encoder_layers=2, decoder_layers=2),
+    "lstm-luong-unidirectional": small_rnn(cell="lstm", decoder="luong", bidirectional=False),
+    "transformer-pre": small_transformer(),
+    "transformer-post": small_transformer(
+        norm_position="post", positional="learned", activation="gelu"
+    ),
+}
+kinds = pytest.mark.parametrize("kind", list(KINDS))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, which also keeps them steady on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make(kind: str, seed: int = 0, joint: bool = False) -> Seq2Seq:
+    """A seeded model of ``kind`` in eval mode."""
+    torch.manual_seed(seed)
+    vocab = (SRC_VOCAB, SRC_VOCAB) if joint else (SRC_VOCAB, TGT_VOCAB)
+    return build_model(KINDS[kind], *vocab, joint_vocab=joint).eval()
+
+
+def padded_batch(seed: int = 1):
+    """Three sentences of different lengths, padded with a junk id (masks must hide it)."""
+    generator = torch.Generator().manual_seed(seed)
+    src_lengths, tgt_lengths = [7, 3, 5], [6, 2, 4]
+    src = torch.randint(1, SRC_VOCAB, (3, 7), generator=generator)
+    tgt_in = torch.randint(1, TGT_VOCAB, (3, 6), generator=generator)
+    src_mask = torch.arange(7) < torch.tensor(src_lengths)[:, None]  # (B, S)
+    src = src.masked_fill(~src_mask, 5)
+    return src, src_mask, tgt_in, tgt_lengths
+
+
+def decode_incrementally(model: Seq2Seq, src, src_mask, tgt_in):
+    """Logits ``(B, T, V)`` and attention ``(B, T, S)`` from ``decode_step`` over ``tgt_in``."""
+    state = model.init_state(model.encode(src, src_mask))
+    logits, attention = [], []
+    for position in range(tgt_in.size(1)):
+        step_logits, state, step_attention = model.decode_step(tgt_in[:, position], state)
+        logits.append(step_logits)
+        attention.append(step_attention)
+    return torch.stack(logits, 1), torch.stack(attention, 1)
+
+
+# ----- shapes and dtypes ----------------------------------------------------------------------
+
+
+@kinds
+def test_shapes_and_dtypes(kind):
+    model = make(kind)
+    src, src_mask, tgt_in, _ = padded_batch()
+    encoder_output = model.encode(src, src_mask)
+    assert encoder_output.states.shape[:2] == (3, 7)
+    assert model(src, src_mask, tgt_in).shape == (3, 6, TGT_VOCAB)
+    logits, _, attention = model.decode_step(tgt_in[:, 0], model.init_state(encoder_output))
+    assert logits.shape == (3, TGT_VOCAB) and logits.dtype == torch.float32
+    assert attention.shape == (3, 7)
+    maps = model.attention_maps(src, src_mask, tgt_in)
+    layers, heads = (2, 4) if kind.startswith("transformer") else (1, 1)
+    assert maps.shape == (3, layers, heads, 6, 7)
+
+
+@kinds
+def test_attention_is_a_distribution_over_real_source_tokens(kind):
+    model = make(kind)
+    src, src_mask, tgt_in, _ = padded_batch()
+    _, attention = decode_incrementally(model, src, src_mask, tgt_in)  # (B, T, S)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(3, 6))
+    assert (attention.masked_select(~src_mask[:, None, :]) == 0).all()
+    maps = model.attention_maps(src, src_mask, tgt_in)  # (B, L, H, T, S)
+    torch.testing.assert_close(maps[:, -1].mean(1), attention, atol=ATOL, rtol=0)
+
+
+@kinds
+def test_trains_and_decodes_under_bf16_autocast(kind):
+    model = make(kind).train()
+    src, src_mask, tgt_in, _ = padded_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(src, src_mask, tgt_in)
+    assert logits.dtype == torch.bfloat16
+    logits.float().logsumexp(-1).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        incremental, attention = decode_incrementally(model.eval(), src, src_mask, tgt_in)
+    assert incremental.dtype == torch.bfloat16 and torch.isfinite(incremental).all()
+    assert torch.isfinite(attention).all()
+
+
+def test_models_use_the_projects_attention_not_torchs():
+    for kind in KINDS:
+        modules = list(make(kind).modules())
+        assert not any(isinstance(m, nn.MultiheadAttention | nn.Transformer) for m in modules)
+    layers = [m for m in make("transformer-pre").modules() if isinstance(m, MultiHeadAttention)]
+    assert len(layers) == 2 + 2 * 2  # encoder self, decoder self and cross
+
+
+# ----- padding, incremental decoding, state selection ----------------------------------------
+
+
+@kinds
+def test_padding_never_changes_a_sentence(kind):
+    model = make(kind)
+    src, src_mask, tgt_in, tgt_lengths = padded_batch()
+    batch_logits = model(src, src_mask, tgt_in)
+    for row, tgt_len in enumerate(tgt_lengths):
+        src_len = int(src_mask[row].sum())
+        one = slice(row, row + 1)
+        alone = model(src[one, :src_len], src_mask[one, :src_len], tgt_in[one, :tgt_len])
+        torch.testing.assert_close(batch_logits[row, :tgt_len], alone[0], atol=ATOL, rtol=0)
+
+
+@kinds
+def test_incremental_decoding_equals_teacher_forcing(kind):
+    model = make(kind)
+    src, src_mask, tgt_in, _ = padded_batch()
+    incremental, _ = decode_incrementally(model, src, src_mask, tgt_in)
+    torch.testing.assert_close(incremental, model(src, src_mask, tgt_in), atol=ATOL, rtol=0)
+
+
+@kinds
+def test_selecting_state_rows_equals_decoding_those_rows(kind):
+    model = make(kind)
+    src, src_mask, tgt_in, _ = padded_batch()
+    state = model.init_state(model.encode(src, src_mask))
+    for position in range(2):
+        _, state, _ = model.decode_step(tgt_in[:, position], state)
+    rows = torch.tensor([2, 0, 0])  # reorder and repeat, as a beam search does
+    selected = state.select(rows)
+    logits, _, attention = model.decode_step(tgt_in[rows, 2], selected)
+    expected, expected_attention = decode_incrementally(
+        model, src[rows], src_mask[rows], tgt_in[rows, :3]
+    )
+    torch.testing.assert_close(logits, expected[:, 2], atol=ATOL, rtol=0)
+    torch.testing.assert_close(attention, expected_attention[:, 2], atol=ATOL, rtol=0)
+    # The original state is untouched by stepping the selected one.
+    original_logits, _, _ = model.decode_step(tgt_in[:, 2], state)
+    torch.testing.assert_close(original_logits[rows], logits, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["bahdanau", "transformer-pre"])
+def test_encoder_output_repeats_rows_for_beams(kind):
+    model = make(kind)
+    src, src_mask, tgt_in, _ = padded_batch()
+    encoder_output = model.encode(src, src_mask)
+    repeated = encoder_output.repeat_interleave(2)
+    assert repeated.batch_size == 6 and repeated.mask.shape == (6, 7)
+    logits, _, _ = model.decode_step(tgt_in[:, 0].repeat_interleave(2), model.init_state(repeated))
+    single, _, _ = model.decode_step(tgt_in[:, 0], model.init_state(encoder_output))
+    torch.testing.assert_close(logits, single.repeat_interleave(2, dim=0), atol=ATOL, rtol=0)
+
+
+def test_transformer_refuses_positions_beyond_max_positions():
+    model = make("transformer-pre")
+    src = torch.ones(1, 65, dtype=torch.long)
+    with pytest.raises(ValueError, match="max_positions"):
+        model.encode(src, torch.ones(1, 65, dtype=torch.bool))
+
+
+# ----- learning ---------------------------------------------------------------------------------
+
+
+@kinds
+def test_overfits_a_tiny_batch(kind):
+    torch.manual_seed(0)
+    model = build_model(replace(KINDS[kind], dropout=0.0), SRC_VOCAB, TGT_VOCAB).train()
+    src, src_mask, tgt_in, _ = padded_batch()
+    tgt_out = torch.roll(tgt_in, -1, dims=1)  # next-token targets (copying is learnable)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        optimizer.zero_grad()
+        logits = model(src, src_mask, tgt_in)
+        loss = F.cross_entropy(logits.reshape(-1, TGT_VOCAB), tgt_out.reshape(-1))
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.02
+
+
+# ----- weight tying and parameter counts --------------------------------------------------------
+
+
+def transformer_parameter_count(config: ModelConfig, src_vocab: int, tgt_vocab: int, joint: bool):
+    """Parameters of a Transformer counted by hand from its hyperparameters."""
+    t = config.transformer
+    d, ff = t.d_model, t.ff_size
+    attention = 4 * (d * d + d)
+    feed_forward = d * ff + ff + ff * d + d
+    norm = 2 * d
+    layers = t.encoder_layers * (attention + feed_forward + 2 * norm)
+    layers += t.decoder_layers * (2 * attention + feed_forward + 3 * norm)
+    final_norms = 2 * norm if t.norm_position == "pre" else 0
+    positions = 2 * config.max_positions * d if t.positional == "learned" else 0
+    embeddings = tgt_vocab * d if joint else (src_vocab + tgt_vocab) * d
+    if not t.tie_embeddings:
+        embeddings += tgt_vocab * d  # the output projection
+    return layers + final_norms + positions + embeddings
+
+
+@pytest.mark.parametrize("kind", ["transformer-pre", "transformer-post"])
+@pytest.mark.parametrize("joint", [False, True])
+@pytest.mark.parametrize("tie", [True, False])
+def test_tied_weights_are_one_tensor_counted_once(kind, joint, tie):
+    config = replace(KINDS[kind], transformer=replace(KINDS[kind].transformer, tie_embeddings=tie))
+    vocab = SRC_VOCAB if joint else TGT_VOCAB
+    model = build_model(config, SRC_VOCAB, vocab, joint_vocab=joint)
+    output, tgt_embed, src_embed = (
+        model.output.weight,
+        model.tgt_embed.weight,
+        model.src_embed.weight,
+    )
+    assert (output.data_ptr() == tgt_embed.data_ptr()) == tie
+    assert (src_embed.data_ptr() == tgt_embed.data_ptr()) == joint
+    assert model.num_parameters() == transformer_parameter_count(config, SRC_VOCAB, vocab, joint)
+
+
+def test_joint_vocabulary_shares_rnn_embeddings():
+    separate = build_model(KINDS["bahdanau"], SRC_VOCAB, SRC_VOCAB)
+    joint = build_model(KINDS["bahdanau"], SRC_VOCAB, SRC_VOCAB, joint_vocab=True)
+    embed = joint.encoder.embed.weight
+    assert embed.data_ptr() == joint.decoder.embed.weight.data_ptr()
+    assert joint.num_parameters() == separate.num_parameters() - embed.numel()
+
+
+def test_joint_vocabulary_needs_one_vocabulary_size():
+    with pytest.raises(ValueError, match="joint_vocab"):
+        build_model(KINDS["transformer-pre"], SRC_VOCAB, TGT_VOCAB, joint_vocab=True)
+
+
+# ----- configuration ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build, key, value",
+    [
+        (lambda: ModelConfig(family="cnn"), "model.family", "cnn"),
+        (lambda: ModelConfig(dropout=1.0), "model.dropout", "1.0"),
+        (lambda: ModelConfig(max_positions=0), "model.max_positions", "0"),
+        (lambda: TransformerConfig(d_model=30, num_heads=4), "model.transformer.num_heads", "4"),
+        (lambda: TransformerConfig(norm_position="middle"), "model.transformer.norm_position",
+         "middle"),
+        (lambda: TransformerConfig(activation="tanh"), "model.transformer.activation", "tanh"),
+        (lambda: TransformerConfig(encoder_layers=0), "model.transformer.encoder_layers", "0"),
+        (lambda: RNNConfig(cell="rnn"), "model.rnn.cell", "rnn"),
+        (lambda: RNNConfig(decoder="vanilla"), "model.rnn.decoder", "vanilla"),
+        (lambda: RNNConfig(luong_score="scaled_dot"), "model.rnn.luong_score", "scaled_dot"),
+        (lambda: RNNConfig(hidden_size=33), "model.rnn.hidden_size", "33"),
+    ],
+)  # fmt: skip
+def test_config_errors_name_the_key_and_value(build, key, value):
+    with pytest.raises(ConfigError, match=rf"^{key}: invalid value '?{value}'?; "):
+        build()
+
+
+def test_default_config_builds_the_documented_sizes():
+    config = ModelConfig()
+    assert (config.transformer.d_model, config.transformer.num_heads) == (256, 4)
+    assert (config.transformer.encoder_layers, config.transformer.ff_size) == (3, 1024)
+    assert (config.rnn.embedding_size, config.rnn.hidden_size, config.rnn.cell) == (256, 512, "gru")
