@@ -1,0 +1,284 @@
+"""Batched greedy and beam search over the :class:`~seq2seq_attn.models.common.Seq2Seq` protocol.
+
+Search talks to a model only through ``encode``, ``init_state``, ``decode_step`` and the
+state's ``select``; it never asks which family it holds. All sentences of a batch (and all
+their beams) advance in one tensor, and a sentence leaves the batch as soon as it is finished.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .models.common import Seq2Seq
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How to search.
+
+    ``max_length_ratio`` and ``max_length_offset`` bound each sentence's output at
+    ``ratio * source length + offset`` tokens (EOS included), never more than ``max_length``
+    nor the model's ``max_positions``. ``length_penalty`` is GNMT's alpha (0 = none).
+    """
+
+    beam_size: int = 5
+    length_penalty: float = 0.0
+    min_length: int = 0
+    max_length: int = 256
+    max_length_ratio: float = 2.0
+    max_length_offset: int = 10
+    n_best: int = 1
+    return_attention: bool = False
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1 or not 1 <= self.n_best <= self.beam_size:
+            raise ValueError(
+                f"need beam_size >= 1 and 1 <= n_best <= beam_size, got beam_size="
+                f"{self.beam_size}, n_best={self.n_best}"
+            )
+
+
+@dataclass
+class Hypothesis:
+    """One output: ``tokens`` (ids, without BOS and EOS), the sum of their log-probabilities
+    (EOS included), the search ``score`` (log-probability over the GNMT length penalty), and the
+    attention ``(len(tokens) + 1, S)`` over source positions when it was asked for."""
+
+    tokens: list[int]
+    log_prob: float
+    score: float
+    attention: Tensor | None = field(default=None, repr=False)
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty ``((5 + length) / 6) ** alpha`` (Wu et al., 2016)."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def output_limits(src_mask: Tensor, options: SearchOptions, max_positions: int | None) -> Tensor:
+    """``(B,)`` most output tokens (EOS included) each sentence may produce."""
+    src_lengths = src_mask.sum(dim=1).float()  # (B,)
+    limits = (src_lengths * options.max_length_ratio).floor().long() + options.max_length_offset
+    cap = options.max_length if max_positions is None else min(options.max_length, max_positions)
+    return limits.clamp(min=options.min_length + 1, max=max(cap, 1))
+
+
+def step_log_probs(
+    model: Seq2Seq, prev_tokens: Tensor, state, step: int, eos_id: int, min_length: int
+) -> tuple[Tensor, object, Tensor]:
+    """One decoder step as fp32 log-probabilities ``(N, V)``, with EOS banned before
+    ``min_length`` tokens; also returns the new state and the attention ``(N, S)``."""
+    logits, state, attention = model.decode_step(prev_tokens, state)
+    log_probs = logits.float().log_softmax(dim=-1)  # (N, V)
+    if step < min_length:
+        log_probs[:, eos_id] = -math.inf
+    return log_probs, state, attention
+
+
+def force_eos(log_probs: Tensor, rows: Tensor, eos_id: int) -> None:
+    """In place: rows marked in ``rows`` ``(N,)`` can only produce EOS (their length limit)."""
+    if bool(rows.any()):
+        eos_scores = log_probs[rows, eos_id]
+        log_probs[rows] = -math.inf
+        log_probs[rows, eos_id] = eos_scores
+
+
+@torch.inference_mode()
+def greedy_search(
+    model: Seq2Seq,
+    src: Tensor,
+    src_mask: Tensor,
+    bos_id: int,
+    eos_id: int,
+    options: SearchOptions | None = None,
+) -> list[Hypothesis]:
+    """Most probable next token at every step, for a whole batch at once.
+
+    Args:
+        src: ``(B, S)`` source ids; src_mask: ``(B, S)``, True at real tokens.
+        options: limits, and whether to keep attention (beam size and n-best are ignored).
+
+    Returns:
+        One :class:`Hypothesis` per sentence, in batch order.
+    """
+    options = options or SearchOptions(beam_size=1)
+    batch = src.size(0)
+    limits = output_limits(src_mask, options, model.max_positions)  # (B,)
+    state = model.init_state(model.encode(src, src_mask))
+    output = torch.full((batch, int(limits.max())), eos_id, dtype=torch.long, device=src.device)
+    attention = (
+        src.new_zeros((batch, output.size(1), src.size(1)), dtype=torch.float)
+        if options.return_attention
+        else None
+    )
+    lengths = limits.clone()  # tokens produced, EOS included
+    log_prob_sums = torch.zeros(batch, device=src.device)
+    active = torch.arange(batch, device=src.device)  # original index of each row
+    prev_tokens = torch.full((batch,), bos_id, dtype=torch.long, device=src.device)
+    for step in range(output.size(1)):
+        log_probs, state, step_attention = step_log_probs(
+            model, prev_tokens, state, step, eos_id, options.min_length
+        )
+        force_eos(log_probs, limits[active] == step + 1, eos_id)
+        best, prev_tokens = log_probs.max(dim=-1)  # (N,), (N,)
+        output[active, step] = prev_tokens
+        log_prob_sums[active] += best
+        if attention is not None:
+            attention[active, step] = step_attention.float()
+        done = prev_tokens == eos_id
+        if bool(done.any()):
+            lengths[active[done]] = step + 1
+            keep = (~done).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            active, prev_tokens, state = active[keep], prev_tokens[keep], state.select(keep)
+    return [
+        Hypothesis(
+            tokens=output[i, : lengths[i] - 1].tolist(),
+            log_prob=float(log_prob_sums[i]),
+            score=float(log_prob_sums[i]) / length_penalty(int(lengths[i]), options.length_penalty),
+            attention=None if attention is None else attention[i, : lengths[i]].clone(),
+        )
+        for i in range(batch)
+    ]
+
+
+@dataclass
+class _Beams:
+    """The live part of a beam search: ``N`` unfinished sentences times ``K`` beams."""
+
+    sentences: Tensor  # (N,) original index of each unfinished sentence
+    scores: Tensor  # (N, K) cumulative log-probabilities
+    tokens: Tensor  # (N * K, t) tokens so far
+    attention: Tensor | None  # (N * K, t, S) or None
+    prev_tokens: Tensor  # (N * K,)
+    state: object
+
+
+@torch.inference_mode()
+def beam_search(
+    model: Seq2Seq,
+    src: Tensor,
+    src_mask: Tensor,
+    bos_id: int,
+    eos_id: int,
+    options: SearchOptions,
+) -> list[list[Hypothesis]]:
+    """Batched beam search with GNMT length penalty.
+
+    Every step scores ``K * V`` continuations per sentence, finishes the EOS ones ranked in the
+    top ``K``, and keeps the best ``K`` others. A sentence is done when it has ``K`` finished
+    hypotheses or reaches its length limit, and then leaves the batch.
+
+    Returns:
+        Per sentence (batch order), its ``options.n_best`` best hypotheses, best first.
+    """
+    beam_size, device = options.beam_size, src.device
+    batch = src.size(0)
+    limits = output_limits(src_mask, options, model.max_positions)  # (B,)
+    encoder_output = model.encode(src, src_mask).repeat_interleave(beam_size)
+    scores = torch.full((batch, beam_size), -math.inf, device=device)
+    scores[:, 0] = 0.0  # all beams start identical: let only the first one expand
+    beams = _Beams(
+        sentences=torch.arange(batch, device=device),
+        scores=scores,
+        tokens=torch.empty((batch * beam_size, 0), dtype=torch.long, device=device),
+        attention=(
+            torch.empty((batch * beam_size, 0, src.size(1)), device=device)
+            if options.return_attention
+            else None
+        ),
+        prev_tokens=torch.full((batch * beam_size,), bos_id, dtype=torch.long, device=device),
+        state=model.init_state(encoder_output),
+    )
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    for step in range(int(limits.max())):
+        beams = _beam_step(model, beams, step, limits, eos_id, options, finished)
+        if beams is None:
+            break
+    return [sorted(hyps, key=lambda h: -h.score)[: options.n_best] for hyps in finished]
+
+
+def _beam_step(
+    model: Seq2Seq,
+    beams: _Beams,
+    step: int,
+    limits: Tensor,
+    eos_id: int,
+    options: SearchOptions,
+    finished: list[list[Hypothesis]],
+) -> _Beams | None:
+    """Advance every live sentence by one token; ``None`` once all are done."""
+    beam_size = options.beam_size
+    num_sentences = beams.sentences.numel()
+    log_probs, state, step_attention = step_log_probs(
+        model, beams.prev_tokens, beams.state, step, eos_id, options.min_length
+    )
+    at_limit = limits[beams.sentences] == step + 1  # (N,)
+    force_eos(log_probs, at_limit.repeat_interleave(beam_size), eos_id)
+    vocab = log_probs.size(-1)
+    candidates = (beams.scores.view(-1, 1) + log_probs).view(num_sentences, beam_size * vocab)
+    top_scores, top_ids = candidates.topk(2 * beam_size, dim=1)  # (N, 2K)
+    top_beams, top_tokens = top_ids // vocab, top_ids % vocab
+    from_rows = (
+        top_beams + torch.arange(num_sentences, device=top_ids.device).unsqueeze(1) * beam_size
+    )
+    is_eos = top_tokens == eos_id  # (N, 2K)
+    attention = beams.attention
+    if attention is not None:
+        attention = torch.cat([attention, step_attention.float().unsqueeze(1)], dim=1)
+
+    _finish(beams, top_scores, is_eos, from_rows, attention, step, options, finished)
+    done = at_limit | torch.tensor(
+        [len(finished[i]) >= beam_size for i in beams.sentences.tolist()], device=at_limit.device
+    )
+    keep = (~done).nonzero().squeeze(1)  # (N',)
+    if keep.numel() == 0:
+        return None
+    alive_scores, alive_positions = top_scores.masked_fill(is_eos, -math.inf).topk(beam_size, dim=1)
+    rows = from_rows.gather(1, alive_positions)[keep].view(-1)  # (N' * K,)
+    next_tokens = top_tokens.gather(1, alive_positions)[keep].view(-1)  # (N' * K,)
+    return _Beams(
+        sentences=beams.sentences[keep],
+        scores=alive_scores[keep],
+        tokens=torch.cat([beams.tokens[rows], next_tokens.unsqueeze(1)], dim=1),
+        attention=None if attention is None else attention[rows],
+        prev_tokens=next_tokens,
+        state=state.select(rows),
+    )
+
+
+def _finish(
+    beams: _Beams,
+    top_scores: Tensor,
+    is_eos: Tensor,
+    from_rows: Tensor,
+    attention: Tensor | None,
+    step: int,
+    options: SearchOptions,
+    finished: list[list[Hypothesis]],
+) -> None:
+    """Record the EOS candidates ranked in the top ``K`` of their sentence as finished."""
+    beam_size = options.beam_size
+    eos_ranked = is_eos[:, :beam_size] & top_scores[:, :beam_size].isfinite()  # (N, K)
+    if not bool(eos_ranked.any()):
+        return
+    penalty = length_penalty(step + 1, options.length_penalty)
+    for n, rank in eos_ranked.nonzero().tolist():
+        sentence = int(beams.sentences[n])
+        if len(finished[sentence]) >= beam_size:
+            continue
+        row = int(from_rows[n, rank])
+        log_prob = float(top_scores[n, rank])
+        finished[sentence].append(
+            Hypothesis(
+                tokens=beams.tokens[row].tolist(),
+                log_prob=log_prob,
+                score=log_prob / penalty,
+                attention=None if attention is None else attention[row].clone(),
+            )
+        )

@@ -1,0 +1,252 @@
+"""Greedy and beam search: against an uncached reference search, across batch sizes, and on a
+trained toy model where beam search must find better-scoring outputs than greedy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seq2seq_attn.config import ModelConfig, RNNConfig, TransformerConfig
+from seq2seq_attn.decoding import (
+    SearchOptions,
+    beam_search,
+    greedy_search,
+    length_penalty,
+)
+from seq2seq_attn.models import Seq2Seq, build_model
+
+BOS, EOS, VOCAB = 2, 3, 14
+KINDS = {
+    "transformer": ModelConfig(
+        family="transformer",
+        max_positions=64,
+        transformer=TransformerConfig(
+            d_model=32, num_heads=4, encoder_layers=2, decoder_layers=2, ff_size=64
+        ),
+    ),
+    "rnn-bahdanau": ModelConfig(
+        family="rnn", rnn=RNNConfig(embedding_size=16, hidden_size=32, attention_size=16)
+    ),
+    "rnn-luong": ModelConfig(
+        family="rnn",
+        rnn=RNNConfig(embedding_size=16, hidden_size=32, decoder="luong", luong_score="general"),
+    ),
+}
+kinds = pytest.mark.parametrize("kind", list(KINDS))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make(kind: str, seed: int = 0) -> Seq2Seq:
+    """A seeded, untrained model in eval mode (its outputs are arbitrary but deterministic)."""
+    torch.manual_seed(seed)
+    return build_model(KINDS[kind], VOCAB, VOCAB).eval()
+
+
+def source_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random source ids ``(B, S)`` ending in EOS, padded with 0, and their mask."""
+    generator = torch.Generator().manual_seed(seed)
+    src = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        src[row, : length - 1] = torch.randint(4, VOCAB, (length - 1,), generator=generator)
+        src[row, length - 1] = EOS
+    return src, src != 0
+
+
+def reference_beam_search(model, src, src_mask, options: SearchOptions) -> list:
+    """One sentence, no cache, no batching: rerun the whole decoder on every prefix.
+
+    Returns ``[(tokens, log_prob, score)]`` best first; the same rules as the real search
+    (finish EOS candidates ranked in the top K, keep the best K others, stop at K finished or at
+    the length limit).
+    """
+    beam = options.beam_size
+    limit = min(options.max_length, math.floor(int(src_mask.sum()) * options.max_length_ratio)
+                + options.max_length_offset)  # fmt: skip
+    beams, finished = [([], 0.0)], []
+    for step in range(limit):
+        candidates = []
+        for tokens, total in beams:
+            tgt_in = torch.tensor([[BOS, *tokens]])
+            with torch.no_grad():
+                logits = model(src, src_mask, tgt_in)[0, -1].float()
+            log_probs = logits.log_softmax(-1)
+            if step < options.min_length:
+                log_probs[EOS] = -math.inf
+            if step + 1 == limit:
+                log_probs[torch.arange(VOCAB) != EOS] = -math.inf
+            candidates += [(total + float(lp), tokens, t) for t, lp in enumerate(log_probs)]
+        candidates.sort(key=lambda c: -c[0])
+        candidates = [c for c in candidates[: 2 * beam] if c[0] > -math.inf]
+        for total, tokens, token in candidates[:beam]:
+            if token == EOS and len(finished) < beam:
+                penalty = length_penalty(step + 1, options.length_penalty)
+                finished.append((tokens, total, total / penalty))
+        beams = [([*tokens, token], total) for total, tokens, token in candidates
+                 if token != EOS][:beam]  # fmt: skip
+        if len(finished) >= beam or step + 1 == limit:
+            break
+    return sorted(finished, key=lambda f: -f[2])[: options.n_best]
+
+
+@kinds
+@pytest.mark.parametrize("length_penalty_alpha", [0.0, 0.6])
+def test_beam_search_equals_uncached_reference(kind, length_penalty_alpha):
+    model = make(kind)
+    options = SearchOptions(
+        beam_size=3, n_best=3, length_penalty=length_penalty_alpha, max_length_offset=4,
+        max_length_ratio=1.0, min_length=1,
+    )  # fmt: skip
+    src, src_mask = source_batch([5, 3, 4])
+    batched = beam_search(model, src, src_mask, BOS, EOS, options)
+    for row in range(3):
+        length = int(src_mask[row].sum())
+        expected = reference_beam_search(
+            model, src[row : row + 1, :length], src_mask[row : row + 1, :length], options
+        )
+        got = [(h.tokens, h.log_prob, h.score) for h in batched[row]]
+        assert [g[0] for g in got] == [e[0] for e in expected]
+        for (_, log_prob, score), (_, ref_log_prob, ref_score) in zip(got, expected, strict=True):
+            assert log_prob == pytest.approx(ref_log_prob, abs=1e-4)
+            assert score == pytest.approx(ref_score, abs=1e-4)
+
+
+@kinds
+def test_greedy_equals_uncached_argmax_and_beam_one(kind):
+    model = make(kind, seed=1)
+    src, src_mask = source_batch([6, 2, 4, 5], seed=1)
+    options = SearchOptions(beam_size=1, max_length_ratio=1.5, max_length_offset=3)
+    greedy = greedy_search(model, src, src_mask, BOS, EOS, options)
+    beam_one = beam_search(model, src, src_mask, BOS, EOS, options)
+    for row, hypothesis in enumerate(greedy):
+        tgt_in = torch.tensor([[BOS, *hypothesis.tokens]])
+        length = int(src_mask[row].sum())
+        with torch.no_grad():
+            logits = model(src[row : row + 1, :length], src_mask[row : row + 1, :length], tgt_in)
+        log_probs = F.log_softmax(logits[0].float(), dim=-1)  # (T, V)
+        limit = math.floor(length * 1.5) + 3
+        predicted = log_probs.argmax(-1).tolist()
+        # every emitted token is the argmax, except EOS forced at the length limit
+        emitted = [*hypothesis.tokens, EOS]
+        forced = len(emitted) == limit and predicted[-1] != EOS
+        assert predicted[: len(emitted) - 1] == emitted[:-1]
+        assert forced or predicted[-1] == EOS
+        expected_log_prob = float(log_probs[torch.arange(len(emitted)), emitted].sum())
+        assert hypothesis.log_prob == pytest.approx(expected_log_prob, abs=1e-4)
+        assert beam_one[row][0].tokens == hypothesis.tokens
+        assert beam_one[row][0].log_prob == pytest.approx(hypothesis.log_prob, abs=1e-4)
+
+
+@kinds
+def test_batch_composition_does_not_change_results(kind):
+    model = make(kind, seed=2)
+    src, src_mask = source_batch([7, 3, 5, 2, 6], seed=2)
+    options = SearchOptions(beam_size=4, n_best=2, length_penalty=0.6, return_attention=True)
+    together = beam_search(model, src, src_mask, BOS, EOS, options)
+    greedy_together = greedy_search(model, src, src_mask, BOS, EOS, options)
+    for row in range(5):
+        length = int(src_mask[row].sum())
+        alone_src, alone_mask = src[row : row + 1, :length], src_mask[row : row + 1, :length]
+        alone = beam_search(model, alone_src, alone_mask, BOS, EOS, options)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in together[row]]
+        assert alone[0].score == pytest.approx(together[row][0].score, abs=1e-4)
+        greedy_alone = greedy_search(model, alone_src, alone_mask, BOS, EOS, options)[0]
+        assert greedy_alone.tokens == greedy_together[row].tokens
+        for hypothesis in (*together[row], greedy_together[row]):
+            attention = hypothesis.attention  # (T + 1, S): rows sum to 1 over real tokens
+            assert attention.shape == (len(hypothesis.tokens) + 1, src.size(1))
+            assert torch.allclose(attention.sum(-1), torch.ones(attention.size(0)), atol=1e-4)
+            assert torch.all(attention[:, length:] == 0)
+
+
+@kinds
+def test_n_best_lists_are_sorted_and_complete(kind):
+    model = make(kind, seed=3)
+    src, src_mask = source_batch([4, 6], seed=3)
+    results = beam_search(model, src, src_mask, BOS, EOS, SearchOptions(beam_size=5, n_best=4))
+    for hypotheses in results:
+        assert len(hypotheses) == 4
+        scores = [h.score for h in hypotheses]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in hypotheses}) == 4
+
+
+@kinds
+def test_length_limits_are_respected(kind):
+    model = make(kind, seed=4)
+    src, src_mask = source_batch([5, 3], seed=4)
+    options = SearchOptions(beam_size=3, min_length=4, max_length=6, max_length_ratio=5.0)
+    for search in (greedy_search, beam_search):
+        results = search(model, src, src_mask, BOS, EOS, options)
+        for hypotheses in results:
+            for hypothesis in hypotheses if isinstance(hypotheses, list) else [hypotheses]:
+                assert 4 <= len(hypothesis.tokens) + 1 <= 6
+                assert EOS not in hypothesis.tokens
+
+
+def test_search_options_are_checked():
+    with pytest.raises(ValueError, match="n_best"):
+        SearchOptions(beam_size=2, n_best=3)
+
+
+# ----- a trained toy model -------------------------------------------------------------------
+
+
+def reversal_batch(generator: torch.Generator, batch: int = 32):
+    """Source: random tokens + EOS; target: the tokens reversed (a task attention must solve)."""
+    lengths = torch.randint(2, 8, (batch,), generator=generator)
+    src = torch.zeros(batch, 8, dtype=torch.long)
+    tgt_in = torch.zeros(batch, 8, dtype=torch.long)
+    tgt_out = torch.zeros(batch, 8, dtype=torch.long)
+    for row, length in enumerate(lengths.tolist()):
+        tokens = torch.randint(4, VOCAB, (length,), generator=generator)
+        src[row, :length], src[row, length] = tokens, EOS
+        tgt_in[row, 0], tgt_in[row, 1 : length + 1] = BOS, tokens.flip(0)
+        tgt_out[row, :length], tgt_out[row, length] = tokens.flip(0), EOS
+    return src, src != 0, tgt_in, tgt_out
+
+
+@pytest.fixture(scope="module")
+def trained_transformer() -> Seq2Seq:
+    """A small Transformer trained briefly on reversal: good enough to be confident, not exact."""
+    torch.manual_seed(0)
+    model = build_model(KINDS["transformer"], VOCAB, VOCAB)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        src, src_mask, tgt_in, tgt_out = reversal_batch(generator)
+        logits = model(src, src_mask, tgt_in)
+        loss = F.cross_entropy(logits.transpose(1, 2), tgt_out, ignore_index=0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_beam_finds_better_scores_than_greedy_on_a_trained_model(trained_transformer):
+    src, src_mask, _, tgt_out = reversal_batch(torch.Generator().manual_seed(99), batch=64)
+    options = SearchOptions(beam_size=5, length_penalty=0.0)
+    greedy = greedy_search(trained_transformer, src, src_mask, BOS, EOS, options)
+    beam = beam_search(trained_transformer, src, src_mask, BOS, EOS, options)
+    greedy_mean = sum(h.log_prob for h in greedy) / len(greedy)
+    beam_mean = sum(hyps[0].log_prob for hyps in beam) / len(beam)
+    assert beam_mean >= greedy_mean - 1e-6
+    assert any(  # beam search really searched: somewhere it beat greedy
+        hyps[0].log_prob > h.log_prob + 1e-3 for hyps, h in zip(beam, greedy, strict=True)
+    )
+    # the model learned the task, so the search results mean something
+    correct = sum(
+        hyps[0].tokens == row[row != 0][:-1].tolist()
+        for hyps, row in zip(beam, tgt_out, strict=True)
+    )
+    assert correct >= 32
