@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import datasets
+import torch
 from datasets.exceptions import DatasetGenerationError
 
 from .batching import Batch, TokenBatchSampler, collate
@@ -253,7 +254,7 @@ def _cache_file(cache_dir: str | Path, fingerprint: str) -> str:
 
 def _derived_fingerprint(ds: datasets.Dataset, step: str, *parts: object) -> str:
     """Fingerprint of ``step`` applied to ``ds`` with ``parts`` as its arguments."""
-    # Dataset._fingerprint is the documented-by-use handle datasets chains its own caching on.
+    # Dataset._fingerprint is private, but it is what datasets chains its own caching on.
     text = json.dumps([CACHE_VERSION, ds._fingerprint, step, [str(p) for p in parts]])
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
@@ -325,7 +326,8 @@ def normalise_columns(ds: datasets.Dataset, cfg: DataConfig, source: str) -> dat
             )
     ds = ds.select_columns([cfg.src_column, cfg.tgt_column])
     ds = ds.rename_columns({cfg.src_column: "src_tmp", cfg.tgt_column: "tgt_tmp"})
-    return ds.rename_columns({"src_tmp": "src", "tgt_tmp": "tgt"}).cast(TEXT_FEATURES)
+    ds = ds.rename_columns({"src_tmp": "src", "tgt_tmp": "tgt"})
+    return ds if ds.features == TEXT_FEATURES else ds.cast(TEXT_FEATURES)
 
 
 def _load_hub(cfg: DataConfig, split_name: str) -> datasets.Dataset:
@@ -458,10 +460,14 @@ def make_sampler(
     ds: datasets.Dataset, max_tokens: int, *, shuffle: bool = True, seed: int = 0
 ) -> TokenBatchSampler:
     """A :class:`TokenBatchSampler` over a dataset from :func:`tokenize_pairs`."""
-    lengths = ds.select_columns(["src_len", "tgt_len"]).with_format("torch")[:]
-    return TokenBatchSampler(
-        lengths["src_len"], lengths["tgt_len"], max_tokens, shuffle=shuffle, seed=seed
+    columns = ds.select_columns(["src_len", "tgt_len"]).with_format("torch")
+    # In chunks: one ds[:] through a filter's indices mapping copies far more than two columns.
+    chunks = list(columns.iter(batch_size=65_536))
+    src_lengths, tgt_lengths = (
+        torch.cat([chunk[name] for chunk in chunks]) if chunks else torch.zeros(0, dtype=torch.long)
+        for name in ("src_len", "tgt_len")
     )
+    return TokenBatchSampler(src_lengths, tgt_lengths, max_tokens, shuffle=shuffle, seed=seed)
 
 
 def iter_batches(ds: datasets.Dataset, sampler: TokenBatchSampler) -> Iterator[Batch]:
