@@ -28,7 +28,8 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "": (set(), set()),  # the package's __init__
     "config": (set(), {"yaml"}),
     "tokenizer": ({"config"}, {"sentencepiece"}),
-    "data": ({"config", "tokenizer"}, {"datasets", "torch"}),
+    "batching": ({"tokenizer"}, {"torch"}),
+    "data": ({"config", "tokenizer", "batching"}, {"datasets", "torch"}),
     "attention": (set(), {"torch"}),
     "models.common": ({"attention"}, {"torch"}),
     "models.rnn": ({"attention", "models.common"}, {"torch"}),

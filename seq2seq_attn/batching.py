@@ -1,0 +1,202 @@
+"""Token-bucketed batches: the :class:`Batch` of padded tensors and the resumable sampler.
+
+Split from ``data.py`` (which re-exports everything here) to keep modules small; it needs only
+torch and the tokenizer's special ids. Shapes are batch-first; masks are ``True`` = real token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """One padded batch of B pairs (PAD=0 fills the slots after each sentence).
+
+    ``src`` is the source ids followed by EOS; ``tgt_in`` is BOS + target (the decoder input);
+    ``tgt_out`` is target + EOS (what the decoder predicts), so T = longest target + 1.
+    """
+
+    src: torch.Tensor  # (B, S) long
+    src_mask: torch.Tensor  # (B, S) bool, True = real token
+    tgt_in: torch.Tensor  # (B, T) long
+    tgt_out: torch.Tensor  # (B, T) long
+    tgt_mask: torch.Tensor  # (B, T) bool, True = real position in tgt_in / tgt_out
+    indices: torch.Tensor  # (B,) long, the rows of the dataset, to restore corpus order
+    num_src_tokens: int  # real source tokens, EOS included
+    num_tgt_tokens: int  # real target positions to predict, EOS included
+
+    @property
+    def size(self) -> int:
+        """Number of pairs B."""
+        return self.src.size(0)
+
+    @property
+    def padded_slots(self) -> int:
+        """Slots of ``src`` plus ``tgt_out``, padding included (B*S + B*T)."""
+        return self.src.numel() + self.tgt_out.numel()
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """The same batch with every tensor on ``device``."""
+        moved = {
+            field.name: value.to(device, non_blocking=non_blocking)
+            for field in dataclasses.fields(self)
+            if isinstance(value := getattr(self, field.name), torch.Tensor)
+        }
+        return dataclasses.replace(self, **moved)
+
+
+def _padded(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Right-pad 1-D long tensors with PAD into (B, L)."""
+    return pad_sequence(rows, batch_first=True, padding_value=PAD_ID)
+
+
+def collate(
+    src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]], indices: Sequence[int]
+) -> Batch:
+    """Id lists (without BOS/EOS) of B pairs -> a padded :class:`Batch`."""
+    bos, eos = torch.tensor([BOS_ID]), torch.tensor([EOS_ID])
+    src_rows = [torch.cat([torch.as_tensor(ids, dtype=torch.long), eos]) for ids in src_ids]
+    tgt_rows = [torch.as_tensor(ids, dtype=torch.long) for ids in tgt_ids]
+    src = _padded(src_rows)  # (B, S)
+    tgt_in = _padded([torch.cat([bos, row]) for row in tgt_rows])  # (B, T)
+    tgt_out = _padded([torch.cat([row, eos]) for row in tgt_rows])  # (B, T)
+    src_mask = src != PAD_ID
+    tgt_mask = tgt_out != PAD_ID
+    return Batch(
+        src=src,
+        src_mask=src_mask,
+        tgt_in=tgt_in,
+        tgt_out=tgt_out,
+        tgt_mask=tgt_mask,
+        indices=torch.as_tensor(list(indices), dtype=torch.long),
+        num_src_tokens=int(src_mask.sum()),
+        num_tgt_tokens=int(tgt_mask.sum()),
+    )
+
+
+def _pack(sizes: list[int], max_tokens: int) -> list[tuple[int, int]]:
+    """Cut ascending ``sizes`` into [start, end) runs with (end - start) * size[end-1] <=
+    ``max_tokens`` (a run of one when a single item is larger)."""
+    runs, start, n = [], 0, len(sizes)
+    while start < n:
+        count = max(1, min(max_tokens // sizes[start], n - start))
+        if count * sizes[start + count - 1] > max_tokens:  # the sizes grew inside the run
+            count = max(1, max_tokens // sizes[start + count - 1])
+        while start + count < n and (count + 1) * sizes[start + count] <= max_tokens:
+            count += 1
+        runs.append((start, start + count))
+        start += count
+    return runs
+
+
+class TokenBatchSampler:
+    """Batches of row indices holding at most ``max_tokens`` padded slots.
+
+    A pair's size is max(src_len + 1, tgt_len + 1) (EOS / BOS included) and a batch costs
+    B * its largest size, so both ``src`` (B, S) and ``tgt_out`` (B, T) hold at most
+    ``max_tokens`` slots. Pairs are sorted by size (ties broken randomly) so that a batch holds
+    similar lengths; with ``shuffle`` the batch order is shuffled per epoch from ``seed``.
+    Iterating yields the rest of the current epoch, then advances the epoch; ``state_dict`` /
+    ``load_state_dict`` save and restore (epoch, position) to resume mid-epoch.
+    """
+
+    def __init__(
+        self,
+        src_lengths: torch.Tensor | Sequence[int],
+        tgt_lengths: torch.Tensor | Sequence[int],
+        max_tokens: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
+        """``src_lengths``/``tgt_lengths`` are the id counts (without BOS/EOS) of each row."""
+        src = torch.as_tensor(src_lengths, dtype=torch.long)
+        tgt = torch.as_tensor(tgt_lengths, dtype=torch.long)
+        if src.shape != tgt.shape or src.dim() != 1:
+            raise ValueError(
+                f"src_lengths {tuple(src.shape)} and tgt_lengths {tuple(tgt.shape)} must be "
+                "1-D and of equal length (one entry per pair)"
+            )
+        if max_tokens < 2:
+            raise ValueError(f"max_tokens={max_tokens}: use at least 2 (one token + EOS)")
+        self.src_sizes, self.tgt_sizes = src + 1, tgt + 1  # (N,) slots with EOS / BOS
+        self.sizes = torch.maximum(self.src_sizes, self.tgt_sizes)  # (N,)
+        self.max_tokens, self.shuffle, self.seed = max_tokens, shuffle, seed
+        self.epoch, self.position = 0, 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+        oversized = int((self.sizes > max_tokens).sum())
+        if oversized:
+            logger.warning(
+                "%d pairs exceed max_tokens=%d; each gets a batch", oversized, max_tokens
+            )
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """All batches of ``epoch`` in order (a pure function of seed, epoch and lengths)."""
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        generator = torch.Generator().manual_seed(hash((self.seed, epoch)) & 0xFFFF_FFFF_FFFF)
+        if self.shuffle:
+            perm = torch.randperm(len(self.sizes), generator=generator)
+            order = perm[torch.argsort(self.sizes[perm], stable=True)]
+        else:
+            order = torch.argsort(self.sizes, stable=True)
+        order_list = order.tolist()
+        runs = _pack(self.sizes[order].tolist(), self.max_tokens)
+        if self.shuffle:
+            runs = [runs[i] for i in torch.randperm(len(runs), generator=generator).tolist()]
+        result = [order_list[start:end] for start, end in runs]
+        self._cache = (epoch, result)
+        return result
+
+    def __len__(self) -> int:
+        """Number of batches in the current epoch."""
+        return len(self.batches(self.epoch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        """Yield the remaining batches of the current epoch, then move to the next epoch."""
+        epoch_batches = self.batches(self.epoch)
+        while self.position < len(epoch_batches):
+            self.position += 1  # counted as handed out, so a state saved now resumes after it
+            yield epoch_batches[self.position - 1]
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def padding_efficiency(self, epoch: int | None = None) -> float:
+        """Real tokens / padded slots over all batches of ``epoch`` (default: the current one)."""
+        real = padded = 0
+        for indices in self.batches(self.epoch if epoch is None else epoch):
+            rows = torch.as_tensor(indices)
+            src_sizes, tgt_sizes = self.src_sizes[rows], self.tgt_sizes[rows]  # (B,)
+            real += int(src_sizes.sum() + tgt_sizes.sum())
+            padded += len(indices) * int(src_sizes.max() + tgt_sizes.max())
+        return real / padded if padded else 1.0
+
+    def state_dict(self) -> dict[str, int]:
+        """Plain data to resume from: epoch, position (batches handed out), seed and checks."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "max_tokens": self.max_tokens,
+            "num_pairs": len(self.sizes),
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume where :meth:`state_dict` was taken (same data and max_tokens required)."""
+        for key, mine in (("num_pairs", len(self.sizes)), ("max_tokens", self.max_tokens)):
+            if state.get(key, mine) != mine:
+                raise ValueError(
+                    f"sampler state has {key}={state[key]} but this sampler has {mine}; resume "
+                    "with the same data and data.max_tokens as the saved run"
+                )
+        self.epoch, self.position, self.seed = state["epoch"], state["position"], state["seed"]
