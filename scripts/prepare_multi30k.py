@@ -18,7 +18,6 @@ import argparse
 import gzip
 import hashlib
 import os
-import shutil
 import sys
 import tempfile
 import urllib.request
@@ -111,7 +110,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file, so no half file is left behind."""
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
         handle.write(data)
-    shutil.move(handle.name, path)
+    os.chmod(handle.name, 0o644)  # a temporary file is private (0600); these are plain data
+    os.replace(handle.name, path)
 
 
 def prepare(
