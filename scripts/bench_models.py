@@ -4,7 +4,8 @@ The batch is B sentences of exactly T source and T target tokens (no padding), s
 and target vocabularies of V entries each (``--joint`` for one shared vocabulary). fp32 and
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` runs alternate inside every repeat so that a
 noisy machine slows both alike (and every model in turn, likewise); the table shows the median
-and the minimum of the repeats after warmup.
+and the minimum of the repeats after warmup. Other processes on the machine show in the median
+first (the load average is printed): compare medians only from runs with a low load.
 
     .venv/bin/python scripts/bench_models.py            # B=64, T=20, V=8000, 2 threads
     .venv/bin/python scripts/bench_models.py --repeats 5 --warmup 1
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import time
 
@@ -92,7 +94,9 @@ def main() -> None:
         name: build_model(config, args.vocab, args.vocab, joint_vocab=args.joint).train()
         for name, config in MODELS.items()
     }
+    load_before = os.getloadavg()[0]
     times = bench(models, batch, args)
+    print(f"1-minute load average: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     header = (
         f"{'model':28} {'params':>11} {'fp32 ms':>8} {'(min)':>7} {'bf16 ms':>8} {'(min)':>7}"
         f" {'bf16/fp32':>9}"
