@@ -84,10 +84,10 @@ def main() -> None:
     src = torch.randint(4, args.vocab, shape)
     tgt = torch.randint(4, args.vocab, (args.batch_size, args.length + 1))
     batch = (src, torch.ones(shape, dtype=torch.bool), tgt[:, :-1], tgt[:, 1:])
-    vocab = "joint" if args.joint else "separate"
+    vocab = "one joint vocabulary" if args.joint else "separate source/target vocabularies"
     print(
         f"B={args.batch_size} T={args.length} (source and target, no padding), "
-        f"{vocab} vocabularies of {args.vocab}, {args.threads} threads, "
+        f"{vocab} of {args.vocab}, {args.threads} threads, "
         f"median of {args.repeats} after {args.warmup} warmup, torch {torch.__version__}"
     )
     models = {
