@@ -4,7 +4,8 @@ The batch is B sentences of exactly T source and T target tokens (no padding), s
 and target vocabularies of V entries each (``--joint`` for one shared vocabulary). fp32 and
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` runs alternate inside every repeat so that a
 noisy machine slows both alike (and every model in turn, likewise); the table shows the median
-and the minimum of the repeats after warmup.
+and the minimum of the repeats after warmup. Other processes on the machine show in the median
+first (the load average is printed): compare medians only from runs with a low load.
 
     .venv/bin/python scripts/bench_models.py            # B=64, T=20, V=8000, 2 threads
     .venv/bin/python scripts/bench_models.py --repeats 5 --warmup 1
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import time
 
@@ -82,17 +84,19 @@ def main() -> None:
     src = torch.randint(4, args.vocab, shape)
     tgt = torch.randint(4, args.vocab, (args.batch_size, args.length + 1))
     batch = (src, torch.ones(shape, dtype=torch.bool), tgt[:, :-1], tgt[:, 1:])
-    vocab = "joint" if args.joint else "separate"
+    vocab = "one joint vocabulary" if args.joint else "separate source/target vocabularies"
     print(
         f"B={args.batch_size} T={args.length} (source and target, no padding), "
-        f"{vocab} vocabularies of {args.vocab}, {args.threads} threads, "
+        f"{vocab} of {args.vocab}, {args.threads} threads, "
         f"median of {args.repeats} after {args.warmup} warmup, torch {torch.__version__}"
     )
     models = {
         name: build_model(config, args.vocab, args.vocab, joint_vocab=args.joint).train()
         for name, config in MODELS.items()
     }
+    load_before = os.getloadavg()[0]
     times = bench(models, batch, args)
+    print(f"1-minute load average: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     header = (
         f"{'model':28} {'params':>11} {'fp32 ms':>8} {'(min)':>7} {'bf16 ms':>8} {'(min)':>7}"
         f" {'bf16/fp32':>9}"

@@ -191,13 +191,9 @@ class AttentionDecoder(nn.Module, ABC):
         """Bridge ``tanh(W final + b)`` to the first decoder state; project the keys once."""
         if encoder_output.final is None:
             raise ValueError("the RNN decoder needs the encoder's final states (final=None)")
-        batch, layers, hidden = (
-            encoder_output.batch_size,
-            self.opts.decoder_layers,
-            self.opts.hidden_size,
-        )
+        layers, hidden = self.opts.decoder_layers, self.opts.hidden_size
         bridged = torch.tanh(self.bridge(encoder_output.final))  # (B, states * L * H)
-        bridged = bridged.view(batch, -1, layers, hidden)  # (B, states, L, H)
+        bridged = bridged.view(encoder_output.batch_size, -1, layers, hidden)  # (B, states, L, H)
         return RNNState(
             memory=encoder_output.states,
             keys=self.attention.project_keys(encoder_output.states),

@@ -187,12 +187,13 @@ class Transformer(Seq2Seq):
             self.output.weight = self.tgt_embed.weight
 
     def _init_weights(self) -> None:
-        """Xavier-uniform matrices; embeddings ``N(0, d^-1/2)`` so scaled ones start near 1."""
-        for name, param in self.named_parameters():
-            if "embed" in name:
-                nn.init.normal_(param, std=self.opts.d_model**-0.5)
-            elif param.dim() == 2:
-                nn.init.xavier_uniform_(param)
+        """Xavier-uniform linear layers; embedding tables (tokens, learned positions)
+        ``N(0, d^-1/2)``, so that scaled token embeddings start with norm near ``sqrt(d)``."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=self.opts.d_model**-0.5)
 
     def _embed(
         self, embed: Embeddings, positions: PositionalEncoding, tokens: Tensor, offset: int = 0
