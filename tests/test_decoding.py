@@ -38,13 +38,7 @@ KINDS = {
 kinds = pytest.mark.parametrize("kind", list(KINDS))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(kind: str, seed: int = 0) -> Seq2Seq:
