@@ -1,7 +1,7 @@
 """Checkpoint files: atomic writes of plain data and safe loads that never run pickled code.
 
-A checkpoint holds only tensors and plain Python data (dict, list, tuple, str, int, float, bool,
-None), so every load can use ``torch.load(..., weights_only=True)``: a file carrying pickled
+A checkpoint holds only tensors and plain Python data (dict, list, tuple, str, bytes, int, float,
+bool, None), so every load can use ``torch.load(..., weights_only=True)``: a file carrying pickled
 objects is refused, never executed.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-PLAIN_TYPES = (str, int, float, bool, type(None), torch.Tensor)
+PLAIN_TYPES = (str, bytes, int, float, bool, type(None), torch.Tensor)
 
 
 class CheckpointError(RuntimeError):
