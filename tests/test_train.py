@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seq_attn.checkpoint import load_checkpoint, save_checkpoint
+from seq2seq_attn.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from seq2seq_attn.config import Config, config_from_plain, load_config
+from seq2seq_attn.evaluate import search_options, translate
 from seq2seq_attn.optim import NonFiniteLossError
 from seq2seq_attn.tokenizer import Tokenizer
 from seq2seq_attn.train import RunDirError, StepReport, TrainCallback, ValidationReport, train
@@ -195,3 +201,27 @@ def test_repeated_nonfinite_losses_stop_the_run(corpus, tmp_path):
         train(config, tmp_path / "run", resume=True)
     progress = load_checkpoint(tmp_path / "run" / "last.pt")["progress"]
     assert (progress["step"], progress["nonfinite_total"]) == (5, 2)
+
+
+def test_best_checkpoint_alone_rebuilds_the_validated_model(corpus, tmp_path):
+    recorder = Recorder()
+    config = toy_config(corpus, max_steps=20, validate_every=10, lr=1e-2)
+    summary = train(config, tmp_path / "run", callbacks=[recorder])
+    best = next(v for v in recorder.validations if v.step == summary.best_step)
+    model, tokenizer, restored = model_from_checkpoint(load_checkpoint(summary.best_checkpoint))
+    assert restored == config and not model.training
+    sources = [src for src, _, _ in best.samples]
+    options = search_options(config.decode, beam_size=1)
+    outputs = translate(model, tokenizer, sources, options, 256, "cpu")
+    assert tokenizer.decode_tgt([h.tokens for h in outputs]) == [h for _, _, h in best.samples]
+    with pytest.raises(CheckpointError, match=r"x\.pt: not a seq2seq-attn training checkpoint"):
+        model_from_checkpoint({"model": {}}, "x.pt")
+
+
+def test_bf16_autocast_trains_on_the_cpu(corpus, tmp_path):
+    recorder = Recorder()
+    train(toy_config(corpus, max_steps=4, precision="bf16", validate_every=2), tmp_path / "run",
+          callbacks=[recorder])  # fmt: skip
+    assert all(math.isfinite(r.loss) for r in recorder.steps)
+    assert recorder.steps[-1].loss < recorder.steps[0].loss
+    assert all(math.isfinite(v.loss) for v in recorder.validations)
