@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +163,21 @@ def test_whole_config_round_trips_through_plain_data_and_yaml(tmp_path):
     assert config_from_plain(to_plain(config)) == config
     path = write(tmp_path / "resolved.yaml", to_yaml(config))
     assert load_config(path) == config
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "data" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
+def test_shipped_configs_load(path):
+    config = load_config(path)
+    family = "rnn" if "rnn" in path.name else "transformer"
+    assert config.model.family == family
+    assert config.train.max_steps or config.train.max_epochs or config.train.max_minutes
+
+
+def test_the_promised_configs_are_shipped():
+    assert {path.name for path in CONFIGS} >= {
+        "multi30k-de-en-transformer.yaml", "multi30k-de-en-rnn-bahdanau.yaml",
+        "multi30k-de-en-rnn-luong.yaml", "toy-transformer.yaml", "toy-rnn.yaml",
+    }  # fmt: skip
