@@ -77,6 +77,7 @@ class RunInfo:
     train_pairs: int
     start_step: int
     max_steps: int | None
+    steps_per_epoch: int  # with accumulate_steps batches per step (for an ETA under max_epochs)
 
 
 @dataclass
@@ -296,7 +297,7 @@ class Run:
         self.trainer = Trainer(self.model, config.train, precision, device)
         self.progress = Progress()
         self.start_time = time.monotonic()
-        self.start_elapsed = 0.0
+        self.saved_step = -1  # the step last.pt holds
 
     def _dev_data(self) -> tuple:
         """The tokenized dev split (for the loss) and its raw pairs (for BLEU) as datasets, or
@@ -342,6 +343,8 @@ class Run:
         self.start_time = time.monotonic()
         path = self.run_dir / name
         save_checkpoint(self.state_dict(), path)
+        if name == LAST_FILE:
+            self.saved_step = self.progress.step
         for callback in self.callbacks:
             callback.on_checkpoint(path)
         return path
@@ -369,6 +372,7 @@ class Run:
         info = RunInfo(
             self.run_dir, str(self.device), self.precision.name, self.model.num_parameters(),
             len(self.train_ds), self.progress.step, cfg.max_steps,
+            math.ceil(len(self.sampler) / cfg.accumulate_steps),
         )  # fmt: skip
         for callback in self.callbacks:
             callback.on_start(info)
@@ -380,7 +384,9 @@ class Run:
             and self.progress.last_validated != self.progress.step
         ):
             self.validate()
-        last = self.save(LAST_FILE)
+        last = self.run_dir / LAST_FILE
+        if self.saved_step != self.progress.step:
+            self.save(LAST_FILE)
         best = self.run_dir / BEST_FILE
         summary = TrainSummary(
             self.progress.step, self.sampler.epoch, reason, self.progress.elapsed,
@@ -464,6 +470,7 @@ class Run:
         else:
             progress.bad_validations += 1
         progress.last_validated = progress.step
+        self.saved_step = -1  # last.pt does not hold this validation's outcome yet
         self.trainer.schedule.validated(bleu)
         samples = zip(evaluation.sources, evaluation.references, evaluation.hypotheses, strict=True)
         report = ValidationReport(

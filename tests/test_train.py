@@ -21,7 +21,15 @@ from seq2seq_attn.config import Config, config_from_plain, load_config
 from seq2seq_attn.evaluate import search_options, translate
 from seq2seq_attn.optim import NonFiniteLossError
 from seq2seq_attn.tokenizer import Tokenizer
-from seq2seq_attn.train import RunDirError, StepReport, TrainCallback, ValidationReport, train
+from seq2seq_attn.train import (
+    RunDirError,
+    RunInfo,
+    StepReport,
+    TrainCallback,
+    TrainSummary,
+    ValidationReport,
+    train,
+)
 
 TOY = Path(__file__).resolve().parents[1] / "data" / "toy"
 
@@ -74,6 +82,9 @@ class Recorder(TrainCallback):
     """Keeps every report; sets ``stop`` after step ``stop_at``."""
 
     def __init__(self, stop: threading.Event | None = None, stop_at: int = 0) -> None:
+        self.info: RunInfo | None = None
+        self.checkpoints: list[str] = []
+        self.summary: TrainSummary | None = None
         self.steps: list[StepReport] = []
         self.validations: list[ValidationReport] = []
         self.stop, self.stop_at = stop, stop_at
@@ -83,8 +94,17 @@ class Recorder(TrainCallback):
         if self.stop is not None and report.step == self.stop_at:
             self.stop.set()
 
+    def on_start(self, info: RunInfo) -> None:
+        self.info = info
+
     def on_validation(self, report: ValidationReport) -> None:
         self.validations.append(report)
+
+    def on_checkpoint(self, path: Path) -> None:
+        self.checkpoints.append(path.name)
+
+    def on_end(self, summary: TrainSummary) -> None:
+        self.summary = summary
 
 
 def parameters(path: Path) -> dict[str, torch.Tensor]:
@@ -109,6 +129,17 @@ def test_a_run_writes_a_complete_run_directory(corpus, tmp_path):
         Tokenizer.load(run).fingerprint
     )
     assert state["progress"]["step"] == 20 and state["sampler"]["position"] > 0
+    assert recorder.summary == summary
+    assert (recorder.info.start_step, recorder.info.max_steps, recorder.info.device) == (
+        0,
+        20,
+        "cpu",
+    )
+    assert recorder.info.steps_per_epoch > 0 and recorder.info.num_parameters > 0
+    assert recorder.checkpoints[0] == "best.pt"  # the first validation is the best so far
+    assert [name for name in recorder.checkpoints if name != "best.pt"] == [
+        "step-00000010.pt", "last.pt", "step-00000020.pt", "last.pt"
+    ]  # fmt: skip
     assert [r.step for r in recorder.steps] == list(range(1, 21))
     assert all(math.isfinite(r.loss) and r.tokens > 0 for r in recorder.steps)
     assert recorder.steps[-1].loss < recorder.steps[0].loss
