@@ -201,11 +201,17 @@ def first_difference(saved: object, current: object, key: str) -> str | None:
 
 
 def check_resumable(saved: Config, config: Config, path: Path) -> None:
-    """Refuse to resume with other data, tokenizer or model settings than the run's."""
+    """Refuse to resume with other data, tokenizer or model settings than the run's (where the
+    cache and the test split live may change)."""
+    movable = {"cache_dir", "test"}
     for section in ("data", "tokenizer", "model"):
-        found = first_difference(
-            to_plain(getattr(saved, section)), to_plain(getattr(config, section)), section
-        )
+        saved_values, values = to_plain(getattr(saved, section)), to_plain(getattr(config, section))
+        if section == "data":
+            saved_values, values = (
+                {key: value for key, value in plain.items() if key not in movable}
+                for plain in (saved_values, values)
+            )
+        found = first_difference(saved_values, values, section)
         if found:
             raise RunDirError(
                 f"{path}: cannot resume with a different {section} section ({found}); resume "
@@ -220,11 +226,22 @@ def prune_numbered(run_dir: Path, keep: int) -> None:
         path.unlink()
 
 
+def _logged_step(line: str) -> int | None:
+    """The step of one ``metrics.jsonl`` line; None for a line cut short by a crash."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def trim_metrics(path: Path, step: int) -> None:
-    """Drop metric lines logged after ``step`` (written after the checkpoint a run resumes)."""
+    """Drop metric lines logged after ``step`` (written after the checkpoint a run resumes)
+    and any line a crash left unfinished."""
     if path.is_file():
         lines = path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        kept = [
+            line for line in lines if (logged := _logged_step(line)) is not None and logged <= step
+        ]
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 

@@ -29,6 +29,7 @@ from seq2seq_attn.train import (
     TrainSummary,
     ValidationReport,
     train,
+    trim_metrics,
 )
 
 TOY = Path(__file__).resolve().parents[1] / "data" / "toy"
@@ -256,3 +257,18 @@ def test_bf16_autocast_trains_on_the_cpu(corpus, tmp_path):
     assert all(math.isfinite(r.loss) for r in recorder.steps)
     assert recorder.steps[-1].loss < recorder.steps[0].loss
     assert all(math.isfinite(v.loss) for v in recorder.validations)
+
+
+def test_trim_metrics_drops_later_and_unfinished_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = ['{"kind": "train", "step": 5}', '{"kind": "valid", "step": 10}', '{"step": 15}']
+    path.write_text("\n".join(lines) + '\n{"kind": "tra', encoding="utf-8")
+    trim_metrics(path, 10)
+    assert path.read_text(encoding="utf-8").splitlines() == lines[:2]
+
+
+def test_resume_accepts_a_moved_cache(corpus, tmp_path):
+    train(toy_config(corpus, max_steps=2, validate_every=0), tmp_path / "run")
+    moved = toy_config(corpus, max_steps=3, validate_every=0)
+    moved.data.cache_dir = str(tmp_path / "cache")
+    assert train(moved, tmp_path / "run", resume=True).step == 3
