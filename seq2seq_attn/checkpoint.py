@@ -1,7 +1,7 @@
 """Checkpoint files: atomic writes of plain data and safe loads that never run pickled code.
 
-A checkpoint holds only tensors and plain Python data (dict, list, tuple, str, int, float, bool,
-None), so every load can use ``torch.load(..., weights_only=True)``: a file carrying pickled
+A checkpoint holds only tensors and plain Python data (dict, list, tuple, str, bytes, int, float,
+bool, None), so every load can use ``torch.load(..., weights_only=True)``: a file carrying pickled
 objects is refused, never executed.
 """
 
@@ -15,7 +15,11 @@ from pathlib import Path
 
 import torch
 
-PLAIN_TYPES = (str, int, float, bool, type(None), torch.Tensor)
+from .config import Config, config_from_plain
+from .models import Seq2Seq, build_model
+from .tokenizer import Tokenizer
+
+PLAIN_TYPES = (str, bytes, int, float, bool, type(None), torch.Tensor)
 
 
 class CheckpointError(RuntimeError):
@@ -110,3 +114,23 @@ def _corrupt(path: Path, error: Exception) -> CheckpointError:
         f"{path}: truncated or corrupt checkpoint ({detail}); use another checkpoint of the run "
         "(last.pt, best.pt or a numbered one)"
     )
+
+
+def model_from_checkpoint(
+    state: dict, path: Path | str = "checkpoint"
+) -> tuple[Seq2Seq, Tokenizer, Config]:
+    """Rebuild the model (eval mode, on the CPU), its tokenizer and its config from a training
+    checkpoint alone (what :func:`load_checkpoint` returned for ``path``)."""
+    missing = [key for key in ("config", "tokenizer", "model") if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a seq2seq-attn training checkpoint (no {', '.join(missing)}); use "
+            "last.pt, best.pt or a step-*.pt file of a run directory"
+        )
+    config = config_from_plain(state["config"], f"{path} (its config)")
+    tokenizer = Tokenizer.from_state_dict(state["tokenizer"])
+    model = build_model(
+        config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.joint
+    )
+    model.load_state_dict(state["model"])
+    return model.eval(), tokenizer, config

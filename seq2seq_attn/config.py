@@ -374,6 +374,57 @@ class DecodeConfig:
         )  # fmt: skip
 
 
+@dataclass
+class Config:
+    """The whole YAML config: one typed section each for data, tokenizer, model, train, decode."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def __post_init__(self) -> None:
+        require(
+            self.model.family != "transformer" or self.model.max_positions > self.data.max_length,
+            "model.max_positions",
+            self.model.max_positions,
+            f"a Transformer needs room for data.max_length ({self.data.max_length}) tokens plus "
+            "EOS: raise it or lower data.max_length",
+        )
+
+
+def config_from_plain(values: object, source: str = "config") -> Config:
+    """Build a :class:`Config` from plain data (a YAML mapping or a checkpoint's ``config``).
+
+    Missing sections and keys keep their defaults; an unknown section is an error naming it and
+    the closest valid one (``source`` names the file in that message).
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {values!r}")
+    names = [item.name for item in dataclasses.fields(Config)]
+    for key in values:
+        if key not in names:
+            hint = closest(str(key), names)
+            suggestion = f"did you mean '{hint}'? " if hint else ""
+            raise ConfigError(
+                f"{source}: unknown section '{key}'; {suggestion}valid sections: {', '.join(names)}"
+            )
+    hints = typing.get_type_hints(Config)
+    sections = {
+        key: from_mapping(hints[key], {} if value is None else value, key)
+        for key, value in values.items()
+    }
+    return Config(**sections)
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
+    """Read the YAML config at ``path``, apply ``--set section.key=value`` ``overrides`` and
+    validate everything once, raising :class:`ConfigError` naming the key, value and fix."""
+    raw = apply_overrides(read_yaml(Path(path)), overrides)
+    return config_from_plain(raw, str(path))
+
+
 # ---- generic loading: mappings -> typed dataclasses ----------------------------------------
 
 
@@ -475,7 +526,9 @@ def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
             )
         node = result
         for part in parts[:-1]:
-            child = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or an empty section in the YAML
+                node[part] = {}
+            child = node[part]
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {override!r}: {part!r} holds a value, not a section")
             node = child

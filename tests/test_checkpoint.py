@@ -19,7 +19,7 @@ def sample_state() -> dict:
         "step": 7,
         "rng": [1, 2.5, None, True],
         "config": {"model": {"family": "transformer"}},
-        "tokenizer": b"\x00\x01".hex(),
+        "tokenizer": {"src_model": b"\x00\x01", "tgt_model": None},
     }
 
 
@@ -29,6 +29,7 @@ def test_round_trip(tmp_path):
     loaded = load_checkpoint(path)
     assert torch.equal(loaded["model"]["weight"], torch.arange(6.0).view(2, 3))
     assert loaded["rng"] == [1, 2.5, None, True] and loaded["step"] == 7
+    assert loaded["tokenizer"] == {"src_model": b"\x00\x01", "tgt_model": None}
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary left behind
 
 

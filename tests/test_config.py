@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from seq2seq_attn.config import (
+    Config,
     ConfigError,
     DecodeConfig,
+    ModelConfig,
     TrainConfig,
     apply_overrides,
+    config_from_plain,
     from_mapping,
+    load_config,
     read_yaml,
+    to_plain,
     to_yaml,
 )
 
@@ -111,3 +117,67 @@ def test_yaml_exponent_floats_are_numbers(tmp_path):
     train = from_mapping(TrainConfig, read_yaml(path)["train"], "train")
     assert (train.lr, train.warmup_steps, train.max_minutes) == (5e-4, 10, 15.0)
     assert isinstance(train.warmup_steps, int)
+
+
+def write(path, text: str):
+    """Write ``text`` to ``path`` and return the path."""
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_load_config_reads_sections_and_applies_overrides(tmp_path):
+    path = write(
+        tmp_path / "run.yaml",
+        "data:\n  src_lang: fr\n  max_length: 50\nmodel:\n  family: rnn\n"
+        "  rnn:\n    hidden_size: 64\ntrain:\n  lr: 1e-3\ndecode:\n",
+    )
+    config = load_config(path, ["train.max_steps=20", "decode.beam_size=2"])
+    assert (config.data.src_lang, config.data.max_length) == ("fr", 50)
+    assert (config.model.family, config.model.rnn.hidden_size) == ("rnn", 64)
+    assert (config.train.lr, config.train.max_steps) == (1e-3, 20)
+    assert config.decode == DecodeConfig(beam_size=2)  # an empty section keeps the defaults
+    assert config.tokenizer == Config().tokenizer
+
+
+def test_load_config_names_unknown_sections_and_keys(tmp_path):
+    path = write(tmp_path / "bad.yaml", "trian:\n  lr: 0.1\n")
+    with pytest.raises(
+        ConfigError, match=r"bad\.yaml: unknown section 'trian'; did you mean 'train'"
+    ):
+        load_config(path)
+    path = write(tmp_path / "good.yaml", "train:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"^model\.transformer\.d_modle: unknown key; did you"):
+        load_config(path, ["model.transformer.d_modle=64"])
+    with pytest.raises(ConfigError, match=r"^decode\.beam_size: expected a whole number"):
+        load_config(path, ["decode.beam_size=wide"])
+
+
+def test_cross_section_limits_are_checked():
+    with pytest.raises(ConfigError, match=r"^model\.max_positions: invalid value 50; .*100"):
+        config_from_plain({"model": {"max_positions": 50}})
+    config_from_plain({"model": {"family": "rnn", "max_positions": 50}})  # an RNN has no limit
+
+
+def test_whole_config_round_trips_through_plain_data_and_yaml(tmp_path):
+    config = Config(model=ModelConfig(family="rnn"), train=TrainConfig(betas=(0.8, 0.9)))
+    assert config_from_plain(to_plain(config)) == config
+    path = write(tmp_path / "resolved.yaml", to_yaml(config))
+    assert load_config(path) == config
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "data" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
+def test_shipped_configs_load(path):
+    config = load_config(path)
+    family = "rnn" if "rnn" in path.name else "transformer"
+    assert config.model.family == family
+    assert config.train.max_steps or config.train.max_epochs or config.train.max_minutes
+
+
+def test_the_promised_configs_are_shipped():
+    assert {path.name for path in CONFIGS} >= {
+        "multi30k-de-en-transformer.yaml", "multi30k-de-en-rnn-bahdanau.yaml",
+        "multi30k-de-en-rnn-luong.yaml", "toy-transformer.yaml", "toy-rnn.yaml",
+    }  # fmt: skip

@@ -20,7 +20,7 @@ PACKAGE = "seq2seq_attn"
 
 UPSTREAM_OF_TRAIN = {
     "config", "tokenizer", "data", "attention", "models", "models.common", "models.rnn",
-    "models.transformer", "decoding", "metrics", "checkpoint", "evaluate",
+    "models.transformer", "decoding", "metrics", "checkpoint", "evaluate", "optim",
 }  # fmt: skip
 
 # module -> (project modules it may import, third-party packages it may import)
@@ -42,6 +42,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
         {"torch"},
     ),
     "evaluate": ({"config", "data", "tokenizer", "decoding", "metrics"}, {"torch"}),
+    "optim": ({"config", "tokenizer", "data", "models"}, {"torch"}),
     "train": (UPSTREAM_OF_TRAIN, {"torch"}),
     "cli": (UPSTREAM_OF_TRAIN | {"train"}, {"torch", "typer", "rich", "matplotlib"}),
 }

@@ -1,0 +1,293 @@
+"""One optimisation step and what it needs: the loss, the optimizer, the learning-rate schedule,
+the numeric precision (autocast dtype and gradient scaler), and the :class:`Trainer` that runs
+steps with accumulation, clipping and NaN/inf skipping through the model protocol only."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+from torch import Tensor, nn
+
+from .config import ConfigError, TrainConfig
+from .data import Batch
+from .models import Seq2Seq
+from .tokenizer import PAD_ID
+
+logger = logging.getLogger(__name__)
+
+
+def label_smoothed_loss(
+    logits: Tensor, target: Tensor, smoothing: float, pad_id: int = PAD_ID
+) -> tuple[Tensor, Tensor]:
+    """Summed label-smoothed cross-entropy and summed NLL over non-PAD targets, in fp32.
+
+    Same definition as ``F.cross_entropy(label_smoothing=smoothing)``: the target distribution
+    is ``1 - smoothing`` on the gold token plus ``smoothing / V`` on every token.
+
+    Args:
+        logits: ``(B, T, V)`` scores; target: ``(B, T)`` gold ids, ``pad_id`` where ignored.
+
+    Returns:
+        ``(loss_sum, nll_sum)`` 0-dim tensors (divide by the target token count for means).
+    """
+    logits = logits.float()
+    log_normaliser = logits.logsumexp(dim=-1)  # (B, T)
+    gold = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    nll = log_normaliser - gold  # (B, T)
+    uniform = log_normaliser - logits.mean(dim=-1)  # (B, T) mean over V of -log p
+    keep = target != pad_id  # (B, T)
+    nll_sum = nll.masked_fill(~keep, 0.0).sum()
+    loss_sum = (1.0 - smoothing) * nll_sum + smoothing * uniform.masked_fill(~keep, 0.0).sum()
+    return loss_sum, nll_sum
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or AdamW over the trainable parameters, with ``train.lr``/``betas``/``weight_decay``.
+
+    The fused implementation is used (one kernel for all parameters, CPU and CUDA alike).
+    """
+    optimizer_class = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    return optimizer_class(
+        parameters, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
+    )
+
+
+class Schedule:
+    """The learning rate per update, from ``train.schedule``.
+
+    - ``inverse_sqrt``: linear warmup over ``warmup_steps``, then ``lr * sqrt(warmup / step)``
+      (Vaswani et al., 2017); without warmup, ``lr / sqrt(step)``.
+    - ``plateau``: linear warmup, then ``lr`` times ``plateau_factor`` each time dev BLEU has not
+      improved for more than ``plateau_patience`` validations.
+    - ``constant``: linear warmup, then ``lr``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+        self.optimizer, self.cfg = optimizer, cfg
+        self.scale = 1.0  # plateau reductions so far
+        self.best: float | None = None
+        self.bad_validations = 0
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of update number ``step`` (counted from 1)."""
+        warmup = self.cfg.warmup_steps
+        if self.cfg.schedule == "inverse_sqrt":
+            factor = step / warmup if step < warmup else math.sqrt(max(warmup, 1) / step)
+        else:
+            factor = min(1.0, step / warmup) if warmup else 1.0
+        return self.cfg.lr * factor * self.scale
+
+    def set_step(self, step: int) -> float:
+        """Set every parameter group's learning rate for update ``step``; returns it."""
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def validated(self, bleu: float) -> bool:
+        """Record a dev BLEU; with ``plateau``, returns True when the rate was just reduced."""
+        if self.best is None or bleu > self.best:
+            self.best, self.bad_validations = bleu, 0
+            return False
+        self.bad_validations += 1
+        if self.cfg.schedule != "plateau" or self.bad_validations <= self.cfg.plateau_patience:
+            return False
+        self.scale *= self.cfg.plateau_factor
+        self.bad_validations = 0
+        logger.info("dev BLEU plateaued at %.2f: learning rate scaled to %.3g", bleu, self.scale)
+        return True
+
+    def state_dict(self) -> dict[str, float | int | None]:
+        """Plain data to resume from."""
+        return {"scale": self.scale, "best": self.best, "bad_validations": self.bad_validations}
+
+    def load_state_dict(self, state: dict[str, float | int | None]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.scale, self.best = float(state["scale"]), state["best"]
+        self.bad_validations = int(state["bad_validations"])
+
+
+# ---- device and precision -------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: invalid value 'cuda'; no CUDA GPU is visible: use cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX-512 BF16), where autocast pays off.
+
+    Read from the Linux ``/proc/cpuinfo`` flags (torch reports only the AVX level); False where
+    that file does not exist.
+    """
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return bool(flags & {"amx_bf16", "avx512_bf16"})
+    return False
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The resolved numeric precision: ``name`` (fp32, bf16, fp16) on ``device_type``."""
+
+    name: str
+    device_type: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype, or None for fp32."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to :attr:`dtype` (a no-op context for fp32)."""
+        dtype = self.dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A gradient scaler, enabled for fp16 only (bf16 has fp32's exponent range)."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """``train.precision`` on ``device``: ``auto`` picks bf16 on CUDA with bf16 support and on
+    CPUs with native bf16, fp16 on older GPUs, fp32 otherwise; fp16 needs CUDA."""
+    on_cuda = device.type == "cuda"
+    if name == "auto":
+        if on_cuda:
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            name = "bf16" if cpu_has_fast_bf16() else "fp32"
+    if name == "fp16" and not on_cuda:
+        raise ConfigError(
+            "train.precision: invalid value 'fp16' on the CPU; fp16 needs CUDA: use bf16 or fp32"
+        )
+    if name == "bf16" and not on_cuda and not cpu_has_fast_bf16():
+        logger.warning("this CPU has no native bf16 (AMX/AVX-512 BF16): bf16 will be slow")
+    return Precision(name, device.type)
+
+
+# ---- the step ---------------------------------------------------------------------------------
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many NaN/inf losses or gradients in a row; the message says what to try."""
+
+
+@dataclass
+class StepOutcome:
+    """One update: per-token label-smoothed loss and NLL, its learning rate, whether skipped."""
+
+    loss: float
+    nll: float
+    lr: float
+    skipped: bool
+
+
+class Trainer:
+    """Runs optimisation steps on a :class:`Seq2Seq` (through ``forward`` only)."""
+
+    def __init__(
+        self, model: Seq2Seq, cfg: TrainConfig, precision: Precision, device: torch.device
+    ) -> None:
+        self.model, self.cfg, self.precision, self.device = model, cfg, precision, device
+        self.optimizer = build_optimizer(model, cfg)
+        self.schedule = Schedule(self.optimizer, cfg)
+        self.scaler = precision.grad_scaler()
+        self.nonfinite_in_a_row = 0
+
+    def _loss_sums(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Summed (label-smoothed loss, NLL) of one batch, under the precision's autocast."""
+        batch = batch.to(self.device, non_blocking=True)
+        with self.precision.autocast():
+            logits = self.model(batch.src, batch.src_mask, batch.tgt_in)  # (B, T, V)
+        return label_smoothed_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
+
+    def _grad_norm(self) -> Tensor:
+        """Total gradient norm (0-dim), after clipping to ``clip_grad_norm`` when set."""
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.clip_grad_norm is None:
+            return torch.nn.utils.get_total_norm([p.grad for p in parameters])
+        return torch.nn.utils.clip_grad_norm_(parameters, self.cfg.clip_grad_norm)
+
+    def train_step(self, batches: list[Batch], step: int) -> StepOutcome:
+        """Update number ``step`` from ``batches`` (accumulated; the loss is the mean over all
+        their target tokens). A NaN/inf loss or gradient skips the update and is counted."""
+        self.model.train()
+        total_tokens = sum(batch.num_tgt_tokens for batch in batches)
+        sums = torch.zeros(2, device=self.device)  # (loss, nll) summed over the batches
+        for batch in batches:
+            loss_sum, nll_sum = self._loss_sums(batch)
+            self.scaler.scale(loss_sum / total_tokens).backward()
+            sums += torch.stack([loss_sum.detach(), nll_sum.detach()])
+        self.scaler.unscale_(self.optimizer)
+        norm = self._grad_norm()
+        loss, nll, norm_value = torch.cat([sums, norm.reshape(1)]).tolist()  # the one sync
+        # with fp16 the scaler itself skips steps whose gradients overflowed
+        finite = math.isfinite(loss) and (self.scaler.is_enabled() or math.isfinite(norm_value))
+        lr = self.schedule.set_step(step)
+        if finite:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_in_a_row = 0 if finite else self.nonfinite_in_a_row + 1
+        if not finite:
+            logger.warning("step %d: loss %s, gradient norm %s: update skipped", step, loss, norm)
+        return StepOutcome(loss / total_tokens, nll / total_tokens, lr, not finite)
+
+    def raise_nonfinite(self, step: int) -> NoReturn:
+        """Stop the run: too many non-finite steps in a row."""
+        raise NonFiniteLossError(
+            f"step {step}: the loss or gradient was NaN/inf in {self.nonfinite_in_a_row} steps in "
+            f"a row (train.max_nonfinite_in_a_row = {self.cfg.max_nonfinite_in_a_row}); try a "
+            f"lower train.lr (now {self.cfg.lr}), more train.warmup_steps, train.clip_grad_norm "
+            "= 1.0, or train.precision = fp32"
+        )
+
+    @torch.no_grad()
+    def evaluation_loss(self, batches: Iterable[Batch]) -> tuple[float, float]:
+        """Per-token (label-smoothed loss, NLL) over ``batches`` in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        sums, tokens = torch.zeros(2, device=self.device), 0
+        for batch in batches:
+            sums += torch.stack(self._loss_sums(batch))
+            tokens += batch.num_tgt_tokens
+        self.model.train(was_training)
+        loss, nll = (sums / max(tokens, 1)).tolist()
+        return loss, nll
+
+    def state_dict(self) -> dict:
+        """Model, optimizer, schedule and scaler states (tensors and plain data)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.nonfinite_in_a_row = int(state["nonfinite_in_a_row"])

@@ -1,0 +1,509 @@
+"""The training loop: steps with accumulation and clipping, validation, early stopping, a run
+directory with self-contained checkpoints, and exact resume.
+
+Entry point: :func:`train`. Progress reaches the caller through :class:`TrainCallback` hooks (the
+CLI draws them); a ``threading.Event`` passed as ``stop`` asks the loop to finish the current
+step, save ``last.pt`` and return (what a SIGINT/SIGTERM handler sets).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config, config_from_plain, to_plain, to_yaml
+from .data import (
+    Batch,
+    iter_batches,
+    load_pairs,
+    load_split,
+    make_sampler,
+    texts,
+    tokenize_pairs,
+)  # fmt: skip
+from .evaluate import score_translations, search_options
+from .metrics import Score
+from .models import Seq2Seq, build_model
+from .optim import Precision, Trainer, resolve_device, resolve_precision
+from .tokenizer import Tokenizer, train_tokenizer
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "seq2seq-attn/1"
+CONFIG_FILE, METRICS_FILE, LAST_FILE, BEST_FILE = (
+    "config.yaml",
+    "metrics.jsonl",
+    "last.pt",
+    "best.pt",
+)
+NUM_SAMPLES = 3
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be used as asked (non-empty without resume, or no last.pt)."""
+
+
+@dataclass
+class Progress:
+    """Counters that a checkpoint carries so that a resumed run continues exactly."""
+
+    step: int = 0
+    elapsed: float = 0.0  # seconds of training, summed over resumed sessions
+    best_bleu: float | None = None
+    best_step: int = 0
+    bad_validations: int = 0  # validations since the best one (early stopping)
+    last_validated: int = 0
+    nonfinite_total: int = 0
+
+
+@dataclass
+class RunInfo:
+    """What the loop starts with (for a banner)."""
+
+    run_dir: Path
+    device: str
+    precision: str
+    num_parameters: int
+    train_pairs: int
+    start_step: int
+    max_steps: int | None
+    steps_per_epoch: int  # with accumulate_steps batches per step (for an ETA under max_epochs)
+
+
+@dataclass
+class StepReport:
+    """One optimisation step: per-token means over its target tokens."""
+
+    step: int
+    epoch: int  # 1-based epoch the step's batches came from
+    loss: float  # label-smoothed
+    perplexity: float  # exp of the per-token NLL
+    lr: float
+    tokens: int  # source + target tokens in the step
+    tokens_per_second: float
+    elapsed: float
+    skipped: bool  # the loss or gradient was NaN/inf and no update was made
+
+
+@dataclass
+class ValidationReport:
+    """One validation on the dev split."""
+
+    step: int
+    loss: float
+    perplexity: float
+    scores: dict[str, Score]
+    best_bleu: float
+    is_best: bool
+    samples: list[tuple[str, str, str]] = field(default_factory=list)  # (src, ref, hypothesis)
+
+
+@dataclass
+class TrainSummary:
+    """How a run ended. ``reason``: max_steps, max_epochs, max_minutes, early_stopping, stopped."""
+
+    step: int
+    epoch: int
+    reason: str
+    elapsed: float
+    best_bleu: float | None
+    best_step: int
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    nonfinite_steps: int
+
+
+class TrainCallback:
+    """Hooks the loop calls; subclass and override the ones you need (each does nothing here)."""
+
+    def on_start(self, info: RunInfo) -> None:
+        """Before the first step (after setup and resume)."""
+
+    def on_step(self, report: StepReport) -> None:
+        """After every optimisation step."""
+
+    def on_validation(self, report: ValidationReport) -> None:
+        """After every validation."""
+
+    def on_checkpoint(self, path: Path) -> None:
+        """After a checkpoint file was written."""
+
+    def on_end(self, summary: TrainSummary) -> None:
+        """After the last checkpoint was written."""
+
+
+# ---- run directory, seeds, checkpoints ------------------------------------------------------
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> dict | None:
+    """Create ``run_dir`` for a new run (refusing a non-empty one), or load its ``last.pt``."""
+    if resume:
+        if not (run_dir / LAST_FILE).is_file():
+            raise RunDirError(
+                f"{run_dir / LAST_FILE}: nothing to resume; start without --resume to begin a "
+                "new run there"
+            )
+        return load_checkpoint(run_dir / LAST_FILE)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        found = ", ".join(sorted(path.name for path in run_dir.iterdir())[:5])
+        raise RunDirError(
+            f"{run_dir}: the run directory is not empty ({found}); pass --resume to continue "
+            "that run, or choose another --run-dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's generators (CUDA included)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """The generators' states as plain data (for checkpoints)."""
+    python_state = random.getstate()
+    state = {"python": [python_state[0], list(python_state[1]), python_state[2]]}
+    state["torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def first_difference(saved: object, current: object, key: str) -> str | None:
+    """The first dotted key where two plain configs differ, with both values, or None."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for name in saved.keys() | current.keys():
+            found = first_difference(saved.get(name), current.get(name), f"{key}.{name}")
+            if found:
+                return found
+        return None
+    return None if saved == current else f"{key}: {saved!r} in the run, {current!r} now"
+
+
+def check_resumable(saved: Config, config: Config, path: Path) -> None:
+    """Refuse to resume with other data, tokenizer or model settings than the run's (where the
+    cache and the test split live may change)."""
+    movable = {"cache_dir", "test"}
+    for section in ("data", "tokenizer", "model"):
+        saved_values, values = to_plain(getattr(saved, section)), to_plain(getattr(config, section))
+        if section == "data":
+            saved_values, values = (
+                {key: value for key, value in plain.items() if key not in movable}
+                for plain in (saved_values, values)
+            )
+        found = first_difference(saved_values, values, section)
+        if found:
+            raise RunDirError(
+                f"{path}: cannot resume with a different {section} section ({found}); resume "
+                "with the run's config.yaml or start a new run directory"
+            )
+
+
+def prune_numbered(run_dir: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest ``step-*.pt`` checkpoints."""
+    numbered = sorted(run_dir.glob("step-*.pt"))
+    for path in numbered[: max(0, len(numbered) - keep)]:
+        path.unlink()
+
+
+def _logged_step(line: str) -> int | None:
+    """The step of one ``metrics.jsonl`` line; None for a line cut short by a crash."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after ``step`` (written after the checkpoint a run resumes)
+    and any line a crash left unfinished."""
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [
+            line for line in lines if (logged := _logged_step(line)) is not None and logged <= step
+        ]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+# ---- the loop -------------------------------------------------------------------------------
+
+
+def build_tokenizer(config: Config, checkpoint: dict | None) -> Tokenizer:
+    """The checkpoint's tokenizer on resume, else SentencePiece trained on the training split."""
+    if checkpoint is not None:
+        return Tokenizer.from_state_dict(checkpoint["tokenizer"])
+    pairs = load_pairs(config.data, "train")
+    return train_tokenizer(texts(pairs, "src"), texts(pairs, "tgt"), config.tokenizer)
+
+
+def train(
+    config: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    callbacks: Sequence[TrainCallback] = (),
+    stop: threading.Event | None = None,
+) -> TrainSummary:
+    """Train a model as ``config`` says, writing everything into ``run_dir``.
+
+    A new run refuses a non-empty ``run_dir``; ``resume=True`` continues from its ``last.pt``
+    exactly (same data, tokenizer and model sections required; train limits may change).
+    Raises :class:`RunDirError`, ``ConfigError``, ``DataError`` or :class:`NonFiniteLossError`.
+    """
+    run_dir = Path(run_dir)
+    checkpoint = prepare_run_dir(run_dir, resume)
+    if checkpoint is not None:
+        check_resumable(config_from_plain(checkpoint["config"]), config, run_dir / LAST_FILE)
+    device = resolve_device(config.train.device)
+    precision = resolve_precision(config.train.precision, device)
+    seed_everything(config.train.seed)
+    tokenizer = build_tokenizer(config, checkpoint)
+    run = Run(config, run_dir, tokenizer, device, precision, list(callbacks), stop)
+    if checkpoint is not None:
+        run.load_state_dict(checkpoint)
+        trim_metrics(run_dir / METRICS_FILE, run.progress.step)
+    tokenizer.save(run_dir)
+    (run_dir / CONFIG_FILE).write_text(to_yaml(config), encoding="utf-8")
+    return run.run()
+
+
+class Run:
+    """One training run's state and loop (built by :func:`train`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: Path,
+        tokenizer: Tokenizer,
+        device: torch.device,
+        precision: Precision,
+        callbacks: list[TrainCallback],
+        stop: threading.Event | None,
+    ) -> None:
+        self.config, self.run_dir, self.tokenizer = config, run_dir, tokenizer
+        self.device, self.precision, self.callbacks = device, precision, callbacks
+        self.stop = stop or threading.Event()
+        self.train_ds, _ = load_split(config.data, "train", tokenizer)
+        self.sampler = make_sampler(self.train_ds, config.data.max_tokens, seed=config.train.seed)
+        self.batches = iter_batches(self.train_ds, self.sampler)
+        model = build_model(
+            config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.joint
+        )
+        self.model: Seq2Seq = model.to(device)
+        self.dev_ds, self.dev_pairs = self._dev_data()
+        self.trainer = Trainer(self.model, config.train, precision, device)
+        self.progress = Progress()
+        self.start_time = time.monotonic()
+        self.saved_step = -1  # the step last.pt holds
+
+    def _dev_data(self) -> tuple:
+        """The tokenized dev split (for the loss) and its raw pairs (for BLEU) as datasets, or
+        ``(None, None)`` when ``data.dev`` is empty."""
+        if not self.config.data.dev:
+            return None, None
+        pairs = load_pairs(self.config.data, "dev")
+        limit = self.model.max_positions
+        tokenized, _ = tokenize_pairs(
+            pairs, self.tokenizer, self.config.data.cache_dir,
+            None if limit is None else limit - 1, "dev (loss: pairs within the model's limit)",
+        )  # fmt: skip
+        return tokenized, pairs
+
+    def state_dict(self) -> dict:
+        """A self-contained checkpoint: plain data and tensors only."""
+        return {
+            "format": FORMAT,
+            "config": to_plain(self.config),
+            "tokenizer": self.tokenizer.state_dict(),
+            **self.trainer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "progress": asdict(self.progress),
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint written by :meth:`state_dict`."""
+        self.trainer.load_state_dict(state)
+        self.sampler.load_state_dict(state["sampler"])
+        self.batches = iter_batches(self.train_ds, self.sampler)
+        self.progress = Progress(**state["progress"])
+        restore_rng_state(state["rng"])
+
+    @property
+    def elapsed(self) -> float:
+        """Training seconds so far, earlier sessions of a resumed run included."""
+        return self.progress.elapsed + time.monotonic() - self.start_time
+
+    def save(self, name: str) -> Path:
+        """Write a checkpoint ``name`` into the run directory."""
+        self.progress.elapsed = self.elapsed
+        self.start_time = time.monotonic()
+        path = self.run_dir / name
+        save_checkpoint(self.state_dict(), path)
+        if name == LAST_FILE:
+            self.saved_step = self.progress.step
+        for callback in self.callbacks:
+            callback.on_checkpoint(path)
+        return path
+
+    def log_metrics(self, record: dict) -> None:
+        """Append one JSON line to ``metrics.jsonl``."""
+        with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def next_group(self) -> list[Batch]:
+        """Up to ``accumulate_steps`` batches; fewer (maybe none) when the epoch ends."""
+        group: list[Batch] = []
+        while len(group) < self.config.train.accumulate_steps:
+            batch = next(self.batches, None)
+            if batch is None:  # the sampler has moved on to the next epoch
+                self.batches = iter_batches(self.train_ds, self.sampler)
+                break
+            group.append(batch)
+        return group
+
+    def run(self) -> TrainSummary:
+        """Train until a limit, early stopping or the stop flag; save ``last.pt`` and return."""
+        cfg = self.config.train
+        self.start_time = time.monotonic()
+        info = RunInfo(
+            self.run_dir, str(self.device), self.precision.name, self.model.num_parameters(),
+            len(self.train_ds), self.progress.step, cfg.max_steps,
+            math.ceil(len(self.sampler) / cfg.accumulate_steps),
+        )  # fmt: skip
+        for callback in self.callbacks:
+            callback.on_start(info)
+        reason = self.loop()
+        finished = reason != "stopped"  # a stopped run resumes later: validate on schedule only
+        if (
+            finished
+            and self.dev_ds is not None
+            and self.progress.last_validated != self.progress.step
+        ):
+            self.validate()
+        last = self.run_dir / LAST_FILE
+        if self.saved_step != self.progress.step:
+            self.save(LAST_FILE)
+        best = self.run_dir / BEST_FILE
+        summary = TrainSummary(
+            self.progress.step, self.sampler.epoch, reason, self.progress.elapsed,
+            self.progress.best_bleu, self.progress.best_step, last,
+            best if best.is_file() else None, self.progress.nonfinite_total,
+        )  # fmt: skip
+        for callback in self.callbacks:
+            callback.on_end(summary)
+        return summary
+
+    def limit_reached(self) -> str | None:
+        """Why the loop must stop now, or None."""
+        cfg, progress = self.config.train, self.progress
+        if cfg.max_steps is not None and progress.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.max_epochs is not None and self.sampler.epoch >= cfg.max_epochs:
+            return "max_epochs"
+        if cfg.max_minutes is not None and self.elapsed >= cfg.max_minutes * 60:
+            return "max_minutes"
+        patience = cfg.early_stopping_patience
+        if patience is not None and progress.bad_validations >= patience:
+            return "early_stopping"
+        return "stopped" if self.stop.is_set() else None
+
+    def loop(self) -> str:
+        """Steps until :meth:`limit_reached` says why to stop; returns that reason."""
+        cfg = self.config.train
+        while (reason := self.limit_reached()) is None:
+            group = self.next_group()
+            if not group:
+                continue
+            self.one_step(group)
+            step = self.progress.step
+            if cfg.validate_every and self.dev_ds is not None and step % cfg.validate_every == 0:
+                self.validate()
+            if cfg.save_every and step % cfg.save_every == 0:
+                self.save(f"step-{step:08d}.pt")
+                prune_numbered(self.run_dir, cfg.keep_last)
+                self.save(LAST_FILE)
+        return reason
+
+    def one_step(self, group: list[Batch]) -> None:
+        """One update from ``group``; reports it and logs every ``log_every`` steps."""
+        epoch = self.sampler.epoch + (self.sampler.position > 0)
+        started = time.monotonic()
+        self.progress.step += 1
+        outcome = self.trainer.train_step(group, self.progress.step)
+        if outcome.skipped:
+            self.progress.nonfinite_total += 1
+            if self.trainer.nonfinite_in_a_row >= self.config.train.max_nonfinite_in_a_row:
+                self.save(LAST_FILE)
+                self.trainer.raise_nonfinite(self.progress.step)
+        tokens = sum(batch.num_src_tokens + batch.num_tgt_tokens for batch in group)
+        report = StepReport(
+            self.progress.step, epoch, outcome.loss, math.exp(min(outcome.nll, 100.0)),
+            outcome.lr, tokens, tokens / max(time.monotonic() - started, 1e-9), self.elapsed,
+            outcome.skipped,
+        )  # fmt: skip
+        for callback in self.callbacks:
+            callback.on_step(report)
+        log_every = self.config.train.log_every
+        if log_every and self.progress.step % log_every == 0:
+            self.log_metrics({"kind": "train", **asdict(report)})
+
+    def validate(self) -> ValidationReport:
+        """Dev loss, perplexity and greedy BLEU/chrF; best.pt, plateau and early stopping."""
+        loss, nll = self.trainer.evaluation_loss(self.dev_loader())
+        evaluation = score_translations(
+            self.model, self.tokenizer, self.dev_pairs["src"], self.dev_pairs["tgt"],
+            search_options(self.config.decode, beam_size=1), self.config.data.max_tokens,
+            self.device, amp_dtype=self.precision.dtype,
+        )  # fmt: skip
+        bleu, progress = evaluation.scores["bleu"].score, self.progress
+        is_best = progress.best_bleu is None or bleu > progress.best_bleu
+        if is_best:
+            progress.best_bleu, progress.best_step, progress.bad_validations = (
+                bleu,
+                progress.step,
+                0,
+            )
+        else:
+            progress.bad_validations += 1
+        progress.last_validated = progress.step
+        self.saved_step = -1  # last.pt does not hold this validation's outcome yet
+        self.trainer.schedule.validated(bleu)
+        samples = zip(evaluation.sources, evaluation.references, evaluation.hypotheses, strict=True)
+        report = ValidationReport(
+            progress.step, loss, math.exp(min(nll, 100.0)), evaluation.scores,
+            progress.best_bleu, is_best, list(samples)[:NUM_SAMPLES],
+        )  # fmt: skip
+        logger.info("step %d: dev loss %.3f, BLEU %.2f", progress.step, loss, bleu)
+        scores = {name: score.score for name, score in evaluation.scores.items()}
+        self.log_metrics({"kind": "valid", "step": progress.step, "loss": loss, **scores})
+        if is_best:
+            self.save(BEST_FILE)
+        for callback in self.callbacks:
+            callback.on_validation(report)
+        return report
+
+    def dev_loader(self) -> Iterator[Batch]:
+        """Dev batches in length order (no shuffling)."""
+        sampler = make_sampler(self.dev_ds, self.config.data.max_tokens, shuffle=False)
+        return iter_batches(self.dev_ds, sampler)

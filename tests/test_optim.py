@@ -1,0 +1,148 @@
+"""The loss against torch's, schedules, precision resolution, accumulation and NaN skipping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seq2seq_attn.config import ConfigError, ModelConfig, TrainConfig, TransformerConfig
+from seq2seq_attn.data import collate
+from seq2seq_attn.models import build_model
+from seq2seq_attn.optim import (
+    Precision,
+    Schedule,
+    Trainer,
+    cpu_has_fast_bf16,
+    label_smoothed_loss,
+    resolve_precision,
+)
+
+VOCAB = 17
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_loss_matches_torch_cross_entropy(smoothing):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, VOCAB, generator=generator, requires_grad=True)
+    target = torch.randint(4, VOCAB, (3, 5), generator=generator)
+    target[0, 3:] = 0  # padding is ignored
+    target[2, 1:] = 0
+    loss_sum, nll_sum = label_smoothed_loss(logits, target, smoothing)
+    flat_logits, flat_target = logits.view(-1, VOCAB), target.view(-1)
+    expected = F.cross_entropy(
+        flat_logits, flat_target, ignore_index=0, label_smoothing=smoothing, reduction="sum"
+    )
+    expected_nll = F.cross_entropy(flat_logits, flat_target, ignore_index=0, reduction="sum")
+    torch.testing.assert_close(loss_sum, expected)
+    torch.testing.assert_close(nll_sum, expected_nll)
+    (grad,) = torch.autograd.grad(loss_sum, logits)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def schedule(**options) -> Schedule:
+    """A schedule over a one-parameter optimizer."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return Schedule(optimizer, TrainConfig(lr=1e-3, **options))
+
+
+def test_inverse_sqrt_warms_up_then_decays():
+    sched = schedule(schedule="inverse_sqrt", warmup_steps=100)
+    assert sched.lr_at(50) == pytest.approx(0.5e-3)
+    assert sched.lr_at(100) == pytest.approx(1e-3)
+    assert sched.lr_at(400) == pytest.approx(0.5e-3)
+    assert sched.set_step(25) == pytest.approx(0.25e-3)
+    assert sched.optimizer.param_groups[0]["lr"] == pytest.approx(0.25e-3)
+    assert schedule(schedule="inverse_sqrt", warmup_steps=0).lr_at(4) == pytest.approx(0.5e-3)
+    assert schedule(schedule="constant", warmup_steps=0).lr_at(10_000) == pytest.approx(1e-3)
+
+
+def test_plateau_reduces_after_patience_and_resumes():
+    sched = schedule(schedule="plateau", warmup_steps=0, plateau_patience=1, plateau_factor=0.5)
+    assert [sched.validated(bleu) for bleu in (10.0, 12.0, 11.0)] == [False] * 3
+    assert sched.validated(12.0) is True  # a second validation that does not beat 12
+    assert sched.lr_at(1000) == pytest.approx(0.5e-3)
+    assert sched.validated(11.0) is False  # the count starts again after a reduction
+    assert sched.lr_at(1000) == pytest.approx(0.5e-3)
+    restored = schedule(schedule="plateau", warmup_steps=0, plateau_patience=1)
+    restored.load_state_dict(sched.state_dict())
+    assert restored.lr_at(1000) == pytest.approx(0.5e-3) and restored.best == 12.0
+
+
+def test_precision_resolution_on_the_cpu():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == Precision("fp32", "cpu")
+    assert resolve_precision("fp32", cpu).dtype is None
+    assert resolve_precision("bf16", cpu).dtype == torch.bfloat16
+    expected = "bf16" if cpu_has_fast_bf16() else "fp32"
+    assert resolve_precision("auto", cpu).name == expected
+    with pytest.raises(ConfigError, match=r"train\.precision: invalid value 'fp16' on the CPU"):
+        resolve_precision("fp16", cpu)
+    assert not Precision("bf16", "cpu").grad_scaler().is_enabled()
+
+
+def tiny_trainer(**train_options) -> Trainer:
+    """A Trainer over a seeded tiny Transformer without dropout, in fp32."""
+    torch.manual_seed(0)
+    section = TransformerConfig(
+        d_model=16, num_heads=2, encoder_layers=1, decoder_layers=1, attention_dropout=0.0
+    )
+    config = ModelConfig(dropout=0.0, max_positions=32, transformer=section)
+    model = build_model(config, VOCAB, VOCAB)
+    options = {"warmup_steps": 0, "lr": 1e-2} | train_options
+    return Trainer(model, TrainConfig(**options), Precision("fp32", "cpu"), torch.device("cpu"))
+
+
+SRC = [[5, 6, 7], [8, 9], [10, 11, 12, 13, 14], [4]]
+TGT = [[6, 7], [9, 10, 11], [12], [13, 14, 15, 16]]
+
+
+def gradients_of_step(trainer: Trainer, batches) -> list[torch.Tensor]:
+    """The gradients the optimizer sees in one step (the update itself is left out)."""
+    seen = []
+    trainer.optimizer.step = lambda: seen.extend(p.grad.clone() for p in trainer.model.parameters())
+    outcome = trainer.train_step(batches, step=1)
+    assert not outcome.skipped
+    return seen
+
+
+def test_accumulated_step_equals_one_big_batch():
+    whole = gradients_of_step(tiny_trainer(), [collate(SRC, TGT, range(4))])
+    halves = [collate(SRC[:2], TGT[:2], range(2)), collate(SRC[2:], TGT[2:], range(2))]
+    split = gradients_of_step(tiny_trainer(), halves)
+    assert len(whole) == len(split) > 0
+    for a, b in zip(whole, split, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    trainer = tiny_trainer(clip_grad_norm=None)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    outcome = trainer.train_step(halves, step=1)
+    assert outcome.lr == pytest.approx(1e-2) and outcome.loss > 0 and outcome.nll > 0
+    moved = [not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True)]
+    assert all(moved)
+
+
+def test_nonfinite_loss_skips_the_update_and_is_counted():
+    trainer = tiny_trainer(max_nonfinite_in_a_row=2)
+    with torch.no_grad():
+        next(trainer.model.parameters())[0, 0] = math.nan
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    outcome = trainer.train_step([collate(SRC, TGT, range(4))], step=1)
+    assert outcome.skipped and math.isnan(outcome.loss)
+    assert trainer.nonfinite_in_a_row == 1
+    for old, new in zip(before, trainer.model.parameters(), strict=True):
+        torch.testing.assert_close(old, new, equal_nan=True)
+    assert all(p.grad is None for p in trainer.model.parameters())
+    with pytest.raises(RuntimeError, match=r"NaN/inf in 1 steps in a row .* try a lower train\.lr"):
+        trainer.raise_nonfinite(1)
