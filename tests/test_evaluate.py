@@ -25,13 +25,7 @@ TOY = Path(__file__).resolve().parents[1] / "data" / "toy"
 GREEDY = SearchOptions(beam_size=1, max_length_offset=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

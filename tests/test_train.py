@@ -35,13 +35,7 @@ from seq2seq_attn.train import (
 TOY = Path(__file__).resolve().parents[1] / "data" / "toy"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the same thread count keeps runs identical."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
