@@ -456,6 +456,11 @@ def load_split(
 # ---- batches -------------------------------------------------------------------------------
 
 
+def disable_progress_bars() -> None:
+    """Silence the datasets library's own progress bars (the CLI draws its own progress)."""
+    datasets.disable_progress_bars()
+
+
 def make_sampler(
     ds: datasets.Dataset, max_tokens: int, *, shuffle: bool = True, seed: int = 0
 ) -> TokenBatchSampler:

@@ -154,14 +154,19 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> dict | None:
                 "new run there"
             )
         return load_checkpoint(run_dir / LAST_FILE)
+    check_new_run_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuse to start a new run in a non-empty ``run_dir`` (nothing there is ever overwritten)."""
     if run_dir.exists() and any(run_dir.iterdir()):
         found = ", ".join(sorted(path.name for path in run_dir.iterdir())[:5])
         raise RunDirError(
             f"{run_dir}: the run directory is not empty ({found}); pass --resume to continue "
             "that run, or choose another --run-dir"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return None
 
 
 def seed_everything(seed: int) -> None:

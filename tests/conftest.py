@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+TOY = Path(__file__).resolve().parents[1] / "data" / "toy"
 
 
 @pytest.fixture(scope="module")
@@ -16,3 +20,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """400 training and 20 dev pairs of the toy corpus (``train.src`` ...), with room for a
+    data cache under ``cache/`` shared by one test module (some tests move it)."""
+    directory = tmp_path_factory.mktemp("corpus")
+    for split, count in (("train", 400), ("dev", 20)):
+        for side in ("src", "tgt"):
+            lines = (TOY / f"{split}.{side}").read_text(encoding="utf-8").splitlines()[:count]
+            (directory / f"{split}.{side}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return directory

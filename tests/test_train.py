@@ -32,21 +32,7 @@ from seq2seq_attn.train import (
     trim_metrics,
 )
 
-TOY = Path(__file__).resolve().parents[1] / "data" / "toy"
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """400 training and 20 dev pairs of the toy corpus, with a shared data cache."""
-    directory = tmp_path_factory.mktemp("corpus")
-    for split, count in (("train", 400), ("dev", 20)):
-        for side in ("src", "tgt"):
-            lines = (TOY / f"{split}.{side}").read_text(encoding="utf-8").splitlines()[:count]
-            (directory / f"{split}.{side}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return directory
 
 
 def toy_config(corpus: Path, family: str = "transformer", **train) -> Config:
