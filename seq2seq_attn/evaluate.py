@@ -82,11 +82,11 @@ def _encode_sources(
 
 def _search(
     model: Seq2Seq, src: torch.Tensor, src_mask: torch.Tensor, options: SearchOptions
-) -> list[Hypothesis]:
-    """The best hypothesis for each row of a ``(B, S)`` batch: greedy when beam_size == 1."""
+) -> list[list[Hypothesis]]:
+    """The ``n_best`` hypotheses of each row of a ``(B, S)`` batch (greedy: beam_size == 1)."""
     if options.beam_size == 1:
-        return greedy_search(model, src, src_mask, BOS_ID, EOS_ID, options)
-    return [hyps[0] for hyps in beam_search(model, src, src_mask, BOS_ID, EOS_ID, options)]
+        return [[found] for found in greedy_search(model, src, src_mask, BOS_ID, EOS_ID, options)]
+    return beam_search(model, src, src_mask, BOS_ID, EOS_ID, options)
 
 
 def translate(
@@ -98,16 +98,31 @@ def translate(
     device: torch.device | str,
     amp_dtype: torch.dtype | None = None,
 ) -> list[Hypothesis]:
+    """The best translation of each of ``src_texts``; see :func:`translate_n_best`."""
+    found = translate_n_best(model, tokenizer, src_texts, options, max_tokens, device, amp_dtype)
+    return [hypotheses[0] for hypotheses in found]
+
+
+def translate_n_best(
+    model: Seq2Seq,
+    tokenizer: Tokenizer,
+    src_texts: Sequence[str],
+    options: SearchOptions,
+    max_tokens: int,
+    device: torch.device | str,
+    amp_dtype: torch.dtype | None = None,
+) -> list[list[Hypothesis]]:
     """Translate ``src_texts`` in length-sorted batches of at most ``max_tokens`` source slots.
 
-    Returns exactly one hypothesis per input, in input order. A blank input gets an empty
-    hypothesis and never reaches the model; an input longer than ``model.max_positions`` is
-    translated from its first tokens, with a warning. ``amp_dtype`` (``torch.bfloat16``...)
-    runs the search under autocast. The model is put in eval mode and restored afterwards.
+    Returns, per input and in input order, its ``options.n_best`` hypotheses, best first. A
+    blank input gets one empty hypothesis and never reaches the model; an input longer than
+    ``model.max_positions`` is translated from its first tokens, with a warning. ``amp_dtype``
+    (``torch.bfloat16``...) runs the search under autocast. The model is put in eval mode and
+    restored afterwards.
     """
     device = torch.device(device)
     src_ids = _encode_sources(model, tokenizer, src_texts)
-    outputs = [Hypothesis(tokens=[], log_prob=0.0, score=0.0) for _ in src_ids]
+    outputs = [[Hypothesis(tokens=[], log_prob=0.0, score=0.0)] for _ in src_ids]
     nonempty = [index for index, ids in enumerate(src_ids) if ids]
     was_training = model.training
     model.eval()
@@ -118,8 +133,8 @@ def translate(
                 batch = collate([src_ids[i] for i in indices], [[] for _ in indices], indices)
                 src, src_mask = batch.src.to(device), batch.src_mask.to(device)  # (B, S)
                 found = _search(model, src, src_mask, options)
-                for index, hypothesis in zip(indices, found, strict=True):
-                    outputs[index] = hypothesis
+                for index, hypotheses in zip(indices, found, strict=True):
+                    outputs[index] = hypotheses
     finally:
         model.train(was_training)
     return outputs
@@ -165,3 +180,26 @@ def evaluate_split(
         model, tokenizer, pairs["src"], pairs["tgt"], options, data.max_tokens, device, metrics,
         amp_dtype,
     )  # fmt: skip
+
+
+def attention_matrix(
+    model: Seq2Seq,
+    src_ids: Sequence[int],
+    tgt_ids: Sequence[int],
+    device: torch.device | str = "cpu",
+    layer: int = -1,
+    head: int | None = None,
+) -> torch.Tensor:
+    """Cross-attention of one sentence pair for pictures: ``(T + 1, S + 1)`` weights, one row
+    per target token and the final EOS, one column per source token and the source EOS.
+
+    The pair is run teacher-forced (for a search output this equals what the search saw). For a
+    Transformer, ``layer`` picks the decoder layer and ``head`` one head (``None``: their mean);
+    an RNN has one alignment.
+    """
+    src = torch.tensor([[*src_ids, EOS_ID]], device=device)  # (1, S + 1)
+    tgt_in = torch.tensor([[BOS_ID, *tgt_ids]], device=device)  # (1, T + 1)
+    with torch.inference_mode():
+        maps = model.attention_maps(src, torch.ones_like(src, dtype=torch.bool), tgt_in)
+    chosen = maps[0, layer]  # (H, T + 1, S + 1)
+    return (chosen.mean(dim=0) if head is None else chosen[head]).float().cpu()

@@ -93,6 +93,14 @@ class Tokenizer:
         """
         return self._tgt.decode([_strip_specials(row) for row in ids])
 
+    def src_pieces(self, ids: Sequence[int]) -> list[str]:
+        """Source ids -> their subword pieces (for attention pictures)."""
+        return [self._src.id_to_piece(int(i)) for i in ids]
+
+    def tgt_pieces(self, ids: Sequence[int]) -> list[str]:
+        """Target ids -> their subword pieces (for attention pictures)."""
+        return [self._tgt.id_to_piece(int(i)) for i in ids]
+
     def state_dict(self) -> dict[str, bytes | None]:
         """The model bytes, for a checkpoint: ``Tokenizer.from_state_dict`` rebuilds from it."""
         return {"src_model": self.src_model, "tgt_model": self.tgt_model}

@@ -23,6 +23,9 @@ UPSTREAM_OF_TRAIN = {
     "models.transformer", "decoding", "metrics", "checkpoint", "evaluate", "optim",
 }  # fmt: skip
 
+CLI_MODULES = {"cli", "cli.console", "cli.train_cmd", "cli.translate_cmd"}
+CLI_PACKAGES = {"torch", "typer", "rich", "matplotlib"}
+
 # module -> (project modules it may import, third-party packages it may import)
 ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "": (set(), set()),  # the package's __init__
@@ -44,7 +47,13 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "evaluate": ({"config", "data", "tokenizer", "decoding", "metrics"}, {"torch"}),
     "optim": ({"config", "tokenizer", "data", "models"}, {"torch"}),
     "train": (UPSTREAM_OF_TRAIN, {"torch"}),
-    "cli": (UPSTREAM_OF_TRAIN | {"train"}, {"torch", "typer", "rich", "matplotlib"}),
+    **{
+        module: (
+            UPSTREAM_OF_TRAIN | {"train", *CLI_MODULES},
+            {"torch", "typer", "rich", "matplotlib"},
+        )
+        for module in CLI_MODULES
+    },
 }
 
 

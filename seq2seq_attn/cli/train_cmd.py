@@ -1,33 +1,24 @@
-"""Command-line entry points ``attn-train`` and ``attn-translate``.
-
-The only module that imports typer and rich: commands are thin, parse options, set up logging
-and hand off to library code; progress comes back through the training callbacks and is drawn
-here (live bars on a terminal, plain log lines otherwise).
-"""
+"""``attn-train``: load and check the config, then train with live progress, a log file and
+clean stops on Ctrl-C / SIGTERM."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import signal
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .checkpoint import CheckpointError
-from .config import ConfigError, load_config
-from .data import DataError, disable_progress_bars
-from .optim import NonFiniteLossError
-from .train import (
+from ..checkpoint import CheckpointError
+from ..config import ConfigError, load_config
+from ..data import DataError, disable_progress_bars
+from ..optim import NonFiniteLossError
+from ..train import (
     RunDirError,
     RunInfo,
     StepReport,
@@ -37,54 +28,15 @@ from .train import (
     check_new_run_dir,
     train,
 )
-
-console = Console()
-err_console = Console(stderr=True)
-logger = logging.getLogger("seq2seq_attn")
+from .console import console, err_console, fail, logger, package_logging
 
 train_app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
     help="Train an attention-based translation model (RNN with attention or Transformer).",
 )
-translate_app = typer.Typer(
-    add_completion=False,
-    rich_markup_mode="rich",
-    help="Translate with a trained checkpoint (greedy or beam search) and score the output.",
-)
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number
-
-
-@contextlib.contextmanager
-def package_logging(log_file: Path | None, live: bool) -> Iterator[None]:
-    """Send the package's logs to the console (rich on a terminal, plain otherwise) and to
-    ``log_file`` while the block runs; the logger is restored afterwards."""
-    console_handler: logging.Handler
-    if live:
-        console_handler = RichHandler(console=err_console, show_path=False)
-    else:
-        console_handler = logging.StreamHandler(sys.stderr)
-        console_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handlers = [console_handler]
-    if log_file is not None:
-        # delay: the file appears with the first record, after training has checked that a
-        # new run's directory is empty and created it.
-        file_handler = logging.FileHandler(log_file, encoding="utf-8", delay=True)
-        file_handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
-        handlers.append(file_handler)
-    saved = (logger.level, logger.propagate, list(logger.handlers))
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    logger.handlers[:] = handlers
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.close()
-        logger.level, logger.propagate, logger.handlers[:] = saved
 
 
 class StopOnSignal:
@@ -242,12 +194,6 @@ def print_summary(rich_console: Console, summary: TrainSummary) -> None:
         rich_console.print(f"[yellow]{summary.nonfinite_steps} steps skipped for NaN/inf loss")
 
 
-def fail(message: str, code: int) -> typer.Exit:
-    """Print ``message`` as an error and return the exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code=code)
-
-
 @train_app.command()
 def train_command(
     config: Annotated[
@@ -315,14 +261,3 @@ def train_command(
 def _resume_hint(config: Path, run_dir: Path) -> str:
     """The command that continues this run."""
     return f"attn-train {config} --run-dir {run_dir} --resume"
-
-
-@translate_app.command()
-def translate(
-    checkpoint: Annotated[
-        Path, typer.Argument(metavar="CHECKPOINT", help="A .pt checkpoint or a run directory.")
-    ],
-) -> None:
-    """Translate text with a trained checkpoint."""
-    err_console.print("[bold red]attn-translate: not implemented yet[/] (see the project's issues)")
-    raise typer.Exit(code=1)

@@ -1,0 +1,150 @@
+"""attn-translate on a briefly trained toy model: line order, blank lines, n-best lists, scores
+equal to the sacrebleu command line's, attention output, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from seq2seq_attn.config import config_from_plain
+from seq2seq_attn.train import train
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def run_dir(corpus, tmp_path_factory) -> Path:
+    """A tiny Transformer trained for 40 steps on the toy corpus slice."""
+    directory = tmp_path_factory.mktemp("runs") / "toy"
+    config = config_from_plain(
+        {
+            "data": {"src_lang": "src", "tgt_lang": "tgt", "train": str(corpus / "train"),
+                     "dev": str(corpus / "dev"), "test": "", "max_tokens": 256,
+                     "max_length": 40, "cache_dir": str(corpus / "cache")},
+            "tokenizer": {"vocab_size": 64},
+            "model": {"family": "transformer", "max_positions": 48,
+                      "transformer": {"d_model": 32, "num_heads": 4, "encoder_layers": 1,
+                                      "decoder_layers": 1, "ff_size": 64}},
+            "train": {"max_steps": 40, "validate_every": 20, "save_every": 20, "lr": 3e-3,
+                      "warmup_steps": 10, "precision": "fp32", "device": "cpu"},
+            "decode": {"beam_size": 3, "max_length_offset": 5},
+        }
+    )  # fmt: skip
+    train(config, directory)
+    return directory
+
+
+def translate_cli(*arguments: str, stdin: str | None = None):
+    """Run attn-translate in-process."""
+    from seq2seq_attn.cli import translate_app
+
+    return runner.invoke(translate_app, [str(a) for a in arguments], input=stdin)
+
+
+def source_lines(corpus: Path, count: int = 12) -> list[str]:
+    """The first dev sources."""
+    return (corpus / "dev.src").read_text(encoding="utf-8").splitlines()[:count]
+
+
+def test_one_output_line_per_input_line_in_order(run_dir, corpus, tmp_path):
+    lines = source_lines(corpus)
+    with_blanks = [lines[0], "", lines[1], "   ", *lines[2:]]
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(with_blanks) + "\n", encoding="utf-8")
+    result = translate_cli(run_dir / "best.pt", source, "--beam", "2")
+    assert result.exit_code == 0, result.output
+    outputs = result.stdout.split("\n")[:-1]
+    assert len(outputs) == len(with_blanks)
+    assert outputs[1] == "" and outputs[3] == ""
+    # each line translated alone gives the same output: batching and order do not matter
+    for index in (0, 4, len(with_blanks) - 1):
+        alone = translate_cli(run_dir, "--beam", "2", stdin=with_blanks[index] + "\n")
+        assert alone.stdout == outputs[index] + "\n"
+
+
+def test_scores_equal_the_sacrebleu_command_line(run_dir, corpus, tmp_path):
+    source, reference = tmp_path / "dev.src", tmp_path / "dev.ref"
+    source.write_text("\n".join(source_lines(corpus, 20)) + "\n", encoding="utf-8")
+    refs = (corpus / "dev.tgt").read_text(encoding="utf-8").splitlines()[:20]
+    reference.write_text("\n".join(refs) + "\n", encoding="utf-8")
+    hypotheses = tmp_path / "hyp.txt"
+    result = translate_cli(
+        run_dir, source, "-o", hypotheses, "--ref", reference, "--metrics", "bleu,chrf,ter",
+        "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ours = json.loads(result.stdout)
+    command = [Path(sys.executable).parent / "sacrebleu", reference, "-i", hypotheses,
+               "-m", "bleu", "chrf", "ter"]  # fmt: skip
+    expected = json.loads(subprocess.run(command, capture_output=True, text=True).stdout)
+    for entry in expected:
+        key = {"BLEU": "bleu", "chrF2": "chrf", "TER": "ter"}[entry["name"]]
+        assert ours[key]["score"] == pytest.approx(entry["score"], abs=0.05)
+        assert ours[key]["signature"] == entry["signature"]
+
+
+def test_n_best_lists(run_dir, corpus):
+    lines = source_lines(corpus, 3)
+    result = translate_cli(run_dir, "--beam", "4", "--n-best", "3", stdin="\n".join(lines) + "\n")
+    assert result.exit_code == 0, result.output
+    rows = [line.split(" ||| ") for line in result.stdout.splitlines()]
+    assert [int(row[0]) for row in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for start in (0, 3, 6):
+        scores = [float(row[2]) for row in rows[start : start + 3]]
+        assert scores == sorted(scores, reverse=True)
+    best = translate_cli(run_dir, "--beam", "4", stdin="\n".join(lines) + "\n").stdout.splitlines()
+    assert [rows[i][1] for i in (0, 3, 6)] == best
+
+
+def test_attention_json_and_terminal_heatmap(run_dir, corpus, tmp_path):
+    lines = source_lines(corpus, 2)
+    out = tmp_path / "attention.json"
+    result = translate_cli(
+        run_dir, "--attention", out, "--show-attention", stdin="\n".join(lines) + "\n"
+    )
+    assert result.exit_code == 0, result.output
+    records = json.loads(out.read_text(encoding="utf-8"))
+    assert [record["index"] for record in records] == [0, 1]
+    for record in records:
+        weights = record["weights"]
+        assert len(weights) == len(record["tgt_tokens"])
+        assert all(len(row) == len(record["src_tokens"]) for row in weights)
+        assert all(abs(sum(row) - 1.0) < 1e-3 for row in weights)
+    assert "attention, sentence 0" in result.output
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message", "code"),
+    [
+        (["missing.pt"], "missing.pt: no such checkpoint file", 1),
+        (["RUN", "--beam", "2", "--n-best", "3"], "n_best <= beam_size", 2),
+        (["RUN", "--metrics", "bleu,meteor", "--ref", "REF"], "unknown metric", 2),
+        (["RUN", "--ref", "SHORT"], "SHORT.txt has 1 lines but stdin has 2", 2),
+    ],
+)
+def test_errors_are_clear(run_dir, corpus, tmp_path, arguments, message, code):
+    (tmp_path / "REF.txt").write_text("a\nb\n", encoding="utf-8")
+    (tmp_path / "SHORT.txt").write_text("a\n", encoding="utf-8")
+    replace = {
+        "RUN": str(run_dir),
+        "REF": str(tmp_path / "REF.txt"),
+        "SHORT": str(tmp_path / "SHORT.txt"),
+        "missing.pt": str(tmp_path / "missing.pt"),
+    }
+    result = translate_cli(*[replace.get(a, a) for a in arguments], stdin="x\ny\n")
+    assert result.exit_code == code, result.output
+    assert message in " ".join(result.output.split())
+
+
+def test_invalid_utf8_input_names_the_line(run_dir, tmp_path):
+    source = tmp_path / "bad.txt"
+    source.write_bytes(b"fine\nalso fine\nbad \xff byte\n")
+    result = translate_cli(run_dir, source)
+    assert result.exit_code == 1
+    assert "bad.txt:3: not valid UTF-8" in " ".join(result.output.split())
