@@ -119,6 +119,18 @@ def test_attention_json_and_terminal_heatmap(run_dir, corpus, tmp_path):
     assert "attention, sentence 0" in result.output
 
 
+def test_plot_attention_writes_one_png_per_sentence(run_dir, corpus, tmp_path):
+    lines = source_lines(corpus, 2)
+    result = translate_cli(run_dir, "--plot-attention", tmp_path / "att.png",
+                           stdin="\n".join(lines) + "\n")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for name in ("att-0.png", "att-1.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    single = translate_cli(run_dir, "--plot-attention", tmp_path / "one.png", stdin=lines[0])
+    assert single.exit_code == 0, single.output
+    assert (tmp_path / "one.png").is_file()
+
+
 @pytest.mark.parametrize(
     ("arguments", "message", "code"),
     [

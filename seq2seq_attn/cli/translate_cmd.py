@@ -102,6 +102,44 @@ def attention_heatmap(record: dict) -> Table:
     return table
 
 
+def plot_attention(records: list[dict], path: Path) -> list[Path]:
+    """Write one PNG heatmap per record (``path`` itself for one sentence, else
+    ``STEM-INDEX.png``), with the subword tokens on both axes; returns the files written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        raise fail(
+            "--plot-attention needs matplotlib: pip install 'seq2seq-attn[plot]' "
+            "(make install includes it)",
+            code=2,
+        ) from None
+    written = []
+    for record in records:
+        target = path if len(records) == 1 else path.with_name(
+            f"{path.stem}-{record['index']}{path.suffix or '.png'}"
+        )  # fmt: skip
+        src_tokens, tgt_tokens = record["src_tokens"], record["tgt_tokens"]
+        figure, axes = pyplot.subplots(
+            figsize=(max(4.0, 0.45 * len(src_tokens) + 1.5), max(3.0, 0.4 * len(tgt_tokens) + 1.2))
+        )
+        image = axes.imshow(record["weights"], cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+        axes.set_xticks(range(len(src_tokens)), src_tokens, rotation=60, ha="right")
+        axes.set_yticks(range(len(tgt_tokens)), tgt_tokens)
+        axes.set_xlabel("source")
+        axes.set_ylabel("target")
+        layer = "last layer" if record["layer"] == -1 else f"layer {record['layer']}"
+        axes.set_title(f"sentence {record['index']}: {layer}, head {record['head']}")
+        figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+        figure.tight_layout()
+        figure.savefig(target, dpi=120)
+        pyplot.close(figure)
+        written.append(target)
+    return written
+
+
 def print_scores(scores: dict, as_json: bool, target: Console) -> None:
     """The sacreBLEU scores with their signatures, as a table or one JSON object."""
     if as_json:
@@ -158,6 +196,13 @@ def translate_command(
     show_attention: Annotated[
         bool, typer.Option(help="Draw each sentence's attention in the terminal.")
     ] = False,
+    plot_attention_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot-attention",
+            help="PNG heatmap(s) of the attention: FILE.png for one line, FILE-N.png per line.",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32, bf16, fp16 (CUDA) or auto.")] = "fp32",
 ) -> None:
@@ -195,7 +240,7 @@ def translate_command(
     found = run(lines)
     best = tokenizer.decode_tgt([hypotheses[0].tokens for hypotheses in found])
     write_output(output, format_output(found, best, tokenizer, n_best))
-    if attention is not None or show_attention:
+    if attention is not None or show_attention or plot_attention_file is not None:
         records = [
             attention_record(model, tokenizer, index, line, hypotheses[0], run_device,
                              attention_layer, attention_head)
@@ -206,6 +251,9 @@ def translate_command(
             attention.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
         for record in records if show_attention else []:
             err_console.print(attention_heatmap(record))
+        if plot_attention_file is not None:
+            for written in plot_attention(records, plot_attention_file):
+                err_console.print(f"wrote {written}", highlight=False)
     if ref is not None:
         references = read_lines(ref)
         if len(references) != len(lines):
