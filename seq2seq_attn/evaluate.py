@@ -45,12 +45,17 @@ def search_options(decode: DecodeConfig, beam_size: int | None = None) -> Search
     )
 
 
-def length_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+def length_batches(
+    lengths: Sequence[int], max_tokens: int, max_sentences: int | None = None
+) -> list[list[int]]:
     """Indices of ``lengths`` sorted ascending and cut into batches of at most ``max_tokens``
-    padded slots (``B * longest``); a single longer item gets a batch of its own."""
+    padded slots (``B * longest``) and at most ``max_sentences`` items; a single longer item
+    gets a batch of its own."""
     batches: list[list[int]] = []
+    room = max_sentences or len(lengths)
     for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        if batches and (len(batches[-1]) + 1) * lengths[index] <= max_tokens:
+        last = batches[-1] if batches else []
+        if last and len(last) < room and (len(last) + 1) * lengths[index] <= max_tokens:
             batches[-1].append(index)
         else:
             batches.append([index])
@@ -97,9 +102,12 @@ def translate(
     max_tokens: int,
     device: torch.device | str,
     amp_dtype: torch.dtype | None = None,
+    max_sentences: int | None = None,
 ) -> list[Hypothesis]:
     """The best translation of each of ``src_texts``; see :func:`translate_n_best`."""
-    found = translate_n_best(model, tokenizer, src_texts, options, max_tokens, device, amp_dtype)
+    found = translate_n_best(
+        model, tokenizer, src_texts, options, max_tokens, device, amp_dtype, max_sentences
+    )
     return [hypotheses[0] for hypotheses in found]
 
 
@@ -111,8 +119,10 @@ def translate_n_best(
     max_tokens: int,
     device: torch.device | str,
     amp_dtype: torch.dtype | None = None,
+    max_sentences: int | None = None,
 ) -> list[list[Hypothesis]]:
-    """Translate ``src_texts`` in length-sorted batches of at most ``max_tokens`` source slots.
+    """Translate ``src_texts`` in length-sorted batches of at most ``max_tokens`` source slots
+    (and at most ``max_sentences`` sentences, when given).
 
     Returns, per input and in input order, its ``options.n_best`` hypotheses, best first. A
     blank input gets one empty hypothesis and never reaches the model; an input longer than
@@ -128,7 +138,8 @@ def translate_n_best(
     model.eval()
     try:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            for rows in length_batches([len(src_ids[i]) + 1 for i in nonempty], max_tokens):
+            lengths = [len(src_ids[i]) + 1 for i in nonempty]
+            for rows in length_batches(lengths, max_tokens, max_sentences):
                 indices = [nonempty[row] for row in rows]
                 batch = collate([src_ids[i] for i in indices], [[] for _ in indices], indices)
                 src, src_mask = batch.src.to(device), batch.src_mask.to(device)  # (B, S)

@@ -66,6 +66,8 @@ def test_length_batches_respect_the_token_budget():
     for batch in batches:
         assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 10
     assert batches[0] == [1, 3, 4]  # shortest first
+    capped = length_batches(lengths, max_tokens=1000, max_sentences=2)
+    assert capped == [[1, 3], [4, 0], [2, 5]]
 
 
 @pytest.mark.parametrize("family", ["transformer", "rnn"])
