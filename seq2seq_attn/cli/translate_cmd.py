@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.color import Color
 from rich.console import Console
@@ -18,9 +20,12 @@ from rich.text import Text
 
 from ..checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from ..config import ConfigError
+from ..decoding import Hypothesis
 from ..evaluate import attention_matrix, search_options, translate_n_best
-from ..metrics import corpus_scores
+from ..metrics import Score, corpus_scores
+from ..models import Seq2Seq
 from ..optim import resolve_device, resolve_precision
+from ..tokenizer import Tokenizer
 from .console import console, err_console, fail
 
 translate_app = typer.Typer(
@@ -64,7 +69,14 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def attention_record(
-    model, tokenizer, index: int, src_text: str, hypothesis, device, layer: int, head: int | None
+    model: Seq2Seq,
+    tokenizer: Tokenizer,
+    index: int,
+    src_text: str,
+    hypothesis: Hypothesis,
+    device: torch.device,
+    layer: int,
+    head: int | None,
 ) -> dict:
     """One sentence's subword tokens and cross-attention weights, as plain JSON data."""
     src_ids = tokenizer.encode_src([src_text])[0]
@@ -140,7 +152,7 @@ def plot_attention(records: list[dict], path: Path) -> list[Path]:
     return written
 
 
-def print_scores(scores: dict, as_json: bool, target: Console) -> None:
+def print_scores(scores: dict[str, Score], as_json: bool, target: Console) -> None:
     """The sacreBLEU scores with their signatures, as a table or one JSON object."""
     if as_json:
         payload = {name: {"score": s.score, "signature": s.signature, "text": s.text}
@@ -228,7 +240,7 @@ def translate_command(
         raise fail(str(error), code=2) from None
     model.to(run_device)
 
-    def run(lines: list[str]) -> list[list]:
+    def run(lines: list[str]) -> list[list[Hypothesis]]:
         return translate_n_best(
             model, tokenizer, lines, options, batch_tokens, run_device, amp_dtype
         )
@@ -266,7 +278,9 @@ def translate_command(
         print_scores(scores, json_scores, console if output is not None else err_console)
 
 
-def format_output(found: list[list], best: list[str], tokenizer, n_best: int) -> list[str]:
+def format_output(
+    found: list[list[Hypothesis]], best: list[str], tokenizer: Tokenizer, n_best: int
+) -> list[str]:
     """One line per input, or ``index ||| hypothesis ||| score`` lines for n-best lists."""
     if n_best == 1:
         return best
@@ -292,7 +306,7 @@ def write_output(output: Path | None, lines: list[str]) -> None:
     temporary.replace(output)
 
 
-def interactive(run, tokenizer) -> None:
+def interactive(run: Callable[[list[str]], list[list[Hypothesis]]], tokenizer: Tokenizer) -> None:
     """Translate each line as it is typed, until end of input (Ctrl-D)."""
     err_console.print("Type a sentence and press Enter; Ctrl-D to quit.")
     while True:
