@@ -344,6 +344,12 @@ class MultiHeadAttention(nn.Module):
         context = context.transpose(1, 2).reshape(batch, query_len, self.d_model)  # (B, Tq, D)
         return self.out_proj(context), weights
 
+    def memory_cache(self, memory: Tensor) -> KVCache:
+        """A filled static (cross-attention) cache of ``memory`` ``(B, S, D)``: its keys and
+        values are projected once here and reused at every decoding step."""
+        key, value = self._fused_linear(memory, (self.k_proj, self.v_proj)).chunk(2, dim=-1)
+        return KVCache(static=True, key=self._split_heads(key), value=self._split_heads(value))
+
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Input projections, split into heads: three ``(B, H, T, Dh)`` tensors."""
         if key is query and value is query:

@@ -281,6 +281,11 @@ def test_cross_attention_cache_projects_memory_once():
         assert cache.key is projected_key  # projected once, never recomputed or grown
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=ATOL)
     assert len(cache) == 5
+    prefilled = mha.memory_cache(memory)  # the same projections, made before the first step
+    assert torch.allclose(prefilled.key, cache.key, atol=ATOL)
+    assert torch.allclose(prefilled.value, cache.value, atol=ATOL)
+    steps = [mha(tgt[:, t : t + 1], None, None, mask=mask, cache=prefilled)[0] for t in range(4)]
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=ATOL)
 
 
 def test_cache_select_reorders_batch_rows():

@@ -238,7 +238,7 @@ class Transformer(Seq2Seq):
         memory = encoder_output.states  # (B, S, D)
         return TransformerState(
             self_caches=[KVCache(static=False) for _ in self.decoder_layers],
-            cross_caches=[cross_cache(layer.cross_attn, memory) for layer in self.decoder_layers],
+            cross_caches=[layer.cross_attn.memory_cache(memory) for layer in self.decoder_layers],
             src_mask=encoder_output.mask,
         )
 
@@ -257,12 +257,3 @@ class Transformer(Seq2Seq):
         logits = self.output(self.decoder_norm(x)).squeeze(1)  # (B, V)
         state.position += 1
         return logits, state, weights.mean(dim=1).squeeze(1)  # (B, H, 1, S) -> (B, S)
-
-
-def cross_cache(attention: MultiHeadAttention, memory: Tensor) -> KVCache:
-    """A filled static cache of the key/value projections of ``memory`` ``(B, S, D)``."""
-    batch, src_len, _ = memory.shape
-    shape = (batch, src_len, attention.num_heads, attention.head_dim)
-    key = attention.k_proj(memory).view(shape).transpose(1, 2)  # (B, H, S, Dh)
-    value = attention.v_proj(memory).view(shape).transpose(1, 2)  # (B, H, S, Dh)
-    return KVCache(static=True, key=key, value=value)
