@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALL_STAMP := $(VENV)/.install-stamp
 TORCH_STAMP := $(VENV)/.torch-spec
 
-.PHONY: install lint test clean FORCE
+.PHONY: install lint test reproduce clean FORCE
 
 install: $(INSTALL_STAMP)
 
@@ -29,6 +29,13 @@ lint: install
 
 test: install lint
 	HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# The Multi30k benchmark end to end (see scripts/reproduce.py); run it again to resume.
+# Raw files come from MULTI30K_DIR, else ../shared/data/multi30k, else the official download.
+PAIR ?= de-en
+MODELS ?= transformer rnn-bahdanau
+reproduce: install
+	HF_DATASETS_OFFLINE=$${HF_DATASETS_OFFLINE:-1} $(BIN)/python scripts/reproduce.py --pair $(PAIR) --models $(MODELS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -64,6 +64,8 @@ class Progress:
     bad_validations: int = 0  # validations since the best one (early stopping)
     last_validated: int = 0
     nonfinite_total: int = 0
+    target_tokens: int = 0  # target positions trained on (EOS included), for throughput
+    step_seconds: float = 0.0  # seconds inside optimisation steps (no validation or saving)
 
 
 @dataclass
@@ -456,6 +458,8 @@ class Run:
         started = time.monotonic()
         self.progress.step += 1
         outcome = self.trainer.train_step(group, self.progress.step)
+        self.progress.target_tokens += sum(batch.num_tgt_tokens for batch in group)
+        self.progress.step_seconds += time.monotonic() - started
         if outcome.skipped:
             self.progress.nonfinite_total += 1
             if self.trainer.nonfinite_in_a_row >= self.config.train.max_nonfinite_in_a_row:

@@ -18,6 +18,7 @@ from seq2seq_attn.checkpoint import (
     save_checkpoint,
 )
 from seq2seq_attn.config import Config, config_from_plain, load_config
+from seq2seq_attn.data import load_split
 from seq2seq_attn.evaluate import search_options, translate
 from seq2seq_attn.optim import NonFiniteLossError
 from seq2seq_attn.tokenizer import Tokenizer
@@ -194,6 +195,12 @@ def test_resume_refuses_another_model(corpus, tmp_path):
 def test_limits_and_early_stopping(corpus, tmp_path):
     summary = train(toy_config(corpus, max_steps=None, max_epochs=1), tmp_path / "epochs")
     assert (summary.reason, summary.epoch) == ("max_epochs", 1)
+    # one epoch trains on every target token once (EOS included): the throughput counter
+    progress = load_checkpoint(tmp_path / "epochs" / "last.pt")["progress"]
+    config = toy_config(corpus)
+    kept, _ = load_split(config.data, "train", Tokenizer.load(tmp_path / "epochs"))
+    assert progress["target_tokens"] == sum(len(ids) + 1 for ids in kept["tgt_ids"])
+    assert 0 < progress["step_seconds"] < progress["elapsed"]
     # an untrained tiny model scores BLEU 0 twice: no improvement after the first validation
     stopped = train(
         toy_config(corpus, max_steps=50, validate_every=3, early_stopping_patience=1),

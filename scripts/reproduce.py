@@ -1,0 +1,545 @@
+"""The Multi30k benchmark end to end: prepare the data, train the shipped models, translate the
+three test sets with beam 5, score them with sacreBLEU and write ``results/multi30k-PAIR.md`` and
+``.json`` with attention heatmaps beside them.
+
+    make reproduce                                   # de-en: Transformer and RNN (Bahdanau)
+    make reproduce PAIR=en-de MODELS="transformer rnn-luong"
+    .venv/bin/python scripts/reproduce.py --pair de-en --models transformer rnn-bahdanau
+
+Every step leaves its output on disk and is skipped when the script runs again; an interrupted
+training (Ctrl-C, or a killed machine after its last checkpoint) resumes from its ``last.pt``.
+
+Layout, for PAIR=de-en:
+    data/multi30k/{split}.{de,en}                    prepared corpus (scripts/prepare_multi30k.py)
+    runs/multi30k-de-en/MODEL/                       attn-train run directory (best.pt, last.pt...)
+    results/multi30k-de-en/MODEL/train.json          training figures, written when it finished
+    results/multi30k-de-en/MODEL/SPLIT.{hyp,json}    beam-5 translations and their scores
+    results/multi30k-de-en.{md,json}                 the report
+    results/multi30k-de-en-MODEL-attention-N.png     heatmaps of test_2016_flickr line N
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from prepare_multi30k import SHA256, PrepareError, parse_pair, prepare  # noqa: E402
+
+from seq2seq_attn.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from seq2seq_attn.cli.translate_cmd import attention_record, plot_attention  # noqa: E402
+from seq2seq_attn.decoding import Hypothesis, SearchOptions  # noqa: E402
+from seq2seq_attn.evaluate import search_options, translate  # noqa: E402
+from seq2seq_attn.metrics import corpus_scores  # noqa: E402
+from seq2seq_attn.models import Seq2Seq  # noqa: E402
+from seq2seq_attn.optim import Precision, resolve_device, resolve_precision  # noqa: E402
+from seq2seq_attn.tokenizer import Tokenizer  # noqa: E402
+
+MODELS = ("transformer", "rnn-bahdanau", "rnn-luong")
+DEFAULT_MODELS = ("transformer", "rnn-bahdanau")
+TEST_SPLITS = ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")
+BEAM_SIZE = 5
+BATCH_SENTENCES = 64  # sentences per beam-search batch (the fastest setting on a 2-core CPU)
+HEATMAP_SPLIT, HEATMAP_SENTENCES, HEATMAP_MAX_WORDS = "test_2016_flickr", 2, 12
+SHARED_COPY = REPO.parent / "shared" / "data" / "multi30k"
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A published test_2016_flickr score to set beside ours."""
+
+    bleu_lc: float
+    what: str
+
+
+ANCHORS = {
+    ("de-en", "transformer"): Anchor(
+        36.5, "9M-parameter Transformer, a well-known PyTorch seq2seq tutorial (greedy, lowercased)"
+    ),
+    ("de-en", "rnn-bahdanau"): Anchor(
+        28.3, "GRU with Bahdanau attention, the same tutorial series (greedy, lowercased)"
+    ),
+    ("en-de", "transformer"): Anchor(
+        41.0, "text-only Transformer-tiny, Wu et al. 2021 (lowercased, tokenized BLEU)"
+    ),
+}
+
+
+class ReproduceError(RuntimeError):
+    """A step that cannot run as asked; the message says what to do."""
+
+
+def log(message: str) -> None:
+    """One progress line of the script itself (the training draws its own progress)."""
+    print(f"[reproduce] {message}", flush=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so no half file is ever left."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as handle:
+        handle.write(text)
+    os.chmod(handle.name, 0o644)
+    os.replace(handle.name, path)
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file, without their line ends."""
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def repo_relative(path: Path) -> str:
+    """``path`` relative to the repository when inside it (so the default config values match
+    what a plain ``attn-train`` of the shipped config records), else absolute."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path.resolve())
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+def test_splits(src: str, tgt: str) -> list[str]:
+    """The test sets Multi30k has for this pair (test_2017_* has no Czech)."""
+    return [s for s in TEST_SPLITS if f"{s}.{src}" in SHA256 and f"{s}.{tgt}" in SHA256]
+
+
+def default_source_dir() -> Path | None:
+    """Where the raw files come from: ``MULTI30K_DIR``, else the shared copy beside the
+    repository when it exists, else None (download)."""
+    if os.environ.get("MULTI30K_DIR"):
+        return Path(os.environ["MULTI30K_DIR"])
+    return SHARED_COPY if SHARED_COPY.is_dir() else None
+
+
+def prepare_data(src: str, tgt: str, data_dir: Path, source_dir: Path | None) -> None:
+    """Write the pair's splits into ``data_dir`` unless they are all there already."""
+    splits = ["train", "val", *test_splits(src, tgt)]
+    missing = [
+        f"{split}.{lang}" for split in splits for lang in (src, tgt)
+        if not (data_dir / f"{split}.{lang}").is_file()
+    ]  # fmt: skip
+    if not missing:
+        log(f"data: {data_dir} has every {src}-{tgt} split, skipping preparation")
+        return
+    if source_dir is not None and not source_dir.is_dir():
+        raise ReproduceError(f"MULTI30K_DIR={source_dir}: not a directory")
+    origin = source_dir or "a download of the official files"
+    log(f"data: preparing {src}-{tgt} into {data_dir} from {origin}")
+    try:
+        prepare(src, tgt, data_dir, source_dir)
+    except PrepareError as error:
+        raise ReproduceError(str(error)) from None
+
+
+# ---- training -------------------------------------------------------------------------------
+
+
+def attn_train_command() -> list[str]:
+    """How to start ``attn-train`` from this interpreter's environment."""
+    beside = Path(sys.executable).with_name("attn-train")
+    found = str(beside) if beside.is_file() else shutil.which("attn-train")
+    if found is None:
+        raise ReproduceError("attn-train is not installed: run `make install` first")
+    return [found]
+
+
+def run_child(command: list[str]) -> int:
+    """Run ``command`` in the foreground and return its exit status.
+
+    Ctrl-C reaches the child (same process group), which saves ``last.pt`` and exits 130; this
+    process ignores SIGINT meanwhile and forwards SIGTERM, so the child is never cut off
+    mid-write.
+    """
+    child = subprocess.Popen(command, cwd=REPO)
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: child.terminate())
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
+
+
+def train_model(
+    model: str, config: Path, run_dir: Path, work_dir: Path, overrides: list[str]
+) -> dict:
+    """Train (or resume) one model with ``attn-train`` and return its training figures, which
+    are kept in ``work_dir/train.json`` so that a finished training is never run again."""
+    summary_file = work_dir / "train.json"
+    if summary_file.is_file():
+        log(f"{model}: trained already ({summary_file}), skipping")
+        return json.loads(summary_file.read_text(encoding="utf-8"))
+    command = [*attn_train_command(), str(config), "--run-dir", str(run_dir)]
+    for override in overrides:
+        command += ["--set", override]
+    if (run_dir / "last.pt").is_file():
+        log(f"{model}: resuming {run_dir} from its last.pt")
+        command.append("--resume")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise ReproduceError(
+            f"{run_dir}: not empty but has no last.pt to resume from; move it away (or delete "
+            "it) and run again"
+        )
+    else:
+        log(f"{model}: training {config.name} into {run_dir}")
+    status = run_child(command)
+    if status in (130, 143):
+        raise KeyboardInterrupt
+    if status != 0:
+        raise ReproduceError(f"{model}: attn-train exited with status {status} (see above)")
+    figures = training_figures(run_dir)
+    write_atomic(summary_file, json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+def training_figures(run_dir: Path) -> dict:
+    """Parameters, wall time, throughput and the best dev BLEU of a finished run."""
+    last = load_checkpoint(run_dir / "last.pt")
+    progress = last["progress"]
+    model, _, config = model_from_checkpoint(load_checkpoint(run_dir / "best.pt"), run_dir)
+    return {
+        "params": model.num_parameters(),
+        "steps": progress["step"],
+        "epochs": last["sampler"]["epoch"],
+        "train_minutes": progress["elapsed"] / 60,
+        "train_tokens_per_s": progress["target_tokens"] / max(progress["step_seconds"], 1e-9),
+        "best_dev_bleu": progress["best_bleu"],
+        "best_step": progress["best_step"],
+        "precision": resolve_precision(
+            config.train.precision, resolve_device(config.train.device)
+        ).name,
+    }
+
+
+# ---- translation ----------------------------------------------------------------------------
+
+
+def translate_tests(
+    model_name: str, run_dir: Path, work_dir: Path, data_dir: Path, src: str, tgt: str,
+    precision: str,
+) -> dict:  # fmt: skip
+    """Beam-5 translations of every test split (kept as ``SPLIT.hyp``) with their sacreBLEU
+    scores (kept as ``SPLIT.json``); splits done earlier are read back, not translated again."""
+    results: dict[str, dict] = {}
+    translator = None
+    for split in test_splits(src, tgt):
+        scores_file = work_dir / f"{split}.json"
+        if scores_file.is_file():
+            results[split] = json.loads(scores_file.read_text(encoding="utf-8"))
+            continue
+        if translator is None:
+            translator = load_for_translation(run_dir, precision)
+        sources = read_lines(data_dir / f"{split}.{src}")
+        references = read_lines(data_dir / f"{split}.{tgt}")
+        log(f"{model_name}: translating {split} ({len(sources)} sentences, beam {BEAM_SIZE})")
+        started = time.perf_counter()
+        found = translator(sources)
+        seconds = time.perf_counter() - started
+        hypotheses = translator.tokenizer.decode_tgt([hypothesis.tokens for hypothesis in found])
+        write_atomic(work_dir / f"{split}.hyp", "".join(line + "\n" for line in hypotheses))
+        scores = split_scores(hypotheses, references)
+        results[split] = {
+            **scores,
+            "sentences": len(sources),
+            "seconds": seconds,
+            "precision": translator.precision.name,
+        }
+        log(
+            f"{model_name}: {split} BLEU {scores['bleu']:.2f}, lowercased {scores['bleu_lc']:.2f}, "
+            f"chrF {scores['chrf']:.2f} ({len(sources) / seconds:.1f} sentences/s)"
+        )
+        write_atomic(scores_file, json.dumps(results[split], indent=2) + "\n")
+    return results
+
+
+@dataclass
+class Translator:
+    """A best checkpoint ready for beam-5 search."""
+
+    model: Seq2Seq
+    tokenizer: Tokenizer
+    options: SearchOptions
+    device: torch.device
+    precision: Precision
+
+    def __call__(self, sources: list[str]) -> list[Hypothesis]:
+        """The best hypothesis of each sentence, in order."""
+        return translate(
+            self.model, self.tokenizer, sources, self.options, 4096, self.device,
+            self.precision.dtype, BATCH_SENTENCES,
+        )  # fmt: skip
+
+
+def split_scores(hypotheses: list[str], references: list[str]) -> dict:
+    """sacreBLEU's cased BLEU (default signature), lowercased BLEU (``-lc``) and chrF, with the
+    signature of each."""
+    cased = corpus_scores(hypotheses, references, ("bleu", "chrf"))
+    lowercased = corpus_scores(hypotheses, references, ("bleu",), lowercase=True)["bleu"]
+    return {
+        "bleu": cased["bleu"].score,
+        "bleu_lc": lowercased.score,
+        "chrf": cased["chrf"].score,
+        "signatures": {
+            "bleu": cased["bleu"].signature,
+            "bleu_lc": lowercased.signature,
+            "chrf": cased["chrf"].signature,
+        },
+    }
+
+
+def load_for_translation(run_dir: Path, precision: str) -> Translator:
+    """The run's best checkpoint with beam-5 search under ``precision`` (fp32, bf16 or auto)."""
+    path = run_dir / "best.pt"
+    model, tokenizer, config = model_from_checkpoint(load_checkpoint(path), path)
+    device = resolve_device("auto")
+    options = search_options(config.decode, BEAM_SIZE)
+    return Translator(
+        model.to(device), tokenizer, options, device, resolve_precision(precision, device)
+    )
+
+
+def heatmap_lines(sources: list[str]) -> list[int]:
+    """0-based indices of the first test sentences short enough for a readable picture."""
+    short = [i for i, line in enumerate(sources) if len(line.split()) <= HEATMAP_MAX_WORDS]
+    return short[:HEATMAP_SENTENCES]
+
+
+def plot_heatmaps(
+    model_name: str, run_dir: Path, data_dir: Path, src: str, results_dir: Path, stem: str,
+    precision: str,
+) -> list[str]:  # fmt: skip
+    """PNG cross-attention heatmaps of the beam-5 translations of two short test_2016_flickr
+    sentences (Transformer: last decoder layer, mean of the heads); returns the file names."""
+    sources = read_lines(data_dir / f"{HEATMAP_SPLIT}.{src}")
+    lines = heatmap_lines(sources)
+    names = [f"{stem}-{model_name}-attention-{index + 1}.png" for index in lines]
+    if all((results_dir / name).is_file() for name in names):
+        return names
+    translator = load_for_translation(run_dir, precision)
+    found = translator([sources[i] for i in lines])
+    records = [
+        attention_record(translator.model, translator.tokenizer, index + 1, sources[index],
+                         hypothesis, translator.device, -1, None)
+        for index, hypothesis in zip(lines, found, strict=True)
+    ]  # fmt: skip
+    # plot_attention names one picture after the path itself, several after STEM-INDEX.png
+    target = results_dir / (names[0] if len(names) == 1 else f"{stem}-{model_name}-attention.png")
+    written = plot_attention(records, target)
+    log(f"{model_name}: wrote {', '.join(str(path) for path in written)}")
+    return names
+
+
+# ---- report ---------------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    """What the benchmark ran on: CPU model, threads, GPU, torch and Python versions."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def build_report(pair: str, models: dict[str, dict], machine: dict, finished: str) -> dict:
+    """The JSON report: per model its training figures, translation speed and test scores."""
+    report_models = {}
+    for name, figures in models.items():
+        tests = figures["tests"]
+        sentences = sum(split["sentences"] for split in tests.values())
+        seconds = sum(split["seconds"] for split in tests.values())
+        anchor = ANCHORS.get((pair, name))
+        report_models[name] = {
+            **figures["train"],
+            "translate_sentences_per_s": sentences / seconds if seconds else None,
+            "translate_precision": next(iter(tests.values()))["precision"] if tests else None,
+            "tests": tests,
+            "attention_pictures": figures["pictures"],
+            "anchor": None if anchor is None else {"bleu_lc": anchor.bleu_lc, "what": anchor.what},
+        }
+    return {
+        "pair": pair,
+        "finished": finished,
+        "beam_size": BEAM_SIZE,
+        "models": report_models,
+        "machine": machine,
+    }
+
+
+def markdown_report(report: dict) -> str:
+    """The report as Markdown: a summary table, the test scores, signatures and pictures."""
+    pair, machine = report["pair"], report["machine"]
+    gpu = machine["gpu"] or "no GPU"
+    lines = [
+        f"# Multi30k {pair}: results",
+        "",
+        f"Finished {report['finished']} on {machine['cpu']} ({machine['torch_threads']} threads, "
+        f"{gpu}), torch {machine['torch']}, Python {machine['python']}. "
+        f"Produced by `make reproduce PAIR={pair}`; test scores use the best dev-BLEU checkpoint "
+        f"and beam {report['beam_size']}.",
+        "",
+        "| model | params | train min | train tgt tokens/s | best dev BLEU (step) "
+        "| test2016 BLEU | test2016 BLEU lc | published lc | beam-5 sentences/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, model in report["models"].items():
+        test2016 = model["tests"].get("test_2016_flickr", {})
+        anchor = model["anchor"]
+        lines.append(
+            f"| {name} | {model['params'] / 1e6:.2f}M | {model['train_minutes']:.1f} "
+            f"| {model['train_tokens_per_s']:,.0f} | {model['best_dev_bleu']:.2f} "
+            f"({model['best_step']}) | {_score(test2016, 'bleu')} | {_score(test2016, 'bleu_lc')} "
+            f"| {'' if anchor is None else format(anchor['bleu_lc'], '.1f')} "
+            f"| {_rate(model['translate_sentences_per_s'])} |"
+        )
+    lines += ["", "## Test sets (beam 5)", "", "| model | test set | BLEU | BLEU lc | chrF |",
+              "|---|---|---:|---:|---:|"]  # fmt: skip
+    signatures: dict[str, str] = {}
+    for name, model in report["models"].items():
+        for split, scores in model["tests"].items():
+            lines.append(
+                f"| {name} | {split} | {scores['bleu']:.2f} | {scores['bleu_lc']:.2f} "
+                f"| {scores['chrf']:.2f} |"
+            )
+            signatures.update(scores["signatures"])
+    lines += ["", "sacreBLEU signatures:", ""]
+    lines += [f"- {metric}: `{signature}`" for metric, signature in signatures.items()]
+    lines += ["", "Published anchors (lowercased BLEU on test_2016_flickr):", ""]
+    lines += [
+        f"- {name}: {model['anchor']['bleu_lc']:.1f}, {model['anchor']['what']}"
+        for name, model in report["models"].items()
+        if model["anchor"] is not None
+    ] or ["- none for this pair"]
+    lines += ["", "## Training", ""]
+    for name, model in report["models"].items():
+        lines.append(
+            f"- {name}: {model['steps']} steps ({model['epochs']} epochs) in "
+            f"{model['train_minutes']:.1f} min, {model['precision']}; translation in "
+            f"{model['translate_precision']}."
+        )
+    lines += ["", "## Attention", ""]
+    for name, model in report["models"].items():
+        for picture in model["attention_pictures"]:
+            lines.append(f"![{name}: cross-attention, {picture}]({picture})")
+    return "\n".join(lines) + "\n"
+
+
+def _score(scores: dict, key: str) -> str:
+    """A score with two decimals, or a dash when missing."""
+    return f"{scores[key]:.2f}" if key in scores else "-"
+
+
+def _rate(value: float | None) -> str:
+    """Sentences per second, or a dash."""
+    return "-" if value is None else f"{value:.1f}"
+
+
+# ---- entry point ----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pair", default="de-en", help="SRC-TGT among en, de, fr, cs")
+    parser.add_argument(
+        "--models", nargs="+", default=list(DEFAULT_MODELS), metavar="MODEL",
+        help=f"any of {', '.join(MODELS)}",
+    )  # fmt: skip
+    parser.add_argument("--data", type=Path, default=REPO / "data" / "multi30k")
+    parser.add_argument("--runs", type=Path, default=REPO / "runs", help="run directories")
+    parser.add_argument("--results", type=Path, default=REPO / "results", help="report folder")
+    parser.add_argument(
+        "--configs", type=Path, default=REPO / "data" / "configs",
+        help="where multi30k-de-en-MODEL.yaml live",
+    )  # fmt: skip
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a config value of every model (passed to attn-train)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--precision", default="auto", choices=("fp32", "bf16", "auto"),
+        help="autocast for translating the test sets; auto: bf16 on a GPU or a CPU with native "
+        "bf16, else fp32",
+    )  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def reproduce(args: argparse.Namespace) -> Path:
+    """Every step in order; returns the Markdown report's path."""
+    src, tgt = parse_pair(args.pair)
+    unknown = [model for model in args.models if model not in MODELS]
+    if unknown:
+        raise ReproduceError(f"MODELS: unknown {unknown}; choose from {', '.join(MODELS)}")
+    prepare_data(src, tgt, args.data, default_source_dir())
+    stem = f"multi30k-{args.pair}"
+    data_overrides = [f"data.src_lang={src}", f"data.tgt_lang={tgt}"] + [
+        f"data.{key}={repo_relative(args.data / split)}"
+        for key, split in (("train", "train"), ("dev", "val"), ("test", "test_2016_flickr"))
+    ]
+    models = {}
+    for name in args.models:
+        config = args.configs / f"multi30k-de-en-{name}.yaml"
+        if not config.is_file():
+            raise ReproduceError(f"{config}: missing; --configs names the folder of the configs")
+        run_dir, work_dir = args.runs / stem / name, args.results / stem / name
+        figures = train_model(name, config, run_dir, work_dir, data_overrides + args.overrides)
+        tests = translate_tests(name, run_dir, work_dir, args.data, src, tgt, args.precision)
+        pictures = plot_heatmaps(name, run_dir, args.data, src, args.results, stem, args.precision)
+        models[name] = {"train": figures, "tests": tests, "pictures": pictures}
+    finished = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    report = build_report(args.pair, models, machine_info(), finished)
+    write_atomic(args.results / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+    markdown = args.results / f"{stem}.md"
+    write_atomic(markdown, markdown_report(report))
+    return markdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = parse_args(argv)
+    started = time.monotonic()
+    try:
+        markdown = reproduce(args)
+    except (ReproduceError, PrepareError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run `make reproduce` again to go on from here", file=sys.stderr)
+        return 130
+    log(f"done in {(time.monotonic() - started) / 60:.1f} min: {markdown}")
+    print(markdown.read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""scripts/reproduce.py end to end on a Multi30k-shaped slice of the toy corpus with tiny models:
+the report, scores equal to the sacrebleu command line, skipping finished steps, resuming an
+interrupted training, and clear errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from seq2seq_attn.checkpoint import load_checkpoint
+from seq2seq_attn.config import load_config
+from seq2seq_attn.train import TrainCallback, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY = ROOT / "data" / "toy"
+SPLITS = {  # Multi30k split -> (toy split, lines)
+    "train": ("train", 400),
+    "val": ("dev", 20),
+    "test_2016_flickr": ("test", 24),
+    "test_2017_flickr": ("test", 12),
+    "test_2017_mscoco": ("dev", 10),
+}
+TINY = [
+    "tokenizer.vocab_size=64", "data.max_tokens=256", "data.max_length=40",
+    "model.max_positions=64",
+    "model.transformer.d_model=32", "model.transformer.num_heads=4",
+    "model.transformer.encoder_layers=1", "model.transformer.decoder_layers=1",
+    "model.transformer.ff_size=64", "model.rnn.embedding_size=16", "model.rnn.hidden_size=32",
+    "model.rnn.attention_size=16", "train.max_steps=20", "train.validate_every=10",
+    "train.save_every=10", "train.warmup_steps=5", "train.lr=0.003", "train.precision=fp32",
+    "train.max_minutes=null", "decode.max_length_offset=3",
+]  # fmt: skip
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+repro = load_script()
+
+
+def make_data(directory: Path) -> Path:
+    """Toy pairs under Multi30k's file names as a de-en pair (test_2017_mscoco's references
+    capitalised, as real ones are)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, (toy_split, count) in SPLITS.items():
+        for lang, side in (("de", "src"), ("en", "tgt")):
+            lines = (TOY / f"{toy_split}.{side}").read_text(encoding="utf-8").splitlines()[:count]
+            if split == "test_2017_mscoco" and lang == "en":
+                lines = [line.capitalize() for line in lines]
+            (directory / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return directory
+
+
+def arguments(base: Path, *extra: str) -> list[str]:
+    """The script's command line for a workspace under ``base``."""
+    return [
+        "--data", str(base / "data"), "--runs", str(base / "runs"),
+        "--results", str(base / "results"), "--precision", "fp32",
+        "--set", f"data.cache_dir={base / 'cache'}", *[f"--set={o}" for o in TINY], *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """One complete run of the script (Transformer and RNN) in a fresh workspace."""
+    base = tmp_path_factory.mktemp("reproduce")
+    make_data(base / "data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        assert repro.main(arguments(base)) == 0
+    return base
+
+
+def test_the_report_has_every_figure_and_picture(workspace):
+    report = json.loads((workspace / "results" / "multi30k-de-en.json").read_text())
+    assert set(report["models"]) == {"transformer", "rnn-bahdanau"}
+    assert report["machine"]["torch"] == torch.__version__ and report["machine"]["cpu"]
+    markdown = (workspace / "results" / "multi30k-de-en.md").read_text()
+    for name, model in report["models"].items():
+        assert model["params"] > 0 and model["steps"] == 20
+        assert model["train_minutes"] > 0 and model["train_tokens_per_s"] > 0
+        assert 0 <= model["best_dev_bleu"] <= 100 and model["best_step"] in (10, 20)
+        assert model["translate_sentences_per_s"] > 0
+        assert set(model["tests"]) == {"test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"}
+        for scores in model["tests"].values():
+            assert {"bleu", "bleu_lc", "chrf"} <= set(scores)
+            assert "case:lc" in scores["signatures"]["bleu_lc"]
+            assert "case:mixed" in scores["signatures"]["bleu"]
+        assert len(model["attention_pictures"]) == 2
+        for picture in model["attention_pictures"]:
+            assert (workspace / "results" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"]({picture})" in markdown
+        assert f"| {name} |" in markdown
+    assert report["models"]["transformer"]["anchor"]["bleu_lc"] == 36.5
+
+
+@pytest.mark.parametrize("model", ["transformer", "rnn-bahdanau"])
+@pytest.mark.parametrize("split", ["test_2016_flickr", "test_2017_mscoco"])
+def test_scores_equal_the_sacrebleu_command_line(workspace, model, split):
+    work = workspace / "results" / "multi30k-de-en" / model
+    hypotheses = work / f"{split}.hyp"
+    references = workspace / "data" / f"{split}.en"
+    assert len(hypotheses.read_text().splitlines()) == len(references.read_text().splitlines())
+    scores = json.loads((work / f"{split}.json").read_text())
+    sacrebleu = Path(sys.executable).with_name("sacrebleu")
+
+    def cli(*options: str) -> float:
+        command = [
+            str(sacrebleu),
+            str(references),
+            "-i",
+            str(hypotheses),
+            "-b",
+            "-w",
+            "4",
+            *options,
+        ]
+        return float(subprocess.run(command, capture_output=True, check=True, text=True).stdout)
+
+    assert scores["bleu"] == pytest.approx(cli("-m", "bleu"), abs=0.01)
+    assert scores["bleu_lc"] == pytest.approx(cli("-m", "bleu", "-lc"), abs=0.01)
+    assert scores["chrf"] == pytest.approx(cli("-m", "chrf"), abs=0.01)
+
+
+def test_lowercased_bleu_forgives_case_as_the_command_line_does(tmp_path):
+    references = ["A dog runs across the Green field .", "Two Men play chess in a park ."]
+    hypotheses = ["a dog runs across the green field .", "two men are playing chess in the park ."]
+    scores = repro.split_scores(hypotheses, references)
+    (tmp_path / "ref").write_text("\n".join(references) + "\n")
+    (tmp_path / "hyp").write_text("\n".join(hypotheses) + "\n")
+    sacrebleu = Path(sys.executable).with_name("sacrebleu")
+
+    def cli(*options: str) -> float:
+        command = [sacrebleu, tmp_path / "ref", "-i", tmp_path / "hyp", "-b", "-w", "4", *options]
+        return float(subprocess.run(command, capture_output=True, check=True, text=True).stdout)
+
+    assert scores["bleu_lc"] == pytest.approx(cli("-m", "bleu", "-lc"), abs=0.01)
+    assert scores["bleu"] == pytest.approx(cli("-m", "bleu"), abs=0.01)
+    assert scores["chrf"] == pytest.approx(cli("-m", "chrf"), abs=0.01)
+    assert scores["bleu_lc"] > scores["bleu"] + 10
+
+
+def test_a_second_run_skips_every_finished_step(workspace, capsys):
+    results = workspace / "results"
+    watched = [
+        workspace / "runs" / "multi30k-de-en" / "transformer" / "last.pt",
+        results / "multi30k-de-en" / "rnn-bahdanau" / "test_2016_flickr.hyp",
+        *(results / name for name in json.loads((results / "multi30k-de-en.json").read_text())[
+            "models"]["transformer"]["attention_pictures"]),
+    ]  # fmt: skip
+    before = [path.stat().st_mtime_ns for path in watched]
+    capsys.readouterr()
+    assert repro.main(arguments(workspace)) == 0
+    output = capsys.readouterr().out
+    assert [path.stat().st_mtime_ns for path in watched] == before
+    assert "skipping preparation" in output and "trained already" in output
+    assert "translating" not in output
+
+
+def test_an_interrupted_training_resumes_from_its_last_checkpoint(tmp_path, capsys):
+    make_data(tmp_path / "data")
+    config_path = ROOT / "data" / "configs" / "multi30k-de-en-transformer.yaml"
+    data = tmp_path / "data"
+    overrides = [
+        "data.src_lang=de", "data.tgt_lang=en", f"data.train={data / 'train'}",
+        f"data.dev={data / 'val'}", f"data.test={data / 'test_2016_flickr'}",
+        f"data.cache_dir={tmp_path / 'cache'}", *TINY,
+    ]  # fmt: skip
+    stop = threading.Event()
+
+    class StopAtStep7(TrainCallback):
+        def on_step(self, report):
+            if report.step == 7:
+                stop.set()
+
+    run_dir = tmp_path / "runs" / "multi30k-de-en" / "transformer"
+    summary = train(load_config(config_path, overrides), run_dir, callbacks=[StopAtStep7()],
+                    stop=stop)  # fmt: skip
+    assert (summary.reason, summary.step) == ("stopped", 7)
+    assert repro.main(arguments(tmp_path, "--models", "transformer")) == 0
+    assert "resuming" in capsys.readouterr().out
+    progress = load_checkpoint(run_dir / "last.pt")["progress"]
+    assert progress["step"] == 20
+    assert "from step 7" in (run_dir / "train.log").read_text()
+
+
+def test_bad_requests_get_clear_errors(tmp_path, capsys, monkeypatch):
+    assert repro.main(["--pair", "de-xx"]) == 2
+    assert "--pair 'de-xx'" in capsys.readouterr().err
+    assert repro.main(["--models", "transformer", "gru", "--data", str(tmp_path)]) == 2
+    assert "unknown ['gru']" in capsys.readouterr().err
+    empty = tmp_path / "raw"
+    empty.mkdir()
+    monkeypatch.setenv("MULTI30K_DIR", str(empty))
+    assert repro.main(arguments(tmp_path)) == 2
+    assert "neither train.de.gz nor train.de is there" in capsys.readouterr().err
+    make_data(tmp_path / "data")
+    leftover = tmp_path / "runs" / "multi30k-de-en" / "transformer"
+    leftover.mkdir(parents=True)
+    (leftover / "notes.txt").write_text("mine")
+    assert repro.main(arguments(tmp_path)) == 2
+    assert f"{leftover}: not empty but has no last.pt" in capsys.readouterr().err
+    assert (leftover / "notes.txt").read_text() == "mine"
