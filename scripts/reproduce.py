@@ -41,7 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prepare_multi30k import SHA256, PrepareError, parse_pair, prepare  # noqa: E402
 
-from seq2seq_attn.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from seq2seq_attn.checkpoint import (  # noqa: E402
+    average_checkpoints,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from seq2seq_attn.cli.translate_cmd import attention_record, plot_attention  # noqa: E402
 from seq2seq_attn.decoding import Hypothesis, SearchOptions  # noqa: E402
 from seq2seq_attn.evaluate import search_options, translate  # noqa: E402
@@ -55,6 +60,7 @@ DEFAULT_MODELS = ("transformer", "rnn-bahdanau")
 TEST_SPLITS = ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")
 BEAM_SIZE = 5
 BATCH_SENTENCES = 64  # sentences per beam-search batch (the fastest setting on a 2-core CPU)
+AVERAGE_LAST = 4  # checkpoint averaging: how many of the run's last checkpoints
 HEATMAP_SPLIT, HEATMAP_SENTENCES, HEATMAP_MAX_WORDS = "test_2016_flickr", 2, 12
 SHARED_COPY = REPO.parent / "shared" / "data" / "multi30k"
 
@@ -234,7 +240,7 @@ def training_figures(run_dir: Path) -> dict:
 
 
 def translate_tests(
-    model_name: str, run_dir: Path, work_dir: Path, data_dir: Path, src: str, tgt: str,
+    model_name: str, checkpoint: Path, work_dir: Path, data_dir: Path, src: str, tgt: str,
     precision: str,
 ) -> dict:  # fmt: skip
     """Beam-5 translations of every test split (kept as ``SPLIT.hyp``) with their sacreBLEU
@@ -247,7 +253,7 @@ def translate_tests(
             results[split] = json.loads(scores_file.read_text(encoding="utf-8"))
             continue
         if translator is None:
-            translator = load_for_translation(run_dir, precision)
+            translator = load_for_translation(checkpoint, precision)
         sources = read_lines(data_dir / f"{split}.{src}")
         references = read_lines(data_dir / f"{split}.{tgt}")
         log(f"{model_name}: translating {split} ({len(sources)} sentences, beam {BEAM_SIZE})")
@@ -306,15 +312,62 @@ def split_scores(hypotheses: list[str], references: list[str]) -> dict:
     }
 
 
-def load_for_translation(run_dir: Path, precision: str) -> Translator:
-    """The run's best checkpoint with beam-5 search under ``precision`` (fp32, bf16 or auto)."""
-    path = run_dir / "best.pt"
+def load_for_translation(path: Path, precision: str, beam_size: int = BEAM_SIZE) -> Translator:
+    """A checkpoint's model with beam search under ``precision`` (fp32, bf16 or auto)."""
     model, tokenizer, config = model_from_checkpoint(load_checkpoint(path), path)
     device = resolve_device("auto")
-    options = search_options(config.decode, BEAM_SIZE)
+    options = search_options(config.decode, beam_size)
     return Translator(
         model.to(device), tokenizer, options, device, resolve_precision(precision, device)
     )
+
+
+def choose_checkpoint(
+    model_name: str, run_dir: Path, work_dir: Path, data_dir: Path, src: str, tgt: str,
+    precision: str,
+) -> dict:  # fmt: skip
+    """The checkpoint that translates the test sets, chosen on the dev set only: ``best.pt``
+    (best validation) or ``averaged.pt`` (the mean of the run's last checkpoints), whichever
+    has the higher greedy dev BLEU. Kept in ``work_dir/checkpoint.json``."""
+    choice_file = work_dir / "checkpoint.json"
+    if choice_file.is_file():
+        return json.loads(choice_file.read_text(encoding="utf-8"))
+    candidates = {"best.pt": run_dir / "best.pt"}
+    recent = last_checkpoints(run_dir)
+    if len(recent) > 1:
+        candidates["averaged.pt"] = run_dir / "averaged.pt"
+        save_checkpoint(average_checkpoints(recent), candidates["averaged.pt"])
+    sources = read_lines(data_dir / f"val.{src}")
+    references = read_lines(data_dir / f"val.{tgt}")
+    dev_bleu = {}
+    for name, path in candidates.items():
+        translator = load_for_translation(path, precision, beam_size=1)
+        found = translator(sources)
+        hypotheses = translator.tokenizer.decode_tgt([hypothesis.tokens for hypothesis in found])
+        dev_bleu[name] = split_scores(hypotheses, references)["bleu"]
+        log(f"{model_name}: {name} greedy dev BLEU {dev_bleu[name]:.2f}")
+    choice = {
+        "checkpoint": max(dev_bleu, key=lambda name: dev_bleu[name]),
+        "dev_bleu_greedy": dev_bleu,
+        "averaged_steps": [checkpoint_step(path) for path in recent] if len(recent) > 1 else [],
+    }
+    write_atomic(choice_file, json.dumps(choice, indent=2) + "\n")
+    return choice
+
+
+def checkpoint_step(path: Path) -> int:
+    """The training step a checkpoint was written at."""
+    return int(load_checkpoint(path)["progress"]["step"])
+
+
+def last_checkpoints(run_dir: Path) -> list[Path]:
+    """What checkpoint averaging averages: the run's newest numbered checkpoints, oldest first,
+    then ``last.pt`` when it is newer than all of them; at most ``AVERAGE_LAST``."""
+    numbered = sorted(run_dir.glob("step-*.pt"))
+    last = run_dir / "last.pt"
+    if not numbered or checkpoint_step(last) > checkpoint_step(numbered[-1]):
+        numbered.append(last)
+    return numbered[-AVERAGE_LAST:]
 
 
 def heatmap_lines(sources: list[str]) -> list[int]:
@@ -324,7 +377,7 @@ def heatmap_lines(sources: list[str]) -> list[int]:
 
 
 def plot_heatmaps(
-    model_name: str, run_dir: Path, data_dir: Path, src: str, results_dir: Path, stem: str,
+    model_name: str, checkpoint: Path, data_dir: Path, src: str, results_dir: Path, stem: str,
     precision: str,
 ) -> list[str]:  # fmt: skip
     """PNG cross-attention heatmaps of the beam-5 translations of two short test_2016_flickr
@@ -334,7 +387,7 @@ def plot_heatmaps(
     names = [f"{stem}-{model_name}-attention-{index + 1}.png" for index in lines]
     if all((results_dir / name).is_file() for name in names):
         return names
-    translator = load_for_translation(run_dir, precision)
+    translator = load_for_translation(checkpoint, precision)
     found = translator([sources[i] for i in lines])
     records = [
         attention_record(translator.model, translator.tokenizer, index + 1, sources[index],
@@ -381,6 +434,7 @@ def build_report(pair: str, models: dict[str, dict], machine: dict, finished: st
         anchor = ANCHORS.get((pair, name))
         report_models[name] = {
             **figures["train"],
+            "checkpoint": figures["checkpoint"],
             "translate_sentences_per_s": sentences / seconds if seconds else None,
             "translate_precision": next(iter(tests.values()))["precision"] if tests else None,
             "tests": tests,
@@ -405,8 +459,8 @@ def markdown_report(report: dict) -> str:
         "",
         f"Finished {report['finished']} on {machine['cpu']} ({machine['torch_threads']} threads, "
         f"{gpu}), torch {machine['torch']}, Python {machine['python']}. "
-        f"Produced by `make reproduce PAIR={pair}`; test scores use the best dev-BLEU checkpoint "
-        f"and beam {report['beam_size']}.",
+        f"Produced by `make reproduce PAIR={pair}`; test scores with beam {report['beam_size']} "
+        "by the checkpoint chosen on the dev set (see Training).",
         "",
         "| model | params | train min | train tgt tokens/s | best dev BLEU (step) "
         "| test2016 BLEU | test2016 BLEU lc | published lc | beam-5 sentences/s |",
@@ -442,9 +496,14 @@ def markdown_report(report: dict) -> str:
     ] or ["- none for this pair"]
     lines += ["", "## Training", ""]
     for name, model in report["models"].items():
+        choice = model["checkpoint"]
+        dev = ", ".join(f"{n} {b:.2f}" for n, b in choice["dev_bleu_greedy"].items())
+        steps = ", ".join(map(str, choice["averaged_steps"])) or "-"
         lines.append(
             f"- {name}: {model['steps']} steps ({model['epochs']} epochs) in "
-            f"{model['train_minutes']:.1f} min, {model['precision']}; translation in "
+            f"{model['train_minutes']:.1f} min, {model['precision']}. The test sets are "
+            f"translated by `{choice['checkpoint']}`, chosen on greedy dev BLEU ({dev}; "
+            f"averaged.pt is the mean of the checkpoints of steps {steps}), in "
             f"{model['translate_precision']}."
         )
     lines += ["", "## Attention", ""]
@@ -513,9 +572,14 @@ def reproduce(args: argparse.Namespace) -> Path:
             raise ReproduceError(f"{config}: missing; --configs names the folder of the configs")
         run_dir, work_dir = args.runs / stem / name, args.results / stem / name
         figures = train_model(name, config, run_dir, work_dir, data_overrides + args.overrides)
-        tests = translate_tests(name, run_dir, work_dir, args.data, src, tgt, args.precision)
-        pictures = plot_heatmaps(name, run_dir, args.data, src, args.results, stem, args.precision)
-        models[name] = {"train": figures, "tests": tests, "pictures": pictures}
+        choice = choose_checkpoint(name, run_dir, work_dir, args.data, src, tgt, args.precision)
+        checkpoint = run_dir / choice["checkpoint"]
+        tests = translate_tests(name, checkpoint, work_dir, args.data, src, tgt, args.precision)
+        pictures = plot_heatmaps(
+            name, checkpoint, args.data, src, args.results, stem, args.precision
+        )
+        models[name] = {"train": figures, "checkpoint": choice, "tests": tests,
+                        "pictures": pictures}  # fmt: skip
     finished = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report = build_report(args.pair, models, machine_info(), finished)
     write_atomic(args.results / f"{stem}.json", json.dumps(report, indent=2) + "\n")

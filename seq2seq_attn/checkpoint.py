@@ -134,3 +134,47 @@ def model_from_checkpoint(
     )
     model.load_state_dict(state["model"])
     return model.eval(), tokenizer, config
+
+
+def average_checkpoints(paths: list[Path]) -> dict:
+    """A translation checkpoint whose weights are the mean of ``paths``' weights (checkpoint
+    averaging: the last few checkpoints of a run usually translate better together).
+
+    All checkpoints must come from one run: the same model config and tokenizer, or a
+    :class:`CheckpointError` names the odd one. Floating-point tensors are averaged (in fp64,
+    stored back in their own dtype); integer buffers must agree. The result holds ``config``,
+    ``tokenizer`` and ``model`` of the newest (last) path, plus ``averaged_from``; it translates
+    with :func:`model_from_checkpoint` but cannot resume training (no optimizer state).
+    """
+    if not paths:
+        raise CheckpointError("average_checkpoints: no checkpoint given")
+    states = [load_checkpoint(path) for path in paths]
+    newest = states[-1]
+    for path, state in zip(paths, states, strict=True):
+        missing = [key for key in ("config", "tokenizer", "model") if key not in state]
+        if missing:
+            raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing)})")
+        if state["config"]["model"] != newest["config"]["model"] or (
+            state["tokenizer"] != newest["tokenizer"]
+        ):
+            raise CheckpointError(
+                f"{path}: another model or tokenizer than {paths[-1]}; average checkpoints of "
+                "one run only"
+            )
+    averaged = {}
+    for name, tensor in newest["model"].items():
+        values = [state["model"][name] for state in states]
+        if tensor.is_floating_point():
+            mean = torch.stack([value.double() for value in values]).mean(dim=0)
+            averaged[name] = mean.to(tensor.dtype)
+        elif all(torch.equal(value, tensor) for value in values):
+            averaged[name] = tensor
+        else:
+            raise CheckpointError(f"{name}: integer buffer differs between the checkpoints")
+    return {
+        "format": newest.get("format"),
+        "config": newest["config"],
+        "tokenizer": newest["tokenizer"],
+        "model": averaged,
+        "averaged_from": [str(path) for path in paths],
+    }

@@ -95,6 +95,13 @@ def test_the_report_has_every_figure_and_picture(workspace):
         assert model["train_minutes"] > 0 and model["train_tokens_per_s"] > 0
         assert 0 <= model["best_dev_bleu"] <= 100 and model["best_step"] in (10, 20)
         assert model["translate_sentences_per_s"] > 0
+        choice = model["checkpoint"]  # chosen on dev BLEU between best.pt and the average
+        assert set(choice["dev_bleu_greedy"]) == {"best.pt", "averaged.pt"}
+        assert choice["checkpoint"] == max(
+            choice["dev_bleu_greedy"], key=choice["dev_bleu_greedy"].get
+        )
+        assert choice["averaged_steps"] == [10, 20]
+        assert (workspace / "runs" / "multi30k-de-en" / name / "averaged.pt").is_file()
         assert set(model["tests"]) == {"test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"}
         for scores in model["tests"].values():
             assert {"bleu", "bleu_lc", "chrf"} <= set(scores)
@@ -158,6 +165,7 @@ def test_a_second_run_skips_every_finished_step(workspace, capsys):
     results = workspace / "results"
     watched = [
         workspace / "runs" / "multi30k-de-en" / "transformer" / "last.pt",
+        workspace / "runs" / "multi30k-de-en" / "transformer" / "averaged.pt",
         results / "multi30k-de-en" / "rnn-bahdanau" / "test_2016_flickr.hyp",
         *(results / name for name in json.loads((results / "multi30k-de-en.json").read_text())[
             "models"]["transformer"]["attention_pictures"]),

@@ -13,6 +13,7 @@ import torch
 
 from seq2seq_attn.checkpoint import (
     CheckpointError,
+    average_checkpoints,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
@@ -259,3 +260,22 @@ def test_resume_accepts_a_moved_cache(corpus, tmp_path):
     moved = toy_config(corpus, max_steps=3, validate_every=0)
     moved.data.cache_dir = str(tmp_path / "cache")
     assert train(moved, tmp_path / "run", resume=True).step == 3
+
+
+def test_averaged_checkpoints_hold_the_mean_weights_and_translate(corpus, tmp_path):
+    train(toy_config(corpus), tmp_path / "run")
+    paths = [tmp_path / "run" / f"step-000000{step}.pt" for step in (10, 20)]
+    averaged = average_checkpoints(paths)
+    first, second = (load_checkpoint(path)["model"] for path in paths)
+    assert averaged["averaged_from"] == [str(path) for path in paths]
+    assert averaged["model"].keys() == first.keys()
+    for name, weight in averaged["model"].items():
+        torch.testing.assert_close(weight, (first[name] + second[name]) / 2)
+    assert any(not torch.equal(weight, first[name]) for name, weight in averaged["model"].items())
+    save_checkpoint(averaged, tmp_path / "averaged.pt")
+    model, tokenizer, config = model_from_checkpoint(load_checkpoint(tmp_path / "averaged.pt"))
+    found = translate(model, tokenizer, ["ta zo li"], search_options(config.decode), 256, "cpu")
+    assert len(found) == 1
+    train(toy_config(corpus, "rnn"), tmp_path / "rnn")
+    with pytest.raises(CheckpointError, match="another model or tokenizer"):
+        average_checkpoints([tmp_path / "rnn" / "last.pt", paths[1]])
