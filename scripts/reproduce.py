@@ -11,8 +11,10 @@ training (Ctrl-C, or a killed machine after its last checkpoint) resumes from it
 
 Layout, for PAIR=de-en:
     data/multi30k/{split}.{de,en}                    prepared corpus (scripts/prepare_multi30k.py)
-    runs/multi30k-de-en/MODEL/                       attn-train run directory (best.pt, last.pt...)
+    runs/multi30k-de-en/MODEL/                       attn-train run directory (best.pt, last.pt,
+                                                     averaged.pt: the mean of the last checkpoints)
     results/multi30k-de-en/MODEL/train.json          training figures, written when it finished
+    results/multi30k-de-en/MODEL/checkpoint.json     best.pt or averaged.pt, chosen on dev BLEU
     results/multi30k-de-en/MODEL/SPLIT.{hyp,json}    beam-5 translations and their scores
     results/multi30k-de-en.{md,json}                 the report
     results/multi30k-de-en-MODEL-attention-N.png     heatmaps of test_2016_flickr line N

@@ -223,3 +223,17 @@ def test_bad_requests_get_clear_errors(tmp_path, capsys, monkeypatch):
     assert repro.main(arguments(tmp_path)) == 2
     assert f"{leftover}: not empty but has no last.pt" in capsys.readouterr().err
     assert (leftover / "notes.txt").read_text() == "mine"
+
+
+def test_make_reproduce_passes_the_pair_and_models_on():
+    command = [
+        "make",
+        "-n",
+        "-C",
+        str(ROOT),
+        "reproduce",
+        "PAIR=en-de",
+        "MODELS=transformer rnn-luong",
+    ]
+    lines = subprocess.run(command, capture_output=True, check=True, text=True).stdout
+    assert "scripts/reproduce.py --pair en-de --models transformer rnn-luong" in lines
