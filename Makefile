@@ -35,7 +35,7 @@ test: install lint
 PAIR ?= de-en
 MODELS ?= transformer rnn-bahdanau
 reproduce: install
-	HF_DATASETS_OFFLINE=$${HF_DATASETS_OFFLINE:-1} $(BIN)/python scripts/reproduce.py --pair $(PAIR) --models $(MODELS)
+	$(BIN)/python scripts/reproduce.py --pair $(PAIR) --models $(MODELS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -23,6 +23,9 @@ Layout, for PAIR=de-en:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import importlib.util
 import json
 import os
 import platform
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,17 +43,20 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the data are local files: never ask the hub
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prepare_multi30k import SHA256, PrepareError, parse_pair, prepare  # noqa: E402
 
 from seq2seq_attn.checkpoint import (  # noqa: E402
+    CheckpointError,
     average_checkpoints,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
 )
 from seq2seq_attn.cli.translate_cmd import attention_record, plot_attention  # noqa: E402
+from seq2seq_attn.config import ConfigError  # noqa: E402
 from seq2seq_attn.decoding import Hypothesis, SearchOptions  # noqa: E402
 from seq2seq_attn.evaluate import search_options, translate  # noqa: E402
 from seq2seq_attn.metrics import corpus_scores  # noqa: E402
@@ -83,7 +90,9 @@ ANCHORS = {
         28.3, "GRU with Bahdanau attention, the same tutorial series (greedy, lowercased)"
     ),
     ("en-de", "transformer"): Anchor(
-        41.0, "text-only Transformer-tiny, Wu et al. 2021 (lowercased, tokenized BLEU)"
+        41.0,
+        "text-only Transformer-tiny, Wu et al. 2021 (lowercased BLEU on Moses-tokenized text: "
+        "close to, not the same as, sacreBLEU's -lc on detokenized text)",
     ),
 }
 
@@ -98,34 +107,64 @@ def log(message: str) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so no half file is ever left."""
+    """Write ``text`` to ``path`` through a synced temporary file and a rename, so a crash leaves
+    the old file or the new one, never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(
         "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
     ) as handle:
-        handle.write(text)
+        try:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except BaseException:
+            handle.close()
+            os.unlink(handle.name)
+            raise
     os.chmod(handle.name, 0o644)
     os.replace(handle.name, path)
 
 
 def read_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file, without their line ends."""
-    return path.read_text(encoding="utf-8").splitlines()
+    """The lines of a UTF-8 text file split on ``\\n`` as sacreBLEU and attn-translate split
+    them (a final line end closes the last line; ``\\r`` is dropped)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ReproduceError(f"{path}: not valid UTF-8 ({error.reason})") from None
+    except OSError as error:
+        raise ReproduceError(f"{path}: cannot read ({error.strerror})") from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file this script wrote earlier; a damaged one is named, with the way out."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ReproduceError(
+            f"{path}: damaged ({error}); delete it and run again to redo that step"
+        ) from None
 
 
 def repo_relative(path: Path) -> str:
     """``path`` relative to the repository when inside it (so the default config values match
-    what a plain ``attn-train`` of the shipped config records), else absolute."""
+    what a plain ``attn-train`` of the shipped config records), else absolute. Symbolic links
+    are kept as they are (no resolving), so the text stays what a user typed."""
+    absolute = Path(os.path.abspath(path))
     try:
-        return str(path.resolve().relative_to(REPO))
+        return str(absolute.relative_to(REPO))
     except ValueError:
-        return str(path.resolve())
+        return str(absolute)
 
 
 # ---- data -----------------------------------------------------------------------------------
 
 
-def test_splits(src: str, tgt: str) -> list[str]:
+def pair_test_splits(src: str, tgt: str) -> list[str]:
     """The test sets Multi30k has for this pair (test_2017_* has no Czech)."""
     return [s for s in TEST_SPLITS if f"{s}.{src}" in SHA256 and f"{s}.{tgt}" in SHA256]
 
@@ -140,7 +179,7 @@ def default_source_dir() -> Path | None:
 
 def prepare_data(src: str, tgt: str, data_dir: Path, source_dir: Path | None) -> None:
     """Write the pair's splits into ``data_dir`` unless they are all there already."""
-    splits = ["train", "val", *test_splits(src, tgt)]
+    splits = ["train", "val", *pair_test_splits(src, tgt)]
     missing = [
         f"{split}.{lang}" for split in splits for lang in (src, tgt)
         if not (data_dir / f"{split}.{lang}").is_file()
@@ -170,21 +209,63 @@ def attn_train_command() -> list[str]:
     return [found]
 
 
-def run_child(command: list[str]) -> int:
-    """Run ``command`` in the foreground and return its exit status.
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    Ctrl-C reaches the child (same process group), which saves ``last.pt`` and exits 130; this
-    process ignores SIGINT meanwhile and forwards SIGTERM, so the child is never cut off
-    mid-write.
+
+def run_child(command: list[str]) -> int:
+    """Run ``command`` to its end and return its exit status.
+
+    The child runs in a session of its own, so a signal meant for ``make reproduce`` (Ctrl-C,
+    SIGTERM to the process group, a closed terminal's SIGHUP) reaches it exactly once, forwarded
+    from here: attn-train then finishes its step, saves ``last.pt`` and exits 130 or 143 (a second
+    signal stops it at once, as it would without this script). This process waits for it in all
+    cases, so a training is never cut off mid-write.
     """
-    child = subprocess.Popen(command, cwd=REPO)
-    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: child.terminate())
+    child: subprocess.Popen | None = None
+    pending: list[int] = []  # signals that came before the child existed
+
+    def forward(signum: int, frame: object) -> None:
+        if child is None:
+            pending.append(signum)
+        else:
+            child.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
+        child = subprocess.Popen(command, cwd=REPO, start_new_session=True)
+        for signum in pending:
+            forward(signum, None)
         return child.wait()
     finally:
-        signal.signal(signal.SIGINT, previous_int)
-        signal.signal(signal.SIGTERM, previous_term)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` or refuse at once: two runs of this script on
+    the same pair would train into the same run directories."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ReproduceError(
+                f"{lock_file}: another `make reproduce` of this pair is running; wait for it"
+            ) from None
+        yield
+
+
+def set_aside_if_untrained(run_dir: Path) -> None:
+    """A run directory without any checkpoint holds no training (attn-train was stopped during
+    its setup or before its first save): rename it ``NAME.incomplete-TIME`` so that training
+    starts again, keeping its files for a look."""
+    if not run_dir.is_dir() or not any(run_dir.iterdir()) or any(run_dir.glob("*.pt")):
+        return
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    aside = run_dir.with_name(f"{run_dir.name}.incomplete-{stamp}")
+    run_dir.rename(aside)
+    log(f"{run_dir}: no checkpoint in it (stopped before its first save); moved to {aside}")
 
 
 def train_model(
@@ -195,22 +276,23 @@ def train_model(
     summary_file = work_dir / "train.json"
     if summary_file.is_file():
         log(f"{model}: trained already ({summary_file}), skipping")
-        return json.loads(summary_file.read_text(encoding="utf-8"))
+        return read_json(summary_file)
     command = [*attn_train_command(), str(config), "--run-dir", str(run_dir)]
     for override in overrides:
         command += ["--set", override]
+    set_aside_if_untrained(run_dir)
     if (run_dir / "last.pt").is_file():
         log(f"{model}: resuming {run_dir} from its last.pt")
         command.append("--resume")
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise ReproduceError(
-            f"{run_dir}: not empty but has no last.pt to resume from; move it away (or delete "
-            "it) and run again"
+            f"{run_dir}: holds checkpoints but no last.pt to resume from; move it away and run "
+            "again to train from scratch"
         )
     else:
         log(f"{model}: training {config.name} into {run_dir}")
     status = run_child(command)
-    if status in (130, 143):
+    if status in (130, 143, -signal.SIGINT, -signal.SIGTERM):
         raise KeyboardInterrupt
     if status != 0:
         raise ReproduceError(f"{model}: attn-train exited with status {status} (see above)")
@@ -221,9 +303,15 @@ def train_model(
 
 def training_figures(run_dir: Path) -> dict:
     """Parameters, wall time, throughput and the best dev BLEU of a finished run."""
-    last = load_checkpoint(run_dir / "last.pt")
+    path = run_dir / "last.pt"
+    last = load_checkpoint(path)
     progress = last["progress"]
-    model, _, config = model_from_checkpoint(load_checkpoint(run_dir / "best.pt"), run_dir)
+    if not (run_dir / "best.pt").is_file():
+        raise ReproduceError(
+            f"{run_dir}: no best.pt, so the run never validated; make reproduce needs a dev set "
+            "(data.dev) to choose its checkpoint"
+        )
+    model, _, config = model_from_checkpoint(last, path)
     return {
         "params": model.num_parameters(),
         "steps": progress["step"],
@@ -249,15 +337,14 @@ def translate_tests(
     scores (kept as ``SPLIT.json``); splits done earlier are read back, not translated again."""
     results: dict[str, dict] = {}
     translator = None
-    for split in test_splits(src, tgt):
+    for split in pair_test_splits(src, tgt):
         scores_file = work_dir / f"{split}.json"
         if scores_file.is_file():
-            results[split] = json.loads(scores_file.read_text(encoding="utf-8"))
+            results[split] = read_json(scores_file)
             continue
         if translator is None:
             translator = load_for_translation(checkpoint, precision)
-        sources = read_lines(data_dir / f"{split}.{src}")
-        references = read_lines(data_dir / f"{split}.{tgt}")
+        sources, references = read_pair(data_dir, split, src, tgt)
         log(f"{model_name}: translating {split} ({len(sources)} sentences, beam {BEAM_SIZE})")
         started = time.perf_counter()
         found = translator(sources)
@@ -297,6 +384,18 @@ class Translator:
         )  # fmt: skip
 
 
+def read_pair(data_dir: Path, split: str, src: str, tgt: str) -> tuple[list[str], list[str]]:
+    """The source and reference lines of a split, checked to be line-aligned."""
+    source_file, reference_file = data_dir / f"{split}.{src}", data_dir / f"{split}.{tgt}"
+    sources, references = read_lines(source_file), read_lines(reference_file)
+    if len(sources) != len(references):
+        raise ReproduceError(
+            f"{source_file} has {len(sources)} lines but {reference_file} has {len(references)}; "
+            "prepare the data again (delete both files and run again)"
+        )
+    return sources, references
+
+
 def split_scores(hypotheses: list[str], references: list[str]) -> dict:
     """sacreBLEU's cased BLEU (default signature), lowercased BLEU (``-lc``) and chrF, with the
     signature of each."""
@@ -315,7 +414,8 @@ def split_scores(hypotheses: list[str], references: list[str]) -> dict:
 
 
 def load_for_translation(path: Path, precision: str, beam_size: int = BEAM_SIZE) -> Translator:
-    """A checkpoint's model with beam search under ``precision`` (fp32, bf16 or auto)."""
+    """A checkpoint's model with search of ``beam_size`` (1: greedy) under ``precision`` (fp32,
+    bf16 or auto)."""
     model, tokenizer, config = model_from_checkpoint(load_checkpoint(path), path)
     device = resolve_device("auto")
     options = search_options(config.decode, beam_size)
@@ -333,14 +433,13 @@ def choose_checkpoint(
     has the higher greedy dev BLEU. Kept in ``work_dir/checkpoint.json``."""
     choice_file = work_dir / "checkpoint.json"
     if choice_file.is_file():
-        return json.loads(choice_file.read_text(encoding="utf-8"))
+        return read_json(choice_file)
     candidates = {"best.pt": run_dir / "best.pt"}
     recent = last_checkpoints(run_dir)
     if len(recent) > 1:
         candidates["averaged.pt"] = run_dir / "averaged.pt"
         save_checkpoint(average_checkpoints(recent), candidates["averaged.pt"])
-    sources = read_lines(data_dir / f"val.{src}")
-    references = read_lines(data_dir / f"val.{tgt}")
+    sources, references = read_pair(data_dir, "val", src, tgt)
     dev_bleu = {}
     for name, path in candidates.items():
         translator = load_for_translation(path, precision, beam_size=1)
@@ -358,16 +457,23 @@ def choose_checkpoint(
 
 
 def checkpoint_step(path: Path) -> int:
-    """The training step a checkpoint was written at."""
+    """The training step a checkpoint was written at (from a ``step-N.pt`` name, else from the
+    file's progress record)."""
+    if path.name.startswith("step-"):
+        return int(path.stem.removeprefix("step-"))
     return int(load_checkpoint(path)["progress"]["step"])
 
 
 def last_checkpoints(run_dir: Path) -> list[Path]:
-    """What checkpoint averaging averages: the run's newest numbered checkpoints, oldest first,
-    then ``last.pt`` when it is newer than all of them; at most ``AVERAGE_LAST``."""
-    numbered = sorted(run_dir.glob("step-*.pt"))
+    """What checkpoint averaging averages: the run's newest numbered checkpoints up to the step
+    of ``last.pt`` (a kill between two saves can leave a newer one), oldest first, then
+    ``last.pt`` when it is newer than all of them; at most ``AVERAGE_LAST``."""
     last = run_dir / "last.pt"
-    if not numbered or checkpoint_step(last) > checkpoint_step(numbered[-1]):
+    last_step = checkpoint_step(last)
+    numbered = sorted(
+        path for path in run_dir.glob("step-*.pt") if checkpoint_step(path) <= last_step
+    )
+    if not numbered or last_step > checkpoint_step(numbered[-1]):
         numbered.append(last)
     return numbered[-AVERAGE_LAST:]
 
@@ -380,15 +486,19 @@ def heatmap_lines(sources: list[str]) -> list[int]:
 
 def plot_heatmaps(
     model_name: str, checkpoint: Path, data_dir: Path, src: str, results_dir: Path, stem: str,
-    precision: str,
+    precision: str, chosen_at: float,
 ) -> list[str]:  # fmt: skip
     """PNG cross-attention heatmaps of the beam-5 translations of two short test_2016_flickr
-    sentences (Transformer: last decoder layer, mean of the heads); returns the file names."""
+    sentences (Transformer: last decoder layer, mean of the heads); returns the file names.
+    Pictures older than ``chosen_at`` (when the checkpoint was chosen) are drawn again."""
     sources = read_lines(data_dir / f"{HEATMAP_SPLIT}.{src}")
     lines = heatmap_lines(sources)
     names = [f"{stem}-{model_name}-attention-{index + 1}.png" for index in lines]
-    if all((results_dir / name).is_file() for name in names):
+    paths = [results_dir / name for name in names]
+    if all(path.is_file() and path.stat().st_mtime >= chosen_at for path in paths):
         return names
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ReproduceError("the heatmaps need matplotlib: run `make install` (it installs it)")
     translator = load_for_translation(checkpoint, precision)
     found = translator([sources[i] for i in lines])
     records = [
@@ -500,13 +610,17 @@ def markdown_report(report: dict) -> str:
     for name, model in report["models"].items():
         choice = model["checkpoint"]
         dev = ", ".join(f"{n} {b:.2f}" for n, b in choice["dev_bleu_greedy"].items())
-        steps = ", ".join(map(str, choice["averaged_steps"])) or "-"
+        steps = ", ".join(map(str, choice["averaged_steps"]))
+        averaged = (
+            f"averaged.pt is the mean of the checkpoints of steps {steps}"
+            if steps
+            else "no averaged.pt: the run has a single checkpoint"
+        )
         lines.append(
             f"- {name}: {model['steps']} steps ({model['epochs']} epochs) in "
             f"{model['train_minutes']:.1f} min, {model['precision']}. The test sets are "
             f"translated by `{choice['checkpoint']}`, chosen on greedy dev BLEU ({dev}; "
-            f"averaged.pt is the mean of the checkpoints of steps {steps}), in "
-            f"{model['translate_precision']}."
+            f"{averaged}), in {model['translate_precision']}."
         )
     lines += ["", "## Attention", ""]
     for name, model in report["models"].items():
@@ -549,10 +663,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--precision", default="auto", choices=("fp32", "bf16", "auto"),
-        help="autocast for translating the test sets; auto: bf16 on a GPU or a CPU with native "
-        "bf16, else fp32",
+        help="autocast for translating: auto picks bf16 on a CPU with native bf16 or a GPU "
+        "that has it, fp16 on older GPUs, else fp32",
     )  # fmt: skip
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("data", "runs", "results", "configs"):  # the child runs in the repository
+        setattr(args, name, Path(os.path.abspath(getattr(args, name))))
+    return args
 
 
 def reproduce(args: argparse.Namespace) -> Path:
@@ -567,21 +684,13 @@ def reproduce(args: argparse.Namespace) -> Path:
         f"data.{key}={repo_relative(args.data / split)}"
         for key, split in (("train", "train"), ("dev", "val"), ("test", "test_2016_flickr"))
     ]
-    models = {}
-    for name in args.models:
-        config = args.configs / f"multi30k-de-en-{name}.yaml"
-        if not config.is_file():
-            raise ReproduceError(f"{config}: missing; --configs names the folder of the configs")
-        run_dir, work_dir = args.runs / stem / name, args.results / stem / name
-        figures = train_model(name, config, run_dir, work_dir, data_overrides + args.overrides)
-        choice = choose_checkpoint(name, run_dir, work_dir, args.data, src, tgt, args.precision)
-        checkpoint = run_dir / choice["checkpoint"]
-        tests = translate_tests(name, checkpoint, work_dir, args.data, src, tgt, args.precision)
-        pictures = plot_heatmaps(
-            name, checkpoint, args.data, src, args.results, stem, args.precision
-        )
-        models[name] = {"train": figures, "checkpoint": choice, "tests": tests,
-                        "pictures": pictures}  # fmt: skip
+    # models finished by an earlier run (MODELS=... another time) stay in the report
+    earlier = [m for m in MODELS if (args.results / stem / m / "train.json").is_file()]
+    with exclusive(args.runs / stem / ".lock"):
+        models = {
+            name: reproduce_model(name, args, src, tgt, data_overrides)
+            for name in dict.fromkeys([*args.models, *earlier])
+        }
     finished = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report = build_report(args.pair, models, machine_info(), finished)
     write_atomic(args.results / f"{stem}.json", json.dumps(report, indent=2) + "\n")
@@ -590,13 +699,33 @@ def reproduce(args: argparse.Namespace) -> Path:
     return markdown
 
 
+def reproduce_model(
+    name: str, args: argparse.Namespace, src: str, tgt: str, data_overrides: list[str]
+) -> dict:
+    """Train, choose, translate and draw one model (each step skipped when done before)."""
+    stem = f"multi30k-{args.pair}"
+    config = args.configs / f"multi30k-de-en-{name}.yaml"
+    if not config.is_file():
+        raise ReproduceError(f"{config}: missing; --configs names the folder of the configs")
+    run_dir, work_dir = args.runs / stem / name, args.results / stem / name
+    figures = train_model(name, config, run_dir, work_dir, data_overrides + args.overrides)
+    choice = choose_checkpoint(name, run_dir, work_dir, args.data, src, tgt, args.precision)
+    checkpoint = run_dir / choice["checkpoint"]
+    tests = translate_tests(name, checkpoint, work_dir, args.data, src, tgt, args.precision)
+    chosen_at = (work_dir / "checkpoint.json").stat().st_mtime
+    pictures = plot_heatmaps(
+        name, checkpoint, args.data, src, args.results, stem, args.precision, chosen_at
+    )
+    return {"train": figures, "checkpoint": choice, "tests": tests, "pictures": pictures}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = parse_args(argv)
     started = time.monotonic()
     try:
         markdown = reproduce(args)
-    except (ReproduceError, PrepareError) as error:
+    except (ReproduceError, PrepareError, CheckpointError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -161,6 +161,10 @@ def average_checkpoints(paths: list[Path]) -> dict:
                 f"{path}: another model or tokenizer than {paths[-1]}; average checkpoints of "
                 "one run only"
             )
+    shapes = {name: tensor.shape for name, tensor in newest["model"].items()}
+    for path, state in zip(paths, states, strict=True):
+        if {name: tensor.shape for name, tensor in state["model"].items()} != shapes:
+            raise CheckpointError(f"{path}: its weights differ in names or shapes from {paths[-1]}")
     averaged = {}
     for name, tensor in newest["model"].items():
         values = [state["model"][name] for state in states]

