@@ -569,8 +569,9 @@ def markdown_report(report: dict) -> str:
     lines = [
         f"# Multi30k {pair}: results",
         "",
-        f"Finished {report['finished']} on {machine['cpu']} ({machine['torch_threads']} threads, "
-        f"{gpu}), torch {machine['torch']}, Python {machine['python']}. "
+        f"Report written {report['finished']} on {machine['cpu']} "
+        f"({machine['torch_threads']} threads, {gpu}), torch {machine['torch']}, "
+        f"Python {machine['python']}. "
         f"Produced by `make reproduce PAIR={pair}`; test scores with beam {report['beam_size']} "
         "by the checkpoint chosen on the dev set (see Training).",
         "",
