@@ -106,10 +106,21 @@ def read_remote(base_url: str, name: str, opener: Opener = urllib.request.urlope
     return _verified(name, data, url)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, so no half file is left behind."""
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
-        handle.write(data)
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file and a rename (creating the
+    folder), so a crash leaves the old file or the new one, never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as handle:
+        try:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except BaseException:
+            handle.close()
+            os.unlink(handle.name)
+            raise
     os.chmod(handle.name, 0o644)  # a temporary file is private (0600); these are plain data
     os.replace(handle.name, path)
 
@@ -140,7 +151,7 @@ def prepare(
         if counts[0] != counts[1]:
             raise PrepareError(f"{names[0]} has {counts[0]} lines but {names[1]} has {counts[1]}")
         for name, text in zip(names, texts, strict=True):
-            _write_atomic(out / name, text)
+            write_atomic(out / name, text)
             written.append(out / name)
     return written
 

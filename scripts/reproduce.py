@@ -33,7 +33,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,7 +45,13 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the data are local files: never ask the hub
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from prepare_multi30k import SHA256, PrepareError, parse_pair, prepare  # noqa: E402
+from prepare_multi30k import (  # noqa: E402
+    SHA256,
+    PrepareError,
+    parse_pair,
+    prepare,
+    write_atomic,
+)
 
 from seq2seq_attn.checkpoint import (  # noqa: E402
     CheckpointError,
@@ -106,23 +111,14 @@ def log(message: str) -> None:
     print(f"[reproduce] {message}", flush=True)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a synced temporary file and a rename, so a crash leaves
-    the old file or the new one, never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as handle:
-        try:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        except BaseException:
-            handle.close()
-            os.unlink(handle.name)
-            raise
-    os.chmod(handle.name, 0o644)
-    os.replace(handle.name, path)
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` as UTF-8, atomically (see ``prepare_multi30k.write_atomic``)."""
+    write_atomic(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Write ``value`` as indented JSON, atomically."""
+    write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def read_lines(path: Path) -> list[str]:
@@ -200,13 +196,13 @@ def prepare_data(src: str, tgt: str, data_dir: Path, source_dir: Path | None) ->
 # ---- training -------------------------------------------------------------------------------
 
 
-def attn_train_command() -> list[str]:
-    """How to start ``attn-train`` from this interpreter's environment."""
+def attn_train_command() -> str:
+    """The ``attn-train`` of this interpreter's environment."""
     beside = Path(sys.executable).with_name("attn-train")
     found = str(beside) if beside.is_file() else shutil.which("attn-train")
     if found is None:
         raise ReproduceError("attn-train is not installed: run `make install` first")
-    return [found]
+    return found
 
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -277,7 +273,7 @@ def train_model(
     if summary_file.is_file():
         log(f"{model}: trained already ({summary_file}), skipping")
         return read_json(summary_file)
-    command = [*attn_train_command(), str(config), "--run-dir", str(run_dir)]
+    command = [attn_train_command(), str(config), "--run-dir", str(run_dir)]
     for override in overrides:
         command += ["--set", override]
     set_aside_if_untrained(run_dir)
@@ -297,7 +293,7 @@ def train_model(
     if status != 0:
         raise ReproduceError(f"{model}: attn-train exited with status {status} (see above)")
     figures = training_figures(run_dir)
-    write_atomic(summary_file, json.dumps(figures, indent=2) + "\n")
+    write_json(summary_file, figures)
     return figures
 
 
@@ -350,7 +346,7 @@ def translate_tests(
         found = translator(sources)
         seconds = time.perf_counter() - started
         hypotheses = translator.tokenizer.decode_tgt([hypothesis.tokens for hypothesis in found])
-        write_atomic(work_dir / f"{split}.hyp", "".join(line + "\n" for line in hypotheses))
+        write_text(work_dir / f"{split}.hyp", "".join(line + "\n" for line in hypotheses))
         scores = split_scores(hypotheses, references)
         results[split] = {
             **scores,
@@ -362,7 +358,7 @@ def translate_tests(
             f"{model_name}: {split} BLEU {scores['bleu']:.2f}, lowercased {scores['bleu_lc']:.2f}, "
             f"chrF {scores['chrf']:.2f} ({len(sources) / seconds:.1f} sentences/s)"
         )
-        write_atomic(scores_file, json.dumps(results[split], indent=2) + "\n")
+        write_json(scores_file, results[split])
     return results
 
 
@@ -438,7 +434,7 @@ def choose_checkpoint(
     recent = last_checkpoints(run_dir)
     if len(recent) > 1:
         candidates["averaged.pt"] = run_dir / "averaged.pt"
-        save_checkpoint(average_checkpoints(recent), candidates["averaged.pt"])
+        save_checkpoint(average_checkpoints(list(recent.values())), candidates["averaged.pt"])
     sources, references = read_pair(data_dir, "val", src, tgt)
     dev_bleu = {}
     for name, path in candidates.items():
@@ -450,32 +446,21 @@ def choose_checkpoint(
     choice = {
         "checkpoint": max(dev_bleu, key=lambda name: dev_bleu[name]),
         "dev_bleu_greedy": dev_bleu,
-        "averaged_steps": [checkpoint_step(path) for path in recent] if len(recent) > 1 else [],
+        "averaged_steps": list(recent) if len(recent) > 1 else [],
     }
-    write_atomic(choice_file, json.dumps(choice, indent=2) + "\n")
+    write_json(choice_file, choice)
     return choice
 
 
-def checkpoint_step(path: Path) -> int:
-    """The training step a checkpoint was written at (from a ``step-N.pt`` name, else from the
-    file's progress record)."""
-    if path.name.startswith("step-"):
-        return int(path.stem.removeprefix("step-"))
-    return int(load_checkpoint(path)["progress"]["step"])
-
-
-def last_checkpoints(run_dir: Path) -> list[Path]:
-    """What checkpoint averaging averages: the run's newest numbered checkpoints up to the step
-    of ``last.pt`` (a kill between two saves can leave a newer one), oldest first, then
-    ``last.pt`` when it is newer than all of them; at most ``AVERAGE_LAST``."""
-    last = run_dir / "last.pt"
-    last_step = checkpoint_step(last)
-    numbered = sorted(
-        path for path in run_dir.glob("step-*.pt") if checkpoint_step(path) <= last_step
-    )
-    if not numbered or last_step > checkpoint_step(numbered[-1]):
-        numbered.append(last)
-    return numbered[-AVERAGE_LAST:]
+def last_checkpoints(run_dir: Path) -> dict[int, Path]:
+    """What checkpoint averaging averages, by step, oldest first, at most ``AVERAGE_LAST``: the
+    run's numbered checkpoints up to the step of ``last.pt`` (a kill between two saves can leave
+    a newer one), then ``last.pt`` when no numbered checkpoint holds its step."""
+    last_step = int(load_checkpoint(run_dir / "last.pt")["progress"]["step"])
+    numbered = {int(path.stem.removeprefix("step-")): path for path in run_dir.glob("step-*.pt")}
+    recent = {step: path for step, path in sorted(numbered.items()) if step <= last_step}
+    recent.setdefault(last_step, run_dir / "last.pt")
+    return dict(list(recent.items())[-AVERAGE_LAST:])
 
 
 def heatmap_lines(sources: list[str]) -> list[int]:
@@ -694,9 +679,9 @@ def reproduce(args: argparse.Namespace) -> Path:
         }
     finished = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report = build_report(args.pair, models, machine_info(), finished)
-    write_atomic(args.results / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+    write_json(args.results / f"{stem}.json", report)
     markdown = args.results / f"{stem}.md"
-    write_atomic(markdown, markdown_report(report))
+    write_text(markdown, markdown_report(report))
     return markdown
 
 

@@ -161,9 +161,7 @@ def average_checkpoints(paths: list[Path]) -> dict:
                 f"{path}: another model or tokenizer than {paths[-1]}; average checkpoints of "
                 "one run only"
             )
-    shapes = {name: tensor.shape for name, tensor in newest["model"].items()}
-    for path, state in zip(paths, states, strict=True):
-        if {name: tensor.shape for name, tensor in state["model"].items()} != shapes:
+        if _shapes(state["model"]) != _shapes(newest["model"]):
             raise CheckpointError(f"{path}: its weights differ in names or shapes from {paths[-1]}")
     averaged = {}
     for name, tensor in newest["model"].items():
@@ -182,3 +180,8 @@ def average_checkpoints(paths: list[Path]) -> dict:
         "model": averaged,
         "averaged_from": [str(path) for path in paths],
     }
+
+
+def _shapes(weights: dict[str, torch.Tensor]) -> dict[str, torch.Size]:
+    """Name -> shape of every tensor of a state dict."""
+    return {name: tensor.shape for name, tensor in weights.items()}

@@ -458,8 +458,9 @@ class Run:
         started = time.monotonic()
         self.progress.step += 1
         outcome = self.trainer.train_step(group, self.progress.step)
+        seconds = max(time.monotonic() - started, 1e-9)
         self.progress.target_tokens += sum(batch.num_tgt_tokens for batch in group)
-        self.progress.step_seconds += time.monotonic() - started
+        self.progress.step_seconds += seconds
         if outcome.skipped:
             self.progress.nonfinite_total += 1
             if self.trainer.nonfinite_in_a_row >= self.config.train.max_nonfinite_in_a_row:
@@ -468,7 +469,7 @@ class Run:
         tokens = sum(batch.num_src_tokens + batch.num_tgt_tokens for batch in group)
         report = StepReport(
             self.progress.step, epoch, outcome.loss, math.exp(min(outcome.nll, 100.0)),
-            outcome.lr, tokens, tokens / max(time.monotonic() - started, 1e-9), self.elapsed,
+            outcome.lr, tokens, tokens / seconds, self.elapsed,
             outcome.skipped,
         )  # fmt: skip
         for callback in self.callbacks:
