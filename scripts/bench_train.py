@@ -27,13 +27,14 @@ import torch
 from seq2seq_attn.config import Config, load_config
 from seq2seq_attn.data import iter_batches, load_pairs, load_split, make_sampler, texts
 from seq2seq_attn.models import build_model
-from seq2seq_attn.optim import Trainer, resolve_precision
+from seq2seq_attn.device import resolve_precision
+from seq2seq_attn.optim import Trainer
 from seq2seq_attn.tokenizer import Tokenizer, train_tokenizer
 
 CONFIGS = [
-    "data/configs/multi30k-de-en-transformer.yaml",
-    "data/configs/multi30k-de-en-rnn-bahdanau.yaml",
-    "data/configs/multi30k-de-en-rnn-luong.yaml",
+    "data/configs/multi30k-transformer.yaml",
+    "data/configs/multi30k-rnn-bahdanau.yaml",
+    "data/configs/multi30k-rnn-luong.yaml",
 ]
 
 

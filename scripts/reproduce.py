@@ -1,23 +1,31 @@
 """The Multi30k benchmark end to end: prepare the data, train the shipped models, translate the
 three test sets with beam 5, score them with sacreBLEU and write ``results/multi30k-PAIR.md`` and
-``.json`` with attention heatmaps beside them.
+``.json`` with attention heatmaps and learning curves beside them.
 
     make reproduce                                   # de-en: Transformer and RNN (Bahdanau)
     make reproduce PAIR=en-de MODELS="transformer rnn-luong"
     .venv/bin/python scripts/reproduce.py --pair de-en --models transformer rnn-bahdanau
 
-Every step leaves its output on disk and is skipped when the script runs again; an interrupted
-training (Ctrl-C, or a killed machine after its last checkpoint) resumes from its ``last.pt``.
+Every model trains for the step budget in its config (``train.max_steps``), so the scores do
+not depend on the machine's speed; ``train.max_minutes`` is only a guard, and the report says
+when it fired. Every step leaves its output on disk and is skipped when the script runs again;
+an interrupted training (Ctrl-C, or a killed machine after its last checkpoint) resumes from
+its ``last.pt``.
 
 Layout, for PAIR=de-en:
-    data/multi30k/{split}.{de,en}                    prepared corpus (scripts/prepare_multi30k.py)
+    data/multi30k/{split}.{de,en}                    prepared corpus (seq2seq_attn.multi30k)
     runs/multi30k-de-en/MODEL/                       attn-train run directory (best.pt, last.pt,
-                                                     averaged.pt: the mean of the last checkpoints)
+                                                     summary.json, averaged.pt: the mean of the
+                                                     last checkpoints)
     results/multi30k-de-en/MODEL/train.json          training figures, written when it finished
     results/multi30k-de-en/MODEL/checkpoint.json     best.pt or averaged.pt, chosen on dev BLEU
     results/multi30k-de-en/MODEL/SPLIT.{hyp,json}    beam-5 translations and their scores
     results/multi30k-de-en.{md,json}                 the report
     results/multi30k-de-en-MODEL-attention-N.png     heatmaps of test_2016_flickr line N
+    results/multi30k-de-en-MODEL-curves.png          dev BLEU and loss against steps and minutes
+
+Configs: ``--configs DIR`` holds ``multi30k-PAIR-MODEL.yaml`` for a direction of its own, else
+``multi30k-MODEL.yaml`` for every pair (the languages and files come from ``--pair``).
 """
 
 from __future__ import annotations
@@ -25,10 +33,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import importlib.util
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -39,39 +45,26 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
-REPO = Path(__file__).resolve().parent.parent
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the data are local files: never ask the hub
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from prepare_multi30k import (  # noqa: E402
-    SHA256,
+from seq2seq_attn.checkpoint import CheckpointError, average_checkpoints, save_checkpoint
+from seq2seq_attn.config import ConfigError, TrainConfig, load_config
+from seq2seq_attn.device import machine_info
+from seq2seq_attn.evaluate import Translator, load_for_translation
+from seq2seq_attn.fileio import write_text_atomic
+from seq2seq_attn.metrics import corpus_scores
+from seq2seq_attn.multi30k import (
     PrepareError,
+    missing_files,
+    pair_test_splits,
     parse_pair,
     prepare,
-    write_atomic,
+    read_split,
 )
+from seq2seq_attn.plotting import PlottingError, plot_attention, plot_learning_curves
+from seq2seq_attn.train import RunDirError, read_metrics, read_summary, recent_checkpoints
 
-from seq2seq_attn.checkpoint import (  # noqa: E402
-    CheckpointError,
-    average_checkpoints,
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-)
-from seq2seq_attn.cli.translate_cmd import attention_record, plot_attention  # noqa: E402
-from seq2seq_attn.config import ConfigError  # noqa: E402
-from seq2seq_attn.decoding import Hypothesis, SearchOptions  # noqa: E402
-from seq2seq_attn.evaluate import search_options, translate  # noqa: E402
-from seq2seq_attn.metrics import corpus_scores  # noqa: E402
-from seq2seq_attn.models import Seq2Seq  # noqa: E402
-from seq2seq_attn.optim import Precision, resolve_device, resolve_precision  # noqa: E402
-from seq2seq_attn.tokenizer import Tokenizer  # noqa: E402
-
+REPO = Path(__file__).resolve().parent.parent
 MODELS = ("transformer", "rnn-bahdanau", "rnn-luong")
 DEFAULT_MODELS = ("transformer", "rnn-bahdanau")
-TEST_SPLITS = ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")
 BEAM_SIZE = 5
 BATCH_SENTENCES = 64  # sentences per beam-search batch (the fastest setting on a 2-core CPU)
 AVERAGE_LAST = 4  # checkpoint averaging: how many of the run's last checkpoints
@@ -111,29 +104,9 @@ def log(message: str) -> None:
     print(f"[reproduce] {message}", flush=True)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` as UTF-8, atomically (see ``prepare_multi30k.write_atomic``)."""
-    write_atomic(path, text.encode("utf-8"))
-
-
 def write_json(path: Path, value: dict) -> None:
     """Write ``value`` as indented JSON, atomically."""
-    write_text(path, json.dumps(value, indent=2) + "\n")
-
-
-def read_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file split on ``\\n`` as sacreBLEU and attn-translate split
-    them (a final line end closes the last line; ``\\r`` is dropped)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ReproduceError(f"{path}: not valid UTF-8 ({error.reason})") from None
-    except OSError as error:
-        raise ReproduceError(f"{path}: cannot read ({error.strerror})") from None
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line.rstrip("\r") for line in lines]
+    write_text_atomic(path, json.dumps(value, indent=2) + "\n")
 
 
 def read_json(path: Path) -> dict:
@@ -160,11 +133,6 @@ def repo_relative(path: Path) -> str:
 # ---- data -----------------------------------------------------------------------------------
 
 
-def pair_test_splits(src: str, tgt: str) -> list[str]:
-    """The test sets Multi30k has for this pair (test_2017_* has no Czech)."""
-    return [s for s in TEST_SPLITS if f"{s}.{src}" in SHA256 and f"{s}.{tgt}" in SHA256]
-
-
 def default_source_dir() -> Path | None:
     """Where the raw files come from: ``MULTI30K_DIR``, else the shared copy beside the
     repository when it exists, else None (download)."""
@@ -175,22 +143,26 @@ def default_source_dir() -> Path | None:
 
 def prepare_data(src: str, tgt: str, data_dir: Path, source_dir: Path | None) -> None:
     """Write the pair's splits into ``data_dir`` unless they are all there already."""
-    splits = ["train", "val", *pair_test_splits(src, tgt)]
-    missing = [
-        f"{split}.{lang}" for split in splits for lang in (src, tgt)
-        if not (data_dir / f"{split}.{lang}").is_file()
-    ]  # fmt: skip
-    if not missing:
+    if not missing_files(data_dir, src, tgt):
         log(f"data: {data_dir} has every {src}-{tgt} split, skipping preparation")
         return
     if source_dir is not None and not source_dir.is_dir():
         raise ReproduceError(f"MULTI30K_DIR={source_dir}: not a directory")
     origin = source_dir or "a download of the official files"
     log(f"data: preparing {src}-{tgt} into {data_dir} from {origin}")
-    try:
-        prepare(src, tgt, data_dir, source_dir)
-    except PrepareError as error:
-        raise ReproduceError(str(error)) from None
+    prepare(src, tgt, data_dir, source_dir)
+
+
+def model_config(configs: Path, pair: str, model: str) -> Path:
+    """The config of ``model``: one of its own for the direction, else the pair-neutral one."""
+    candidates = [configs / f"multi30k-{pair}-{model}.yaml", configs / f"multi30k-{model}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ReproduceError(
+        f"no config for {model}: neither {candidates[0].name} nor {candidates[1].name} is in "
+        f"{configs} (--configs names the folder)"
+    )
 
 
 # ---- training -------------------------------------------------------------------------------
@@ -292,104 +264,40 @@ def train_model(
         raise KeyboardInterrupt
     if status != 0:
         raise ReproduceError(f"{model}: attn-train exited with status {status} (see above)")
-    figures = training_figures(run_dir)
+    figures = training_figures(run_dir, load_config(config, overrides).train)
     write_json(summary_file, figures)
     return figures
 
 
-def training_figures(run_dir: Path) -> dict:
-    """Parameters, wall time, throughput and the best dev BLEU of a finished run."""
-    path = run_dir / "last.pt"
-    last = load_checkpoint(path)
-    progress = last["progress"]
-    if not (run_dir / "best.pt").is_file():
+def training_figures(run_dir: Path, budget: TrainConfig) -> dict:
+    """The figures of a finished run (its ``summary.json``) and the budget it had."""
+    summary = read_summary(run_dir)
+    if summary.best_checkpoint is None:
         raise ReproduceError(
             f"{run_dir}: no best.pt, so the run never validated; make reproduce needs a dev set "
             "(data.dev) to choose its checkpoint"
         )
-    model, _, config = model_from_checkpoint(last, path)
+    if summary.reason == "max_minutes":
+        log(
+            f"{run_dir.name}: the time guard train.max_minutes={budget.max_minutes} stopped it at "
+            f"step {summary.step} of {budget.max_steps}: its scores depend on this machine's speed"
+        )
     return {
-        "params": model.num_parameters(),
-        "steps": progress["step"],
-        "epochs": last["sampler"]["epoch"],
-        "train_minutes": progress["elapsed"] / 60,
-        "train_tokens_per_s": progress["target_tokens"] / max(progress["step_seconds"], 1e-9),
-        "best_dev_bleu": progress["best_bleu"],
-        "best_step": progress["best_step"],
-        "precision": resolve_precision(
-            config.train.precision, resolve_device(config.train.device)
-        ).name,
+        "params": summary.num_parameters,
+        "steps": summary.step,
+        "epochs": summary.epoch,
+        "max_steps": budget.max_steps,
+        "max_minutes": budget.max_minutes,
+        "stop_reason": summary.reason,
+        "train_minutes": summary.elapsed / 60,
+        "train_tokens_per_s": summary.target_tokens_per_second,
+        "best_dev_bleu": summary.best_bleu,
+        "best_step": summary.best_step,
+        "precision": summary.precision,
     }
 
 
-# ---- translation ----------------------------------------------------------------------------
-
-
-def translate_tests(
-    model_name: str, checkpoint: Path, work_dir: Path, data_dir: Path, src: str, tgt: str,
-    precision: str,
-) -> dict:  # fmt: skip
-    """Beam-5 translations of every test split (kept as ``SPLIT.hyp``) with their sacreBLEU
-    scores (kept as ``SPLIT.json``); splits done earlier are read back, not translated again."""
-    results: dict[str, dict] = {}
-    translator = None
-    for split in pair_test_splits(src, tgt):
-        scores_file = work_dir / f"{split}.json"
-        if scores_file.is_file():
-            results[split] = read_json(scores_file)
-            continue
-        if translator is None:
-            translator = load_for_translation(checkpoint, precision)
-        sources, references = read_pair(data_dir, split, src, tgt)
-        log(f"{model_name}: translating {split} ({len(sources)} sentences, beam {BEAM_SIZE})")
-        started = time.perf_counter()
-        found = translator(sources)
-        seconds = time.perf_counter() - started
-        hypotheses = translator.tokenizer.decode_tgt([hypothesis.tokens for hypothesis in found])
-        write_text(work_dir / f"{split}.hyp", "".join(line + "\n" for line in hypotheses))
-        scores = split_scores(hypotheses, references)
-        results[split] = {
-            **scores,
-            "sentences": len(sources),
-            "seconds": seconds,
-            "precision": translator.precision.name,
-        }
-        log(
-            f"{model_name}: {split} BLEU {scores['bleu']:.2f}, lowercased {scores['bleu_lc']:.2f}, "
-            f"chrF {scores['chrf']:.2f} ({len(sources) / seconds:.1f} sentences/s)"
-        )
-        write_json(scores_file, results[split])
-    return results
-
-
-@dataclass
-class Translator:
-    """A best checkpoint ready for beam-5 search."""
-
-    model: Seq2Seq
-    tokenizer: Tokenizer
-    options: SearchOptions
-    device: torch.device
-    precision: Precision
-
-    def __call__(self, sources: list[str]) -> list[Hypothesis]:
-        """The best hypothesis of each sentence, in order."""
-        return translate(
-            self.model, self.tokenizer, sources, self.options, 4096, self.device,
-            self.precision.dtype, BATCH_SENTENCES,
-        )  # fmt: skip
-
-
-def read_pair(data_dir: Path, split: str, src: str, tgt: str) -> tuple[list[str], list[str]]:
-    """The source and reference lines of a split, checked to be line-aligned."""
-    source_file, reference_file = data_dir / f"{split}.{src}", data_dir / f"{split}.{tgt}"
-    sources, references = read_lines(source_file), read_lines(reference_file)
-    if len(sources) != len(references):
-        raise ReproduceError(
-            f"{source_file} has {len(sources)} lines but {reference_file} has {len(references)}; "
-            "prepare the data again (delete both files and run again)"
-        )
-    return sources, references
+# ---- checkpoint choice and translation ------------------------------------------------------
 
 
 def split_scores(hypotheses: list[str], references: list[str]) -> dict:
@@ -409,15 +317,16 @@ def split_scores(hypotheses: list[str], references: list[str]) -> dict:
     }
 
 
-def load_for_translation(path: Path, precision: str, beam_size: int = BEAM_SIZE) -> Translator:
-    """A checkpoint's model with search of ``beam_size`` (1: greedy) under ``precision`` (fp32,
-    bf16 or auto)."""
-    model, tokenizer, config = model_from_checkpoint(load_checkpoint(path), path)
-    device = resolve_device("auto")
-    options = search_options(config.decode, beam_size)
-    return Translator(
-        model.to(device), tokenizer, options, device, resolve_precision(precision, device)
+def translator_for(checkpoint: Path, precision: str, beam_size: int = BEAM_SIZE) -> Translator:
+    """``checkpoint`` ready to translate with ``beam_size`` (1: greedy) under ``precision``."""
+    return load_for_translation(
+        checkpoint, precision=precision, beam_size=beam_size, max_sentences=BATCH_SENTENCES
     )
+
+
+def translate_lines(translator: Translator, sources: list[str]) -> list[str]:
+    """The detokenized best translation of each source line."""
+    return translator.detokenize(translator.translate(sources))
 
 
 def choose_checkpoint(
@@ -431,16 +340,14 @@ def choose_checkpoint(
     if choice_file.is_file():
         return read_json(choice_file)
     candidates = {"best.pt": run_dir / "best.pt"}
-    recent = last_checkpoints(run_dir)
+    recent = recent_checkpoints(run_dir, AVERAGE_LAST)
     if len(recent) > 1:
         candidates["averaged.pt"] = run_dir / "averaged.pt"
         save_checkpoint(average_checkpoints(list(recent.values())), candidates["averaged.pt"])
-    sources, references = read_pair(data_dir, "val", src, tgt)
+    sources, references = read_split(data_dir, "val", src, tgt)
     dev_bleu = {}
     for name, path in candidates.items():
-        translator = load_for_translation(path, precision, beam_size=1)
-        found = translator(sources)
-        hypotheses = translator.tokenizer.decode_tgt([hypothesis.tokens for hypothesis in found])
+        hypotheses = translate_lines(translator_for(path, precision, beam_size=1), sources)
         dev_bleu[name] = split_scores(hypotheses, references)["bleu"]
         log(f"{model_name}: {name} greedy dev BLEU {dev_bleu[name]:.2f}")
     choice = {
@@ -452,73 +359,84 @@ def choose_checkpoint(
     return choice
 
 
-def last_checkpoints(run_dir: Path) -> dict[int, Path]:
-    """What checkpoint averaging averages, by step, oldest first, at most ``AVERAGE_LAST``: the
-    run's numbered checkpoints up to the step of ``last.pt`` (a kill between two saves can leave
-    a newer one), then ``last.pt`` when no numbered checkpoint holds its step."""
-    last_step = int(load_checkpoint(run_dir / "last.pt")["progress"]["step"])
-    numbered = {int(path.stem.removeprefix("step-")): path for path in run_dir.glob("step-*.pt")}
-    recent = {step: path for step, path in sorted(numbered.items()) if step <= last_step}
-    recent.setdefault(last_step, run_dir / "last.pt")
-    return dict(list(recent.items())[-AVERAGE_LAST:])
+def translate_tests(
+    model_name: str, checkpoint: Path, work_dir: Path, data_dir: Path, src: str, tgt: str,
+    precision: str,
+) -> dict:  # fmt: skip
+    """Beam-5 translations of every test split (kept as ``SPLIT.hyp``) with their sacreBLEU
+    scores (kept as ``SPLIT.json``); splits done earlier are read back, not translated again."""
+    results: dict[str, dict] = {}
+    translator = None
+    for split in pair_test_splits(src, tgt):
+        scores_file = work_dir / f"{split}.json"
+        if scores_file.is_file():
+            results[split] = read_json(scores_file)
+            continue
+        translator = translator or translator_for(checkpoint, precision)
+        sources, references = read_split(data_dir, split, src, tgt)
+        log(f"{model_name}: translating {split} ({len(sources)} sentences, beam {BEAM_SIZE})")
+        started = time.perf_counter()
+        hypotheses = translate_lines(translator, sources)
+        seconds = time.perf_counter() - started
+        write_text_atomic(work_dir / f"{split}.hyp", "".join(line + "\n" for line in hypotheses))
+        scores = split_scores(hypotheses, references)
+        results[split] = {
+            **scores,
+            "sentences": len(sources),
+            "seconds": seconds,
+            "precision": translator.precision.name,
+        }
+        log(
+            f"{model_name}: {split} BLEU {scores['bleu']:.2f}, lowercased {scores['bleu_lc']:.2f}, "
+            f"chrF {scores['chrf']:.2f} ({len(sources) / seconds:.1f} sentences/s)"
+        )
+        write_json(scores_file, results[split])
+    return results
 
 
-def heatmap_lines(sources: list[str]) -> list[int]:
-    """0-based indices of the first test sentences short enough for a readable picture."""
-    short = [i for i, line in enumerate(sources) if len(line.split()) <= HEATMAP_MAX_WORDS]
-    return short[:HEATMAP_SENTENCES]
+# ---- pictures -------------------------------------------------------------------------------
+
+
+def up_to_date(paths: list[Path], since: float) -> bool:
+    """Whether every path exists and was written at or after ``since`` (a file's mtime)."""
+    return all(path.is_file() and path.stat().st_mtime >= since for path in paths)
 
 
 def plot_heatmaps(
-    model_name: str, checkpoint: Path, data_dir: Path, src: str, results_dir: Path, stem: str,
-    precision: str, chosen_at: float,
+    model_name: str, checkpoint: Path, data_dir: Path, pair: tuple[str, str], results_dir: Path,
+    stem: str, precision: str, chosen_at: float,
 ) -> list[str]:  # fmt: skip
-    """PNG cross-attention heatmaps of the beam-5 translations of two short test_2016_flickr
-    sentences (Transformer: last decoder layer, mean of the heads); returns the file names.
-    Pictures older than ``chosen_at`` (when the checkpoint was chosen) are drawn again."""
-    sources = read_lines(data_dir / f"{HEATMAP_SPLIT}.{src}")
-    lines = heatmap_lines(sources)
+    """PNG cross-attention heatmaps of the beam-5 translations of the first short
+    test_2016_flickr sentences (Transformer: last decoder layer, mean of the heads); returns
+    the file names. Pictures older than ``chosen_at`` (when the checkpoint was chosen) are
+    drawn again."""
+    sources = read_split(data_dir, HEATMAP_SPLIT, *pair)[0]
+    short = [i for i, line in enumerate(sources) if len(line.split()) <= HEATMAP_MAX_WORDS]
+    lines = short[:HEATMAP_SENTENCES]
     names = [f"{stem}-{model_name}-attention-{index + 1}.png" for index in lines]
-    paths = [results_dir / name for name in names]
-    if all(path.is_file() and path.stat().st_mtime >= chosen_at for path in paths):
+    if up_to_date([results_dir / name for name in names], chosen_at):
         return names
-    if importlib.util.find_spec("matplotlib") is None:
-        raise ReproduceError("the heatmaps need matplotlib: run `make install` (it installs it)")
-    translator = load_for_translation(checkpoint, precision)
-    found = translator([sources[i] for i in lines])
-    records = [
-        attention_record(translator.model, translator.tokenizer, index + 1, sources[index],
-                         hypothesis, translator.device, -1, None)
-        for index, hypothesis in zip(lines, found, strict=True)
-    ]  # fmt: skip
-    # plot_attention names one picture after the path itself, several after STEM-INDEX.png
-    target = results_dir / (names[0] if len(names) == 1 else f"{stem}-{model_name}-attention.png")
-    written = plot_attention(records, target)
-    log(f"{model_name}: wrote {', '.join(str(path) for path in written)}")
+    translator = translator_for(checkpoint, precision)
+    found = translator.translate([sources[index] for index in lines])
+    for index, hypothesis, name in zip(lines, found, names, strict=True):
+        record = translator.attention(index + 1, sources[index], hypothesis)
+        plot_attention([record], results_dir / name)
+    log(f"{model_name}: wrote {', '.join(names)}")
     return names
 
 
+def plot_curves(model_name: str, run_dir: Path, results_dir: Path, stem: str, since: float) -> str:
+    """Dev BLEU and loss against steps and training minutes of one run, as
+    ``STEM-MODEL-curves.png``; drawn again when older than ``since``."""
+    name = f"{stem}-{model_name}-curves.png"
+    if not up_to_date([results_dir / name], since):
+        validations = read_metrics(run_dir, "valid")
+        plot_learning_curves(validations, results_dir / name, f"{stem} {model_name}")
+        log(f"{model_name}: wrote {name}")
+    return name
+
+
 # ---- report ---------------------------------------------------------------------------------
-
-
-def machine_info() -> dict:
-    """What the benchmark ran on: CPU model, threads, GPU, torch and Python versions."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def build_report(pair: str, models: dict[str, dict], machine: dict, finished: str) -> dict:
@@ -536,6 +454,7 @@ def build_report(pair: str, models: dict[str, dict], machine: dict, finished: st
             "translate_precision": next(iter(tests.values()))["precision"] if tests else None,
             "tests": tests,
             "attention_pictures": figures["pictures"],
+            "learning_curves": figures["curves"],
             "anchor": None if anchor is None else {"bleu_lc": anchor.bleu_lc, "what": anchor.what},
         }
     return {
@@ -560,17 +479,21 @@ def markdown_report(report: dict) -> str:
         f"Produced by `make reproduce PAIR={pair}`; test scores with beam {report['beam_size']} "
         "by the checkpoint chosen on the dev set (see Training).",
         "",
-        "| model | params | train min | train tgt tokens/s | best dev BLEU (step) "
-        "| test2016 BLEU | test2016 BLEU lc | published lc | beam-5 sentences/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | params | steps (budget) | train min | precision train / translate "
+        "| train tgt tokens/s | best dev BLEU (step) | test2016 BLEU | test2016 BLEU lc "
+        "| published lc | beam-5 sentences/s |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, model in report["models"].items():
         test2016 = model["tests"].get("test_2016_flickr", {})
         anchor = model["anchor"]
+        guard = " (time guard)" if model["stop_reason"] == "max_minutes" else ""
         lines.append(
-            f"| {name} | {model['params'] / 1e6:.2f}M | {model['train_minutes']:.1f} "
-            f"| {model['train_tokens_per_s']:,.0f} | {model['best_dev_bleu']:.2f} "
-            f"({model['best_step']}) | {_score(test2016, 'bleu')} | {_score(test2016, 'bleu_lc')} "
+            f"| {name} | {model['params'] / 1e6:.2f}M | {model['steps']} ({model['max_steps']})"
+            f"{guard} | {model['train_minutes']:.1f} | {model['precision']} / "
+            f"{model['translate_precision']} | {model['train_tokens_per_s']:,.0f} "
+            f"| {model['best_dev_bleu']:.2f} ({model['best_step']}) | {_score(test2016, 'bleu')} "
+            f"| {_score(test2016, 'bleu_lc')} "
             f"| {'' if anchor is None else format(anchor['bleu_lc'], '.1f')} "
             f"| {_rate(model['translate_sentences_per_s'])} |"
         )
@@ -593,26 +516,45 @@ def markdown_report(report: dict) -> str:
         if model["anchor"] is not None
     ] or ["- none for this pair"]
     lines += ["", "## Training", ""]
+    lines += [training_line(name, model) for name, model in report["models"].items()]
+    lines += ["", "## Learning curves", ""]
     for name, model in report["models"].items():
-        choice = model["checkpoint"]
-        dev = ", ".join(f"{n} {b:.2f}" for n, b in choice["dev_bleu_greedy"].items())
-        steps = ", ".join(map(str, choice["averaged_steps"]))
-        averaged = (
-            f"averaged.pt is the mean of the checkpoints of steps {steps}"
-            if steps
-            else "no averaged.pt: the run has a single checkpoint"
-        )
-        lines.append(
-            f"- {name}: {model['steps']} steps ({model['epochs']} epochs) in "
-            f"{model['train_minutes']:.1f} min, {model['precision']}. The test sets are "
-            f"translated by `{choice['checkpoint']}`, chosen on greedy dev BLEU ({dev}; "
-            f"{averaged}), in {model['translate_precision']}."
-        )
+        curves = model["learning_curves"]
+        lines.append(f"![{name}: dev BLEU and loss against steps and minutes, {curves}]({curves})")
     lines += ["", "## Attention", ""]
     for name, model in report["models"].items():
         for picture in model["attention_pictures"]:
             lines.append(f"![{name}: cross-attention, {picture}]({picture})")
     return "\n".join(lines) + "\n"
+
+
+STOP_WORDS = {
+    "max_steps": "its step budget",
+    "max_epochs": "its epoch limit",
+    "early_stopping": "early stopping",
+    "max_minutes": "the time guard train.max_minutes (WARNING: before its step budget, so this "
+    "figure depends on the machine's speed)",
+}
+
+
+def training_line(name: str, model: dict) -> str:
+    """One model's training story: steps, budget, why it stopped, precision, checkpoint."""
+    choice = model["checkpoint"]
+    dev = ", ".join(f"{n} {b:.2f}" for n, b in choice["dev_bleu_greedy"].items())
+    steps = ", ".join(map(str, choice["averaged_steps"]))
+    averaged = (
+        f"averaged.pt is the mean of the checkpoints of steps {steps}"
+        if steps
+        else "no averaged.pt: the run has a single checkpoint"
+    )
+    return (
+        f"- {name}: {model['steps']} steps ({model['epochs']} epochs) in "
+        f"{model['train_minutes']:.1f} min, trained in {model['precision']}; budget "
+        f"{model['max_steps']} steps, guard {model['max_minutes']} min; stopped by "
+        f"{STOP_WORDS.get(model['stop_reason'], model['stop_reason'])}. The test sets are "
+        f"translated by `{choice['checkpoint']}`, chosen on greedy dev BLEU ({dev}; "
+        f"{averaged}), in {model['translate_precision']}."
+    )
 
 
 def _score(scores: dict, key: str) -> str:
@@ -641,7 +583,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=REPO / "results", help="report folder")
     parser.add_argument(
         "--configs", type=Path, default=REPO / "data" / "configs",
-        help="where multi30k-de-en-MODEL.yaml live",
+        help="where multi30k-MODEL.yaml (or multi30k-PAIR-MODEL.yaml) live",
     )  # fmt: skip
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -681,7 +623,7 @@ def reproduce(args: argparse.Namespace) -> Path:
     report = build_report(args.pair, models, machine_info(), finished)
     write_json(args.results / f"{stem}.json", report)
     markdown = args.results / f"{stem}.md"
-    write_text(markdown, markdown_report(report))
+    write_text_atomic(markdown, markdown_report(report))
     return markdown
 
 
@@ -690,9 +632,7 @@ def reproduce_model(
 ) -> dict:
     """Train, choose, translate and draw one model (each step skipped when done before)."""
     stem = f"multi30k-{args.pair}"
-    config = args.configs / f"multi30k-de-en-{name}.yaml"
-    if not config.is_file():
-        raise ReproduceError(f"{config}: missing; --configs names the folder of the configs")
+    config = model_config(args.configs, args.pair, name)
     run_dir, work_dir = args.runs / stem / name, args.results / stem / name
     figures = train_model(name, config, run_dir, work_dir, data_overrides + args.overrides)
     choice = choose_checkpoint(name, run_dir, work_dir, args.data, src, tgt, args.precision)
@@ -700,9 +640,14 @@ def reproduce_model(
     tests = translate_tests(name, checkpoint, work_dir, args.data, src, tgt, args.precision)
     chosen_at = (work_dir / "checkpoint.json").stat().st_mtime
     pictures = plot_heatmaps(
-        name, checkpoint, args.data, src, args.results, stem, args.precision, chosen_at
+        name, checkpoint, args.data, (src, tgt), args.results, stem, args.precision, chosen_at
     )
-    return {"train": figures, "checkpoint": choice, "tests": tests, "pictures": pictures}
+    trained_at = (work_dir / "train.json").stat().st_mtime
+    curves = plot_curves(name, run_dir, args.results, stem, trained_at)
+    return {
+        "train": figures, "checkpoint": choice, "tests": tests, "pictures": pictures,
+        "curves": curves,
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -711,7 +656,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         markdown = reproduce(args)
-    except (ReproduceError, PrepareError, CheckpointError, ConfigError) as error:
+    except (
+        ReproduceError, PrepareError, CheckpointError, ConfigError, RunDirError, PlottingError
+    ) as error:  # fmt: skip
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

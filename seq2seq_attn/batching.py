@@ -85,19 +85,36 @@ def collate(
     )
 
 
-def _pack(sizes: list[int], max_tokens: int) -> list[tuple[int, int]]:
-    """Cut ascending ``sizes`` into [start, end) runs with (end - start) * size[end-1] <=
-    ``max_tokens`` (a run of one when a single item is larger)."""
+def pack_sorted(
+    sizes: Sequence[int], max_tokens: int, max_items: int | None = None
+) -> list[tuple[int, int]]:
+    """Cut ascending ``sizes`` into ``[start, end)`` runs whose padded cost
+    ``(end - start) * sizes[end - 1]`` is at most ``max_tokens`` and whose length is at most
+    ``max_items`` (when given); a single larger item gets a run of its own. The one
+    length-bucketing rule of the project: training batches and translation batches use it."""
     runs, start, n = [], 0, len(sizes)
+    room = n if max_items is None else max_items
     while start < n:
-        count = max(1, min(max_tokens // sizes[start], n - start))
+        count = max(1, min(max_tokens // sizes[start], n - start, room))
         if count * sizes[start + count - 1] > max_tokens:  # the sizes grew inside the run
             count = max(1, max_tokens // sizes[start + count - 1])
-        while start + count < n and (count + 1) * sizes[start + count] <= max_tokens:
+        while (
+            start + count < n and count < room and (count + 1) * sizes[start + count] <= max_tokens
+        ):
             count += 1
         runs.append((start, start + count))
         start += count
     return runs
+
+
+def length_batches(
+    lengths: Sequence[int], max_tokens: int, max_items: int | None = None
+) -> list[list[int]]:
+    """Indices of ``lengths`` sorted by length (stable) and cut by :func:`pack_sorted` into
+    batches of at most ``max_tokens`` padded slots and ``max_items`` items."""
+    order = sorted(range(len(lengths)), key=lambda index: lengths[index])
+    runs = pack_sorted([lengths[index] for index in order], max_tokens, max_items)
+    return [order[start:end] for start, end in runs]
 
 
 class TokenBatchSampler:
@@ -152,7 +169,7 @@ class TokenBatchSampler:
         else:
             order = torch.argsort(self.sizes, stable=True)
         order_list = order.tolist()
-        runs = _pack(self.sizes[order].tolist(), self.max_tokens)
+        runs = pack_sorted(self.sizes[order].tolist(), self.max_tokens)
         if self.shuffle:
             runs = [runs[i] for i in torch.randperm(len(runs), generator=generator).tolist()]
         result = [order_list[start:end] for start, end in runs]

@@ -7,15 +7,14 @@ objects is refused, never executed.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .config import Config, config_from_plain
+from .fileio import write_atomic
 from .models import Seq2Seq, build_model
 from .tokenizer import Tokenizer
 
@@ -44,39 +43,24 @@ def check_plain(value: object, where: str = "checkpoint") -> None:
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Write ``state`` to ``path`` atomically: temporary file, fsync, rename, fsync directory.
-
-    A crash or kill at any moment leaves either the previous file or the new one, never a
+    """Write ``state`` to ``path`` atomically (:func:`~seq2seq_attn.fileio.write_atomic`): a
+    crash or kill at any moment leaves either the previous file or the new one, never a
     partial file. The state is checked to be plain data first, so it always loads safely.
     """
     check_plain(state)
+    write_atomic(path, lambda handle: torch.save(state, handle))
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A ``.pt`` file as given, or a run directory's ``best.pt`` (``last.pt`` when there is no
+    best yet); :class:`CheckpointError` for a directory with neither."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Persist a rename in ``directory`` (a no-op where directories cannot be opened)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    if not path.is_dir():
+        return path
+    for name in ("best.pt", "last.pt"):
+        if (path / name).is_file():
+            return path / name
+    raise CheckpointError(f"{path}: a directory without best.pt or last.pt; pass a checkpoint file")
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:

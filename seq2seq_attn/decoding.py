@@ -20,6 +20,8 @@ from .models.common import Seq2Seq
 class SearchOptions:
     """How to search.
 
+    Not ``config.DecodeConfig``: search sits below config in the layering (it runs over the
+    model protocol alone), so it keeps this small type; ``evaluate.search_options`` converts.
     ``max_length_ratio`` and ``max_length_offset`` bound each sentence's output at
     ``ratio * source length + offset`` tokens (EOS included), never more than ``max_length``
     nor the model's ``max_positions``. ``length_penalty`` is GNMT's alpha (0 = none).

@@ -3,20 +3,26 @@
 :func:`translate` is what validation, ``attn-translate`` and the benchmarks call: it encodes,
 sorts by length into token-bounded batches, searches (greedy or beam), and returns exactly one
 :class:`~seq2seq_attn.decoding.Hypothesis` per input, in input order. :func:`score_translations`
-and :func:`evaluate_split` detokenize and score with sacreBLEU.
+and :func:`evaluate_split` detokenize and score with sacreBLEU. :func:`load_for_translation`
+turns a checkpoint into a :class:`Translator` (what ``attn-translate`` and the benchmark use),
+and :func:`attention_record` gives one sentence's attention for pictures.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from .config import DataConfig, DecodeConfig
-from .data import collate, load_pairs
+from .batching import collate, length_batches
+from .checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+from .config import Config, DataConfig, DecodeConfig
 from .decoding import Hypothesis, SearchOptions, Seq2Seq, beam_search, greedy_search
+from .device import Precision, resolve_device, resolve_precision
 from .metrics import Score, corpus_scores
 from .tokenizer import BOS_ID, EOS_ID, Tokenizer
 
@@ -43,23 +49,6 @@ def search_options(decode: DecodeConfig, beam_size: int | None = None) -> Search
         max_length_ratio=decode.max_length_ratio,
         max_length_offset=decode.max_length_offset,
     )
-
-
-def length_batches(
-    lengths: Sequence[int], max_tokens: int, max_sentences: int | None = None
-) -> list[list[int]]:
-    """Indices of ``lengths`` sorted ascending and cut into batches of at most ``max_tokens``
-    padded slots (``B * longest``) and at most ``max_sentences`` items; a single longer item
-    gets a batch of its own."""
-    batches: list[list[int]] = []
-    room = max_sentences or len(lengths)
-    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        last = batches[-1] if batches else []
-        if last and len(last) < room and (len(last) + 1) * lengths[index] <= max_tokens:
-            batches[-1].append(index)
-        else:
-            batches.append([index])
-    return batches
 
 
 def _encode_sources(
@@ -186,6 +175,8 @@ def evaluate_split(
 ) -> Evaluation:
     """Translate and score every pair of the configured ``split`` (``dev`` or ``test``), blank
     lines included, in batches of ``data.max_tokens`` source slots."""
+    from .data import load_pairs  # here, not at the top: HF datasets is slow to import
+
     pairs = load_pairs(data, split)
     return score_translations(
         model, tokenizer, pairs["src"], pairs["tgt"], options, data.max_tokens, device, metrics,
@@ -214,3 +205,100 @@ def attention_matrix(
         maps = model.attention_maps(src, torch.ones_like(src, dtype=torch.bool), tgt_in)
     chosen = maps[0, layer]  # (H, T + 1, S + 1)
     return (chosen.mean(dim=0) if head is None else chosen[head]).float().cpu()
+
+
+def attention_record(
+    model: Seq2Seq,
+    tokenizer: Tokenizer,
+    index: int,
+    src_text: str,
+    hypothesis: Hypothesis,
+    device: torch.device | str = "cpu",
+    layer: int = -1,
+    head: int | None = None,
+) -> dict:
+    """One sentence's subword tokens and cross-attention weights, as plain JSON data (what
+    ``attn-translate --attention`` writes and :func:`~seq2seq_attn.plotting.plot_attention`
+    draws); ``index`` numbers the sentence."""
+    src_ids = tokenizer.encode_src([src_text])[0]
+    if model.max_positions is not None:
+        src_ids = src_ids[: model.max_positions - 1]
+    weights = attention_matrix(model, src_ids, hypothesis.tokens, device, layer, head)
+    return {
+        "index": index,
+        "src_tokens": [*tokenizer.src_pieces(src_ids), "</s>"],
+        "tgt_tokens": [*tokenizer.tgt_pieces(hypothesis.tokens), "</s>"],
+        "layer": layer,
+        "head": "mean" if head is None else head,
+        "weights": [[round(float(w), 5) for w in row] for row in weights],  # (T + 1, S + 1)
+    }
+
+
+@dataclass
+class Translator:
+    """A trained model ready to translate: the model (eval mode, on ``device``), its tokenizer
+    and training config, the search settings and the autocast precision."""
+
+    model: Seq2Seq
+    tokenizer: Tokenizer
+    config: Config
+    options: SearchOptions
+    device: torch.device
+    precision: Precision
+    max_tokens: int = 4096  # source token slots per batch
+    max_sentences: int | None = None  # sentences per batch (None: as many as fit)
+
+    def n_best(self, src_texts: Sequence[str]) -> list[list[Hypothesis]]:
+        """The ``options.n_best`` hypotheses of each input, best first, in input order."""
+        return translate_n_best(
+            self.model, self.tokenizer, src_texts, self.options, self.max_tokens, self.device,
+            self.precision.dtype, self.max_sentences,
+        )  # fmt: skip
+
+    def translate(self, src_texts: Sequence[str]) -> list[Hypothesis]:
+        """The best hypothesis of each input, in input order."""
+        return [hypotheses[0] for hypotheses in self.n_best(src_texts)]
+
+    def detokenize(self, hypotheses: Sequence[Hypothesis]) -> list[str]:
+        """The target text of each hypothesis."""
+        return self.tokenizer.decode_tgt([hypothesis.tokens for hypothesis in hypotheses])
+
+    def attention(self, index: int, src_text: str, hypothesis: Hypothesis, **where: int) -> dict:
+        """:func:`attention_record` of one translated sentence (``layer=``, ``head=``)."""
+        return attention_record(
+            self.model, self.tokenizer, index, src_text, hypothesis, self.device, **where
+        )
+
+
+def load_for_translation(
+    checkpoint: str | Path,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    beam_size: int | None = None,
+    length_penalty: float | None = None,
+    max_length_ratio: float | None = None,
+    n_best: int = 1,
+    max_tokens: int = 4096,
+    max_sentences: int | None = None,
+) -> Translator:
+    """A checkpoint file, or a run directory (its ``best.pt``, else ``last.pt``), loaded for
+    translation with the run's ``decode`` settings; the keyword arguments that are not None
+    override them (``beam_size=1``: greedy). ``precision``: fp32, bf16, fp16 (CUDA) or auto.
+
+    Raises ``CheckpointError`` for a missing or damaged checkpoint and ``ConfigError`` (a
+    ``ValueError``) for an impossible setting, each naming what is wrong.
+    """
+    path = find_checkpoint(Path(checkpoint))
+    model, tokenizer, config = model_from_checkpoint(load_checkpoint(path), path)
+    changes = {"beam_size": beam_size, "length_penalty": length_penalty,
+               "max_length_ratio": max_length_ratio}  # fmt: skip
+    decode = dataclasses.replace(
+        config.decode, **{key: value for key, value in changes.items() if value is not None}
+    )
+    options = dataclasses.replace(search_options(decode), n_best=n_best)
+    run_device = resolve_device(device)
+    return Translator(
+        model.to(run_device), tokenizer, config, options, run_device,
+        resolve_precision(precision, run_device), max_tokens, max_sentences,
+    )  # fmt: skip

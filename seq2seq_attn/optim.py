@@ -4,19 +4,18 @@ steps with accumulation, clipping and NaN/inf skipping through the model protoco
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NoReturn
 
 import torch
 from torch import Tensor, nn
 
-from .config import ConfigError, TrainConfig
-from .data import Batch
+from .batching import Batch
+from .config import TrainConfig
+from .device import Precision
 from .models import Seq2Seq
 from .tokenizer import PAD_ID
 
@@ -113,74 +112,6 @@ class Schedule:
         """Restore what :meth:`state_dict` returned."""
         self.scale, self.best = float(state["scale"]), state["best"]
         self.bad_validations = int(state["bad_validations"])
-
-
-# ---- device and precision -------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: invalid value 'cuda'; no CUDA GPU is visible: use cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AMX or AVX-512 BF16), where autocast pays off.
-
-    Read from the Linux ``/proc/cpuinfo`` flags (torch reports only the AVX level); False where
-    that file does not exist.
-    """
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return bool(flags & {"amx_bf16", "avx512_bf16"})
-    return False
-
-
-@dataclass(frozen=True)
-class Precision:
-    """The resolved numeric precision: ``name`` (fp32, bf16, fp16) on ``device_type``."""
-
-    name: str
-    device_type: str
-
-    @property
-    def dtype(self) -> torch.dtype | None:
-        """The autocast dtype, or None for fp32."""
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Autocast to :attr:`dtype` (a no-op context for fp32)."""
-        dtype = self.dtype
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=dtype)
-
-    def grad_scaler(self) -> torch.amp.GradScaler:
-        """A gradient scaler, enabled for fp16 only (bf16 has fp32's exponent range)."""
-        return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
-
-
-def resolve_precision(name: str, device: torch.device) -> Precision:
-    """``train.precision`` on ``device``: ``auto`` picks bf16 on CUDA with bf16 support and on
-    CPUs with native bf16, fp16 on older GPUs, fp32 otherwise; fp16 needs CUDA."""
-    on_cuda = device.type == "cuda"
-    if name == "auto":
-        if on_cuda:
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            name = "bf16" if cpu_has_fast_bf16() else "fp32"
-    if name == "fp16" and not on_cuda:
-        raise ConfigError(
-            "train.precision: invalid value 'fp16' on the CPU; fp16 needs CUDA: use bf16 or fp32"
-        )
-    if name == "bf16" and not on_cuda and not cpu_has_fast_bf16():
-        logger.warning("this CPU has no native bf16 (AMX/AVX-512 BF16): bf16 will be slow")
-    return Precision(name, device.type)
 
 
 # ---- the step ---------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ step, save ``last.pt`` and return (what a SIGINT/SIGTERM handler sets).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -31,21 +33,25 @@ from .data import (
     texts,
     tokenize_pairs,
 )  # fmt: skip
+from .device import Precision, resolve_device, resolve_precision
 from .evaluate import score_translations, search_options
+from .fileio import write_text_atomic
 from .metrics import Score
 from .models import Seq2Seq, build_model
-from .optim import Precision, Trainer, resolve_device, resolve_precision
+from .optim import Trainer
 from .tokenizer import Tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "seq2seq-attn/1"
-CONFIG_FILE, METRICS_FILE, LAST_FILE, BEST_FILE = (
+CONFIG_FILE, METRICS_FILE, LAST_FILE, BEST_FILE, SUMMARY_FILE = (
     "config.yaml",
     "metrics.jsonl",
     "last.pt",
     "best.pt",
+    "summary.json",
 )
+NUMBERED_PATTERN = "step-*.pt"  # step-00001234.pt: the checkpoint of one step, kept keep_last
 NUM_SAMPLES = 3
 
 
@@ -66,6 +72,7 @@ class Progress:
     nonfinite_total: int = 0
     target_tokens: int = 0  # target positions trained on (EOS included), for throughput
     step_seconds: float = 0.0  # seconds inside optimisation steps (no validation or saving)
+    stop_reason: str | None = None  # why the last session ended (TrainSummary.reason)
 
 
 @dataclass
@@ -110,19 +117,110 @@ class ValidationReport:
     samples: list[tuple[str, str, str]] = field(default_factory=list)  # (src, ref, hypothesis)
 
 
+STOP_REASONS = ("max_steps", "max_epochs", "max_minutes", "early_stopping", "stopped")
+
+
 @dataclass
 class TrainSummary:
-    """How a run ended. ``reason``: max_steps, max_epochs, max_minutes, early_stopping, stopped."""
+    """How a run ended; :func:`train` returns it and writes it to the run directory's
+    ``summary.json`` (read back with :func:`read_summary`).
+
+    ``reason`` is one of :data:`STOP_REASONS`: the step budget, the epoch limit, the wall-clock
+    guard ``max_minutes`` (the one machine-dependent stop), early stopping, or ``stopped`` by a
+    signal or the stop flag (resume to go on). Times are summed over resumed sessions.
+    """
 
     step: int
     epoch: int
     reason: str
-    elapsed: float
+    elapsed: float  # seconds of training, validation and saving included
     best_bleu: float | None
     best_step: int
     last_checkpoint: Path
     best_checkpoint: Path | None
     nonfinite_steps: int
+    num_parameters: int = 0
+    device: str = ""
+    precision: str = ""  # the autocast it trained in: fp32, bf16 or fp16
+    target_tokens: int = 0  # target positions trained on
+    step_seconds: float = 0.0  # seconds inside optimisation steps
+
+    @property
+    def target_tokens_per_second(self) -> float:
+        """Training throughput: target tokens over the time spent in steps."""
+        return self.target_tokens / self.step_seconds if self.step_seconds > 0 else 0.0
+
+    def to_plain(self) -> dict:
+        """The fields as JSON-ready plain data (paths as strings)."""
+        plain = asdict(self)
+        plain["last_checkpoint"] = str(self.last_checkpoint)
+        plain["best_checkpoint"] = (
+            None if self.best_checkpoint is None else str(self.best_checkpoint)
+        )
+        return plain
+
+
+def read_summary(run_dir: str | Path) -> TrainSummary:
+    """The :class:`TrainSummary` that :func:`train` wrote into ``run_dir`` when it ended.
+
+    Raises :class:`RunDirError` when there is none (the run is unfinished: resume it) or it
+    cannot be read.
+    """
+    path = Path(run_dir) / SUMMARY_FILE
+    try:
+        plain = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(
+            f"{path}: no training summary; the run has not ended (resume it with --resume)"
+        ) from None
+    except (OSError, ValueError) as error:
+        raise RunDirError(
+            f"{path}: cannot be read ({error}); resume the run to rewrite it"
+        ) from None
+    known = {item.name for item in dataclasses.fields(TrainSummary)}
+    fields = {key: value for key, value in plain.items() if key in known}
+    fields["last_checkpoint"] = Path(fields["last_checkpoint"])
+    if fields.get("best_checkpoint") is not None:
+        fields["best_checkpoint"] = Path(fields["best_checkpoint"])
+    return TrainSummary(**fields)
+
+
+def read_metrics(run_dir: str | Path, kind: str) -> list[dict]:
+    """The records of one ``kind`` (``"train"`` or ``"valid"``) of a run's ``metrics.jsonl``, in
+    order; a validation record has ``step``, ``elapsed`` (training seconds), ``loss`` and the
+    scores. A line a crash cut short is skipped."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and record.get("kind") == kind:
+                records.append(record)
+    return records
+
+
+def numbered_checkpoints(run_dir: str | Path) -> dict[int, Path]:
+    """The run's ``step-*.pt`` checkpoints by step, oldest first."""
+    found = {}
+    for path in Path(run_dir).glob(NUMBERED_PATTERN):
+        with contextlib.suppress(ValueError):  # a stray file such as step-final.pt
+            found[int(path.stem.removeprefix("step-"))] = path
+    return dict(sorted(found.items()))
+
+
+def recent_checkpoints(run_dir: str | Path, count: int) -> dict[int, Path]:
+    """The last ``count`` checkpoints of a run by step, oldest first (what checkpoint averaging
+    averages): the numbered ones up to the step of ``last.pt`` (a kill between two saves can
+    leave a newer one), then ``last.pt`` itself when no numbered checkpoint holds its step."""
+    run_dir = Path(run_dir)
+    last_step = int(load_checkpoint(run_dir / LAST_FILE)["progress"]["step"])
+    recent = {
+        step: path for step, path in numbered_checkpoints(run_dir).items() if step <= last_step
+    }
+    recent.setdefault(last_step, run_dir / LAST_FILE)
+    return dict(list(recent.items())[-count:])
 
 
 class TrainCallback:
@@ -228,7 +326,7 @@ def check_resumable(saved: Config, config: Config, path: Path) -> None:
 
 def prune_numbered(run_dir: Path, keep: int) -> None:
     """Delete all but the ``keep`` newest ``step-*.pt`` checkpoints."""
-    numbered = sorted(run_dir.glob("step-*.pt"))
+    numbered = list(numbered_checkpoints(run_dir).values())
     for path in numbered[: max(0, len(numbered) - keep)]:
         path.unlink()
 
@@ -289,8 +387,14 @@ def train(
     if checkpoint is not None:
         run.load_state_dict(checkpoint)
         trim_metrics(run_dir / METRICS_FILE, run.progress.step)
+        ended = run.progress.stop_reason
+        if ended not in (None, "stopped"):
+            logger.info(
+                "the run had ended at step %d (%s); it goes on only where this config's limits "
+                "allow more", run.progress.step, ended,
+            )  # fmt: skip
     tokenizer.save(run_dir)
-    (run_dir / CONFIG_FILE).write_text(to_yaml(config), encoding="utf-8")
+    write_text_atomic(run_dir / CONFIG_FILE, to_yaml(config))
     return run.run()
 
 
@@ -408,18 +512,27 @@ class Run:
             and self.progress.last_validated != self.progress.step
         ):
             self.validate()
-        last = self.run_dir / LAST_FILE
-        if self.saved_step != self.progress.step:
+        if self.saved_step != self.progress.step or self.progress.stop_reason != reason:
+            self.progress.stop_reason = reason
             self.save(LAST_FILE)
-        best = self.run_dir / BEST_FILE
-        summary = TrainSummary(
-            self.progress.step, self.sampler.epoch, reason, self.progress.elapsed,
-            self.progress.best_bleu, self.progress.best_step, last,
-            best if best.is_file() else None, self.progress.nonfinite_total,
-        )  # fmt: skip
+        summary = self.summary(reason)
+        write_text_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary.to_plain(), indent=2))
         for callback in self.callbacks:
             callback.on_end(summary)
         return summary
+
+    def summary(self, reason: str) -> TrainSummary:
+        """The run's :class:`TrainSummary` as it ends for ``reason``."""
+        progress, best = self.progress, self.run_dir / BEST_FILE
+        return TrainSummary(
+            step=progress.step, epoch=self.sampler.epoch, reason=reason, elapsed=progress.elapsed,
+            best_bleu=progress.best_bleu, best_step=progress.best_step,
+            last_checkpoint=self.run_dir / LAST_FILE,
+            best_checkpoint=best if best.is_file() else None,
+            nonfinite_steps=progress.nonfinite_total, num_parameters=self.model.num_parameters(),
+            device=str(self.device), precision=self.precision.name,
+            target_tokens=progress.target_tokens, step_seconds=progress.step_seconds,
+        )  # fmt: skip
 
     def limit_reached(self) -> str | None:
         """Why the loop must stop now, or None."""
@@ -506,7 +619,15 @@ class Run:
         )  # fmt: skip
         logger.info("step %d: dev loss %.3f, BLEU %.2f", progress.step, loss, bleu)
         scores = {name: score.score for name, score in evaluation.scores.items()}
-        self.log_metrics({"kind": "valid", "step": progress.step, "loss": loss, **scores})
+        self.log_metrics(
+            {
+                "kind": "valid",
+                "step": progress.step,
+                "elapsed": self.elapsed,
+                "loss": loss,
+                **scores,
+            }
+        )
         if is_best:
             self.save(BEST_FILE)
         for callback in self.callbacks:

@@ -9,6 +9,7 @@ import random
 import pytest
 import torch
 
+from seq2seq_attn.batching import length_batches
 from seq2seq_attn.data import Batch, TokenBatchSampler, collate
 from seq2seq_attn.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -114,3 +115,14 @@ def test_batch_to_moves_every_tensor():
     assert all(t.device.type == "meta" for t in (moved.src, moved.src_mask, moved.tgt_in))
     assert all(t.device.type == "meta" for t in (moved.tgt_out, moved.tgt_mask, moved.indices))
     assert moved.num_src_tokens == 3 and batch.src.device.type == "cpu"
+
+
+def test_length_batches_respect_the_token_budget():
+    lengths = [5, 2, 9, 3, 3, 12]
+    batches = length_batches(lengths, max_tokens=10)
+    assert sorted(i for batch in batches for i in batch) == list(range(6))
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 10
+    assert batches[0] == [1, 3, 4]  # shortest first
+    capped = length_batches(lengths, max_tokens=1000, max_items=2)
+    assert capped == [[1, 3], [4, 0], [2, 5]]

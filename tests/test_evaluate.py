@@ -13,7 +13,6 @@ from seq2seq_attn.config import TransformerConfig as TfConfig
 from seq2seq_attn.decoding import SearchOptions, greedy_search
 from seq2seq_attn.evaluate import (
     evaluate_split,
-    length_batches,
     search_options,
     translate,
 )
@@ -57,17 +56,6 @@ def single(model: Seq2Seq, tokenizer: Tokenizer, text: str, options: SearchOptio
     ids = [*tokenizer.encode_src([text])[0], EOS_ID]
     src = torch.tensor([ids])
     return greedy_search(model, src, src != 0, BOS_ID, EOS_ID, options)[0].tokens
-
-
-def test_length_batches_respect_the_token_budget():
-    lengths = [5, 2, 9, 3, 3, 12]
-    batches = length_batches(lengths, max_tokens=10)
-    assert sorted(i for batch in batches for i in batch) == list(range(6))
-    for batch in batches:
-        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 10
-    assert batches[0] == [1, 3, 4]  # shortest first
-    capped = length_batches(lengths, max_tokens=1000, max_sentences=2)
-    assert capped == [[1, 3], [4, 0], [2, 5]]
 
 
 @pytest.mark.parametrize("family", ["transformer", "rnn"])

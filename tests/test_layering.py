@@ -19,38 +19,64 @@ PACKAGE_DIR = Path(seq2seq_attn.__file__).parent
 PACKAGE = "seq2seq_attn"
 
 UPSTREAM_OF_TRAIN = {
-    "config", "tokenizer", "data", "attention", "models", "models.common", "models.rnn",
-    "models.transformer", "decoding", "metrics", "checkpoint", "evaluate", "optim",
+    "config", "fileio", "tokenizer", "batching", "data", "attention", "models", "models.common",
+    "models.rnn", "models.transformer", "decoding", "metrics", "device", "checkpoint", "evaluate",
+    "optim",
 }  # fmt: skip
 
 CLI_MODULES = {"cli", "cli.console", "cli.train_cmd", "cli.translate_cmd"}
-CLI_PACKAGES = {"torch", "typer", "rich", "matplotlib"}
+CLI_PACKAGES = {"torch", "typer", "rich"}
 
 # module -> (project modules it may import, third-party packages it may import)
 ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "": (set(), set()),  # the package's __init__
     "config": (set(), {"yaml"}),
+    "fileio": (set(), set()),
+    "multi30k": ({"fileio"}, set()),
+    "plotting": (set(), {"matplotlib"}),
     "tokenizer": ({"config"}, {"sentencepiece"}),
     "batching": ({"tokenizer"}, {"torch"}),
     "data": ({"config", "tokenizer", "batching"}, {"datasets", "torch"}),
     "attention": (set(), {"torch"}),
     "models.common": ({"attention"}, {"torch"}),
-    "models.rnn": ({"attention", "models.common"}, {"torch"}),
-    "models.transformer": ({"attention", "models.common"}, {"torch"}),
+    "models.rnn": ({"config", "attention", "models.common"}, {"torch"}),
+    "models.transformer": ({"config", "attention", "models.common"}, {"torch"}),
     "models": ({"config", "models.common", "models.rnn", "models.transformer"}, {"torch"}),
     "decoding": ({"models.common"}, {"torch"}),
     "metrics": (set(), {"sacrebleu"}),
+    "device": ({"config"}, {"torch"}),
     "checkpoint": (
-        {"config", "tokenizer", "models", "models.common", "models.rnn", "models.transformer"},
+        {
+            "config",
+            "fileio",
+            "tokenizer",
+            "models",
+            "models.common",
+            "models.rnn",
+            "models.transformer",
+        },
         {"torch"},
     ),
-    "evaluate": ({"config", "data", "tokenizer", "decoding", "metrics"}, {"torch"}),
-    "optim": ({"config", "tokenizer", "data", "models"}, {"torch"}),
+    "evaluate": (
+        {
+            "config",
+            "fileio",
+            "batching",
+            "data",
+            "tokenizer",
+            "decoding",
+            "metrics",
+            "device",
+            "checkpoint",
+        },
+        {"torch"},
+    ),
+    "optim": ({"config", "tokenizer", "batching", "data", "device", "models"}, {"torch"}),
     "train": (UPSTREAM_OF_TRAIN, {"torch"}),
     **{
         module: (
-            UPSTREAM_OF_TRAIN | {"train", *CLI_MODULES},
-            {"torch", "typer", "rich", "matplotlib"},
+            UPSTREAM_OF_TRAIN | {"train", "plotting", *CLI_MODULES},
+            CLI_PACKAGES,
         )
         for module in CLI_MODULES
     },
@@ -127,6 +153,58 @@ def package_files() -> list[Path]:
 def test_imports_follow_the_architecture(path: Path):
     source = path.read_text(encoding="utf-8")
     assert violations(module_name(path), source, path.name == "__init__.py") == []
+
+
+SCRIPTS_DIR = PACKAGE_DIR.parent / "scripts"
+
+
+def script_violations(name: str, source: str) -> list[str]:
+    """What a script under ``scripts/`` must not do: import the CLI (``seq2seq_attn.cli``),
+    private names (``_x``), another script, or edit ``sys.path`` to reach one; scripts are thin
+    drivers over the package's public API."""
+    siblings = {path.stem for path in SCRIPTS_DIR.glob("*.py")}
+    found = []
+    for imported in sorted(imported_names(source, "", True)):
+        parts = imported.split(".")
+        if parts[0] == PACKAGE and parts[1:2] == ["cli"]:
+            found.append(f"{name}: imports the CLI ({imported}); use the package's API")
+        elif parts[0] == PACKAGE and any(part.startswith("_") for part in parts[1:]):
+            found.append(f"{name}: imports a private name ({imported})")
+        elif parts[0] in siblings:
+            found.append(
+                f"{name}: imports the script {parts[0]!r}; move what it shares into the package"
+            )
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr == "path"
+            and (isinstance(node.value, ast.Name) and node.value.id == "sys")
+        ):
+            found.append(f"{name}: touches sys.path (line {node.lineno})")
+            break
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(SCRIPTS_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_scripts_use_only_the_public_api(path: Path):
+    assert script_violations(path.name, path.read_text(encoding="utf-8")) == []
+
+
+def test_the_script_checker_catches_reaching_around_the_package():
+    assert script_violations("x.py", "from seq2seq_attn.cli.translate_cmd import plot\n") == [
+        "x.py: imports the CLI (seq2seq_attn.cli.translate_cmd); use the package's API",
+        "x.py: imports the CLI (seq2seq_attn.cli.translate_cmd.plot); use the package's API",
+    ]
+    assert script_violations("x.py", "from seq2seq_attn.evaluate import _search\n") == [
+        "x.py: imports a private name (seq2seq_attn.evaluate._search)"
+    ]
+    assert script_violations("x.py", "import sys\nsys.path.insert(0, 'scripts')\n") == [
+        "x.py: touches sys.path (line 2)"
+    ]
+    assert script_violations("x.py", "from prepare_multi30k import prepare\n")[0].startswith(
+        "x.py: imports the script 'prepare_multi30k'"
+    )
+    assert script_violations("x.py", "from seq2seq_attn.evaluate import translate\n") == []
 
 
 def test_checker_catches_wrong_arrows():

@@ -10,15 +10,9 @@ import torch.nn.functional as F
 
 from seq2seq_attn.config import ConfigError, ModelConfig, TrainConfig, TransformerConfig
 from seq2seq_attn.data import collate
+from seq2seq_attn.device import Precision, cpu_has_fast_bf16, resolve_precision
 from seq2seq_attn.models import build_model
-from seq2seq_attn.optim import (
-    Precision,
-    Schedule,
-    Trainer,
-    cpu_has_fast_bf16,
-    label_smoothed_loss,
-    resolve_precision,
-)
+from seq2seq_attn.optim import Schedule, Trainer, label_smoothed_loss
 
 VOCAB = 17
 

@@ -1,4 +1,5 @@
-"""scripts/prepare_multi30k.py: local copies, the MULTI30K_DIR variable, a faked download."""
+"""Multi30k preparation (``seq2seq_attn.multi30k`` and its command line,
+``scripts/prepare_multi30k.py``): local copies, the MULTI30K_DIR variable, a faked download."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import urllib.error
 from pathlib import Path
 
 import pytest
+
+from seq2seq_attn import multi30k as prep
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path("/work/shared/data/multi30k")
@@ -24,7 +27,7 @@ def load_script():
     return module
 
 
-prep = load_script()
+script = load_script()
 LINES = {"de": ["ein Hund", "zwei Katzen"], "en": ["a dog", "two cats"], "cs": ["pes", "dvě kočky"]}
 
 
@@ -56,7 +59,7 @@ def write_release(directory: Path, compress: bool = True) -> Path:
 def test_from_a_local_directory_writes_plain_files(tmp_path, fake_release, compress):
     source = write_release(tmp_path / "raw", compress)
     out = tmp_path / "out"
-    assert prep.main(["--from", str(source), "--pair", "de-en", "--out", str(out)]) == 0
+    assert script.main(["--from", str(source), "--pair", "de-en", "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert len(names) == 10 and "test_2017_mscoco.de" in names and "train.en" in names
     assert (out / "train.de").read_bytes() == fake_text("train.de")  # decompressed
@@ -65,7 +68,7 @@ def test_from_a_local_directory_writes_plain_files(tmp_path, fake_release, compr
 def test_the_environment_variable_is_the_second_choice(tmp_path, fake_release, monkeypatch):
     source = write_release(tmp_path / "raw")
     monkeypatch.setenv("MULTI30K_DIR", str(source))
-    assert prep.main(["--pair", "cs-en", "--out", str(tmp_path / "out")]) == 0
+    assert script.main(["--pair", "cs-en", "--out", str(tmp_path / "out")]) == 0
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == sorted(
         f"{s}.{lang}" for s in ("train", "val", "test_2016_flickr") for lang in ("cs", "en")
@@ -111,8 +114,8 @@ def test_misaligned_and_missing_files_and_bad_pairs(tmp_path, fake_release, monk
     (source / "train.fr.gz").unlink()
     with pytest.raises(prep.PrepareError, match=r"neither train\.fr\.gz nor train\.fr"):
         prep.prepare("fr", "en", tmp_path / "out", source)
-    assert prep.main(["--pair", "de-de", "--from", str(source)]) == 1
-    assert prep.main(["--pair", "de-en", "--from", str(tmp_path / "nowhere")]) == 1
+    assert script.main(["--pair", "de-de", "--from", str(source)]) == 1
+    assert script.main(["--pair", "de-en", "--from", str(tmp_path / "nowhere")]) == 1
     assert "not a directory" in capsys.readouterr().err
 
 

@@ -20,6 +20,7 @@ import torch
 
 from seq2seq_attn.checkpoint import load_checkpoint
 from seq2seq_attn.config import load_config
+from seq2seq_attn.multi30k import PrepareError, read_split
 from seq2seq_attn.train import TrainCallback, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -179,7 +180,7 @@ def test_a_second_run_skips_every_finished_step(workspace, capsys):
 
 def test_an_interrupted_training_resumes_from_its_last_checkpoint(tmp_path, capsys):
     make_data(tmp_path / "data")
-    config_path = ROOT / "data" / "configs" / "multi30k-de-en-transformer.yaml"
+    config_path = ROOT / "data" / "configs" / "multi30k-transformer.yaml"
     data = tmp_path / "data"
     overrides = [
         "data.src_lang=de", "data.tgt_lang=en", f"data.train={data / 'train'}",
@@ -222,11 +223,11 @@ def test_bad_requests_get_clear_errors(tmp_path, capsys, monkeypatch):
     assert f"{leftover}: holds checkpoints but no last.pt" in capsys.readouterr().err
     assert [p.name for p in leftover.iterdir()] == ["step-00000010.pt"]
     (tmp_path / "data" / "val.en").write_text("one line\n")
-    with pytest.raises(repro.ReproduceError, match=r"val\.de has 20 lines but .*val\.en has 1"):
-        repro.read_pair(tmp_path / "data", "val", "de", "en")
-    (tmp_path / "data" / "val.en").write_bytes(b"caf\xe9\n")
-    with pytest.raises(repro.ReproduceError, match=r"val\.en: not valid UTF-8"):
-        repro.read_pair(tmp_path / "data", "val", "de", "en")
+    with pytest.raises(PrepareError, match=r"val\.de has 20 lines but .*val\.en has 1"):
+        read_split(tmp_path / "data", "val", "de", "en")
+    (tmp_path / "data" / "val.en").write_bytes(b"ok\ncaf\xe9\n")
+    with pytest.raises(PrepareError, match=r"val\.en:2: not valid UTF-8"):
+        read_split(tmp_path / "data", "val", "de", "en")
     (tmp_path / "results" / "multi30k-de-en" / "transformer").mkdir(parents=True)
     (tmp_path / "results" / "multi30k-de-en" / "transformer" / "train.json").write_text("{")
     shutil.rmtree(leftover)

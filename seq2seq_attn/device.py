@@ -1,0 +1,111 @@
+"""Where and in what precision to compute: device and autocast resolution, and what the
+machine is (CPU model, native bf16), for choices and for reports."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+CPUINFO = Path("/proc/cpuinfo")  # Linux; elsewhere absent, and the functions fall back
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: invalid value 'cuda'; no CUDA GPU is visible: use cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    """The first ``name : value`` of the Linux ``/proc/cpuinfo``, or None where there is none."""
+    with contextlib.suppress(OSError):
+        text = CPUINFO.read_text(encoding="utf-8", errors="replace")
+        for line in text.splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() == name:
+                return value.strip()
+    return None
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX-512 BF16), where autocast pays off.
+
+    Read from the ``/proc/cpuinfo`` flags (torch reports only the AVX level); False where that
+    file does not exist.
+    """
+    flags = set((_cpuinfo_field("flags") or "").split())
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what the platform module knows."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """What a figure was measured on: CPU model, cores, torch threads, native bf16, GPU, torch
+    and Python versions, the platform."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_native_bf16": cpu_has_fast_bf16(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The resolved numeric precision: ``name`` (fp32, bf16, fp16) on ``device_type``."""
+
+    name: str
+    device_type: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype, or None for fp32."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to :attr:`dtype` (a no-op context for fp32)."""
+        dtype = self.dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A gradient scaler, enabled for fp16 only (bf16 has fp32's exponent range)."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """``train.precision`` on ``device``: ``auto`` picks bf16 on CUDA with bf16 support and on
+    CPUs with native bf16, fp16 on older GPUs, fp32 otherwise; fp16 needs CUDA."""
+    on_cuda = device.type == "cuda"
+    if name == "auto":
+        if on_cuda:
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            name = "bf16" if cpu_has_fast_bf16() else "fp32"
+    if name == "fp16" and not on_cuda:
+        raise ConfigError(
+            "train.precision: invalid value 'fp16' on the CPU; fp16 needs CUDA: use bf16 or fp32"
+        )
+    if name == "bf16" and not on_cuda and not cpu_has_fast_bf16():
+        logger.warning("this CPU has no native bf16 (AMX/AVX-512 BF16): bf16 will be slow")
+    return Precision(name, device.type)

@@ -1,0 +1,90 @@
+"""Pictures as PNG files: attention heatmaps and learning curves.
+
+matplotlib is an optional extra (``pip install 'seq2seq-attn[plot]'``; ``make install`` has it)
+and is imported only when a picture is drawn, so nothing else pays for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+
+class PlottingError(RuntimeError):
+    """A picture that cannot be drawn (matplotlib missing); the message says how to fix it."""
+
+
+def _pyplot() -> ModuleType:
+    """matplotlib's pyplot on the file-only Agg backend, or a :class:`PlottingError`."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        raise PlottingError(
+            "drawing pictures needs matplotlib: pip install 'seq2seq-attn[plot]' "
+            "(make install includes it)"
+        ) from None
+    return pyplot
+
+
+def attention_picture_paths(records: Sequence[dict], path: Path) -> list[Path]:
+    """Where :func:`plot_attention` draws each record: ``path`` itself for one record, else
+    ``STEM-INDEX.png`` beside it (INDEX is the record's ``index``)."""
+    if len(records) == 1:
+        return [path]
+    suffix = path.suffix or ".png"
+    return [path.with_name(f"{path.stem}-{record['index']}{suffix}") for record in records]
+
+
+def plot_attention(records: Sequence[dict], path: Path) -> list[Path]:
+    """One PNG heatmap per attention record (``evaluate.attention_record``: subword tokens on
+    both axes, ``weights`` of shape ``(T + 1, S + 1)``); returns the files written, named by
+    :func:`attention_picture_paths`."""
+    pyplot = _pyplot()
+    targets = attention_picture_paths(records, Path(path))
+    for record, target in zip(records, targets, strict=True):
+        src_tokens, tgt_tokens = record["src_tokens"], record["tgt_tokens"]
+        figure, axes = pyplot.subplots(
+            figsize=(max(4.0, 0.45 * len(src_tokens) + 1.5), max(3.0, 0.4 * len(tgt_tokens) + 1.2))
+        )
+        image = axes.imshow(record["weights"], cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+        axes.set_xticks(range(len(src_tokens)), src_tokens, rotation=60, ha="right")
+        axes.set_yticks(range(len(tgt_tokens)), tgt_tokens)
+        axes.set_xlabel("source")
+        axes.set_ylabel("target")
+        layer = "last layer" if record["layer"] == -1 else f"layer {record['layer']}"
+        axes.set_title(f"sentence {record['index']}: {layer}, head {record['head']}")
+        figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+        figure.tight_layout()
+        figure.savefig(target, dpi=120)
+        pyplot.close(figure)
+    return targets
+
+
+def plot_learning_curves(validations: Sequence[dict], path: Path, title: str) -> Path:
+    """Dev BLEU and dev loss against training steps (top) and training minutes (bottom), from
+    the ``"valid"`` records of a run's ``metrics.jsonl`` (``step``, ``elapsed`` in seconds,
+    ``bleu``, ``loss``), in one PNG at ``path``."""
+    if not validations:
+        raise ValueError(f"{path}: no validation records to draw")
+    pyplot = _pyplot()
+    steps = [record["step"] for record in validations]
+    minutes = [record["elapsed"] / 60 for record in validations]
+    axes_x = ((steps, "training steps"), (minutes, "training minutes"))
+    axes_y = (("bleu", "dev BLEU (greedy)"), ("loss", "dev loss"))
+    figure, grid = pyplot.subplots(2, 2, figsize=(10, 7), squeeze=False)
+    for row, (x_values, x_label) in enumerate(axes_x):
+        for column, (metric, label) in enumerate(axes_y):
+            axes = grid[row][column]
+            axes.plot(x_values, [record[metric] for record in validations], marker="o", ms=3)
+            axes.set_xlabel(x_label)
+            axes.set_ylabel(label)
+            axes.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+    return Path(path)

@@ -1,0 +1,51 @@
+"""Device, precision and machine facts read from /proc/cpuinfo (a fake one here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from seq2seq_attn import device
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9R14 96-Core Processor
+flags\t\t: fpu sse2 avx512f {extra}
+
+processor\t: 1
+model name\t: AMD EPYC 9R14 96-Core Processor
+flags\t\t: fpu sse2 avx512f {extra}
+"""
+
+
+def fake_cpuinfo(monkeypatch, tmp_path: Path, extra_flags: str) -> None:
+    path = tmp_path / "cpuinfo"
+    path.write_text(CPUINFO.format(extra=extra_flags))
+    monkeypatch.setattr(device, "CPUINFO", path)
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"), [("avx512_bf16", True), ("amx_bf16 amx_tile", True), ("avx2", False)]
+)
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path, flags, native):
+    fake_cpuinfo(monkeypatch, tmp_path, flags)
+    assert device.cpu_has_fast_bf16() is native
+    assert device.resolve_precision("auto", torch.device("cpu")).name == (
+        "bf16" if native else "fp32"
+    )
+
+
+def test_machine_info_names_the_cpu_model(monkeypatch, tmp_path):
+    fake_cpuinfo(monkeypatch, tmp_path, "avx512_bf16")
+    info = device.machine_info()
+    assert info["cpu"] == "AMD EPYC 9R14 96-Core Processor"
+    assert info["cpu_native_bf16"] is True
+    assert info["torch"] == torch.__version__ and info["torch_threads"] == torch.get_num_threads()
+
+
+def test_without_cpuinfo_the_platform_answers(monkeypatch, tmp_path):
+    monkeypatch.setattr(device, "CPUINFO", tmp_path / "absent")
+    assert device.cpu_has_fast_bf16() is False
+    assert device.cpu_model()  # platform.processor() or the machine type
