@@ -26,8 +26,8 @@ import torch
 
 from seq2seq_attn.config import Config, load_config
 from seq2seq_attn.data import iter_batches, load_pairs, load_split, make_sampler, texts
-from seq2seq_attn.models import build_model
 from seq2seq_attn.device import resolve_precision
+from seq2seq_attn.models import build_model
 from seq2seq_attn.optim import Trainer
 from seq2seq_attn.tokenizer import Tokenizer, train_tokenizer
 

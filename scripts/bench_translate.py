@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from seq2seq_attn.checkpoint import load_checkpoint, model_from_checkpoint
-from seq2seq_attn.evaluate import search_options, translate
 from seq2seq_attn.device import resolve_precision
+from seq2seq_attn.evaluate import search_options, translate
 
 
 def measure(model, tokenizer, config, lines, beam: int, precision: str, batch: int) -> tuple:

@@ -108,6 +108,16 @@ class TransformerConfig:
         _require_choice("model.transformer.positional", self.positional, POSITIONALS)
         _require_choice("model.transformer.activation", self.activation, ACTIVATIONS)
 
+    @property
+    def pre_norm(self) -> bool:
+        """Layer norm before each residual block (and a final norm on each stack)."""
+        return self.norm_position == "pre"
+
+    @property
+    def learned_positions(self) -> bool:
+        """A learned position table instead of fixed sinusoids."""
+        return self.positional == "learned"
+
 
 @dataclass
 class RNNConfig:
@@ -142,6 +152,11 @@ class RNNConfig:
             self.hidden_size,
             "use an even size with model.rnn.bidirectional (half per direction)",
         )
+
+    @property
+    def num_gates(self) -> int:
+        """Gate blocks in a layer's input/hidden matmuls: 3 for a GRU, 4 for an LSTM."""
+        return 4 if self.cell == "lstm" else 3
 
 
 @dataclass

@@ -17,53 +17,32 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..attention import build_score, softmax_attention
+from ..config import ModelConfig, RNNConfig
 from .common import Embeddings, EncoderOutput, Seq2Seq, select_rows
 
 
-@dataclass
-class RNNOptions:
-    """Hyperparameters of one RNN model (mirrors ``model.rnn`` plus the shared dropout).
+class RNNEncoder(nn.Module):
+    """Embeddings and a GRU/LSTM stack over packed sequences.
 
-    ``hidden_size`` is the decoder state size and the encoder output size (a bidirectional
-    encoder runs ``hidden_size // 2`` units per direction).
+    ``section`` is ``model.rnn``; ``dropout`` the shared ``model.dropout``.
     """
 
-    cell: str = "gru"
-    embedding_size: int = 256
-    hidden_size: int = 512
-    encoder_layers: int = 1
-    decoder_layers: int = 1
-    bidirectional: bool = True
-    decoder: str = "bahdanau"
-    luong_score: str = "general"
-    attention_size: int = 512
-    dropout: float = 0.1
-
-    @property
-    def num_gates(self) -> int:
-        """Gate blocks in a layer's input/hidden matmuls: 3 for a GRU, 4 for an LSTM."""
-        return 4 if self.cell == "lstm" else 3
-
-
-class RNNEncoder(nn.Module):
-    """Embeddings and a GRU/LSTM stack over packed sequences."""
-
-    def __init__(self, opts: RNNOptions, embed: Embeddings) -> None:
+    def __init__(self, section: RNNConfig, dropout: float, embed: Embeddings) -> None:
         super().__init__()
         self.embed = embed
-        self.dropout = nn.Dropout(opts.dropout)
-        directions = 2 if opts.bidirectional else 1
-        rnn_class = nn.LSTM if opts.cell == "lstm" else nn.GRU
+        self.dropout = nn.Dropout(dropout)
+        directions = 2 if section.bidirectional else 1
+        rnn_class = nn.LSTM if section.cell == "lstm" else nn.GRU
         self.rnn = rnn_class(
-            opts.embedding_size,
-            opts.hidden_size // directions,
-            num_layers=opts.encoder_layers,
+            section.embedding_size,
+            section.hidden_size // directions,
+            num_layers=section.encoder_layers,
             batch_first=True,
-            bidirectional=opts.bidirectional,
-            dropout=opts.dropout if opts.encoder_layers > 1 else 0.0,
+            bidirectional=section.bidirectional,
+            dropout=dropout if section.encoder_layers > 1 else 0.0,
         )
         self.directions = directions
-        self.lstm = opts.cell == "lstm"
+        self.lstm = section.cell == "lstm"
 
     def forward(self, src: Tensor, src_mask: Tensor) -> EncoderOutput:
         """``src`` ``(B, S)`` -> states ``(B, S, hidden)``, final ``(B, hidden [*2 for LSTM])``.
@@ -91,22 +70,23 @@ class DecoderRNN(nn.Module):
     The first layer's input is ``[ahead; step]``: ``ahead`` (the embedding) is known for every
     step in advance, so its matmul (:attr:`ahead_proj`, with the input bias) can run for all
     positions at once; ``step`` (a context or the input-feeding vector) is known only at the
-    step. The gate maths is PyTorch's ``GRUCell`` / ``LSTMCell``.
+    step. The gate maths is PyTorch's ``GRUCell`` / ``LSTMCell``. ``section`` is ``model.rnn``;
+    ``dropout`` (the shared ``model.dropout``) applies between layers.
     """
 
-    def __init__(self, opts: RNNOptions, ahead_size: int, step_size: int) -> None:
+    def __init__(self, section: RNNConfig, dropout: float, ahead_size: int, step_size: int) -> None:
         super().__init__()
-        gates, hidden = opts.num_gates * opts.hidden_size, opts.hidden_size
-        self.lstm = opts.cell == "lstm"
+        gates, hidden = section.num_gates * section.hidden_size, section.hidden_size
+        self.lstm = section.cell == "lstm"
         self.ahead_proj = nn.Linear(ahead_size, gates)
         self.step_proj = nn.Linear(step_size, gates, bias=False)
         self.input_projs = nn.ModuleList(
-            nn.Linear(hidden, gates) for _ in range(opts.decoder_layers - 1)
+            nn.Linear(hidden, gates) for _ in range(section.decoder_layers - 1)
         )
         self.hidden_projs = nn.ModuleList(
-            nn.Linear(hidden, gates) for _ in range(opts.decoder_layers)
+            nn.Linear(hidden, gates) for _ in range(section.decoder_layers)
         )
-        self.dropout = nn.Dropout(opts.dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(
         self, ahead_gates: Tensor, step_input: Tensor, hidden: Tensor, cell: Tensor | None
@@ -174,24 +154,27 @@ class AttentionDecoder(nn.Module, ABC):
 
     Subclasses define :meth:`_step` (one position, from the embedding's precomputed gates to the
     features that predict the next token) and :meth:`_readout` (features -> output vector).
+    ``section`` is ``model.rnn``; ``dropout`` the shared ``model.dropout``.
     """
 
-    def __init__(self, opts: RNNOptions, embed: Embeddings, score: str, step_size: int) -> None:
+    def __init__(
+        self, section: RNNConfig, dropout: float, embed: Embeddings, score: str, step_size: int
+    ) -> None:
         super().__init__()
-        self.opts = opts
+        self.num_layers, self.hidden_size = section.decoder_layers, section.hidden_size
         self.embed = embed
-        self.dropout = nn.Dropout(opts.dropout)
-        hidden = opts.hidden_size
-        num_states = 2 if opts.cell == "lstm" else 1
-        self.bridge = nn.Linear(num_states * hidden, num_states * opts.decoder_layers * hidden)
-        self.attention = build_score(score, hidden, hidden, opts.attention_size)
-        self.rnn = DecoderRNN(opts, opts.embedding_size, step_size)
+        self.dropout = nn.Dropout(dropout)
+        hidden = section.hidden_size
+        num_states = 2 if section.cell == "lstm" else 1
+        self.bridge = nn.Linear(num_states * hidden, num_states * section.decoder_layers * hidden)
+        self.attention = build_score(score, hidden, hidden, section.attention_size)
+        self.rnn = DecoderRNN(section, dropout, section.embedding_size, step_size)
 
     def init_state(self, encoder_output: EncoderOutput) -> RNNState:
         """Bridge ``tanh(W final + b)`` to the first decoder state; project the keys once."""
         if encoder_output.final is None:
             raise ValueError("the RNN decoder needs the encoder's final states (final=None)")
-        layers, hidden = self.opts.decoder_layers, self.opts.hidden_size
+        layers, hidden = self.num_layers, self.hidden_size
         bridged = torch.tanh(self.bridge(encoder_output.final))  # (B, states * L * H)
         bridged = bridged.view(encoder_output.batch_size, -1, layers, hidden)  # (B, states, L, H)
         return RNNState(
@@ -241,10 +224,10 @@ class BahdanauDecoder(AttentionDecoder):
     """Bahdanau et al. (2015): attend from the previous state ``s_{t-1}`` (additive score), feed
     ``[E y_{t-1}; c_t]`` to the RNN, read out ``tanh(W_o [s_t; c_t; E y_{t-1}])``."""
 
-    def __init__(self, opts: RNNOptions, embed: Embeddings) -> None:
-        super().__init__(opts, embed, "additive", step_size=opts.hidden_size)
-        readout_inputs = 2 * opts.hidden_size + opts.embedding_size
-        self.readout = nn.Linear(readout_inputs, opts.hidden_size)
+    def __init__(self, section: RNNConfig, dropout: float, embed: Embeddings) -> None:
+        super().__init__(section, dropout, embed, "additive", step_size=section.hidden_size)
+        readout_inputs = 2 * section.hidden_size + section.embedding_size
+        self.readout = nn.Linear(readout_inputs, section.hidden_size)
 
     def _step(self, ahead_gates: Tensor, state: RNNState) -> tuple[Tensor, RNNState, Tensor]:
         """Attention, then the RNN step; features ``[s_t; c_t]`` ``(B, 2H)``."""
@@ -262,9 +245,9 @@ class LuongDecoder(AttentionDecoder):
     """Luong et al. (2015): RNN step on ``[E y_{t-1}; h~_{t-1}]`` (input feeding), attend from
     ``h_t``, attentional state ``h~_t = tanh(W_c [c_t; h_t])``."""
 
-    def __init__(self, opts: RNNOptions, embed: Embeddings) -> None:
-        super().__init__(opts, embed, opts.luong_score, step_size=opts.hidden_size)
-        self.combine = nn.Linear(2 * opts.hidden_size, opts.hidden_size, bias=False)
+    def __init__(self, section: RNNConfig, dropout: float, embed: Embeddings) -> None:
+        super().__init__(section, dropout, embed, section.luong_score, section.hidden_size)
+        self.combine = nn.Linear(2 * section.hidden_size, section.hidden_size, bias=False)
 
     def init_state(self, encoder_output: EncoderOutput) -> RNNState:
         """The bridged state, with a zero input-feeding vector ``h~_0``."""
@@ -284,19 +267,24 @@ class LuongDecoder(AttentionDecoder):
 
 
 class RNNSeq2Seq(Seq2Seq):
-    """Bi-GRU/LSTM encoder and a Bahdanau or Luong attentional decoder."""
+    """Bi-GRU/LSTM encoder and a Bahdanau or Luong attentional decoder.
+
+    Built from the ``model`` section: its ``rnn`` sub-section and the shared ``dropout`` (the
+    ``family`` key is :func:`build_model`'s business; ``max_positions`` binds Transformers only).
+    """
 
     def __init__(
-        self, opts: RNNOptions, src_vocab_size: int, tgt_vocab_size: int, joint: bool
+        self, config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, joint: bool
     ) -> None:
         super().__init__()
-        self.opts = opts
-        tgt_embed = Embeddings(tgt_vocab_size, opts.embedding_size)
-        src_embed = tgt_embed if joint else Embeddings(src_vocab_size, opts.embedding_size)
-        self.encoder = RNNEncoder(opts, src_embed)
-        decoder_class = LuongDecoder if opts.decoder == "luong" else BahdanauDecoder
-        self.decoder = decoder_class(opts, tgt_embed)
-        self.output = nn.Linear(opts.hidden_size, tgt_vocab_size)
+        self.config = config
+        section, dropout = config.rnn, config.dropout
+        tgt_embed = Embeddings(tgt_vocab_size, section.embedding_size)
+        src_embed = tgt_embed if joint else Embeddings(src_vocab_size, section.embedding_size)
+        self.encoder = RNNEncoder(section, dropout, src_embed)
+        decoder_class = LuongDecoder if section.decoder == "luong" else BahdanauDecoder
+        self.decoder = decoder_class(section, dropout, tgt_embed)
+        self.output = nn.Linear(section.hidden_size, tgt_vocab_size)
 
     def encode(self, src: Tensor, src_mask: Tensor) -> EncoderOutput:
         """``src`` ``(B, S)`` -> states ``(B, S, H)`` and the final states."""

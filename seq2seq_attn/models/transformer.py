@@ -15,27 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import KVCache, MultiHeadAttention, causal_mask
+from ..config import ModelConfig, TransformerConfig
 from .common import Embeddings, EncoderOutput, PositionalEncoding, Seq2Seq
-
-
-@dataclass
-class TransformerOptions:
-    """Hyperparameters of one Transformer (mirrors ``model.transformer`` plus shared options)."""
-
-    d_model: int = 256
-    num_heads: int = 4
-    encoder_layers: int = 3
-    decoder_layers: int = 3
-    ff_size: int = 1024
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
-    activation_dropout: float = 0.0
-    pre_norm: bool = True
-    learned_positions: bool = False
-    activation: str = "relu"
-    tie_embeddings: bool = True
-    max_positions: int = 512
-
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 
@@ -43,12 +24,12 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.
 class FeedForward(nn.Module):
     """Position-wise feed-forward block ``W_2 act(W_1 x)``, ``(B, T, D) -> (B, T, D)``."""
 
-    def __init__(self, opts: TransformerOptions) -> None:
+    def __init__(self, section: TransformerConfig) -> None:
         super().__init__()
-        self.linear1 = nn.Linear(opts.d_model, opts.ff_size)
-        self.linear2 = nn.Linear(opts.ff_size, opts.d_model)
-        self.activation = ACTIVATIONS[opts.activation]
-        self.dropout = nn.Dropout(opts.activation_dropout)
+        self.linear1 = nn.Linear(section.d_model, section.ff_size)
+        self.linear2 = nn.Linear(section.ff_size, section.d_model)
+        self.activation = ACTIVATIONS[section.activation]
+        self.dropout = nn.Dropout(section.activation_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, T, D) -> (B, T, D)``."""
@@ -72,14 +53,18 @@ class Residual(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Self-attention then feed-forward, each in a :class:`Residual`."""
+    """Self-attention then feed-forward, each in a :class:`Residual`.
 
-    def __init__(self, opts: TransformerOptions) -> None:
+    ``section`` is ``model.transformer``; ``dropout`` the shared ``model.dropout``.
+    """
+
+    def __init__(self, section: TransformerConfig, dropout: float) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(opts.d_model, opts.num_heads, opts.attention_dropout)
-        self.feed_forward = FeedForward(opts)
-        self.attn_block = Residual(opts.d_model, opts.dropout, opts.pre_norm)
-        self.ff_block = Residual(opts.d_model, opts.dropout, opts.pre_norm)
+        d_model, heads = section.d_model, section.num_heads
+        self.self_attn = MultiHeadAttention(d_model, heads, section.attention_dropout)
+        self.feed_forward = FeedForward(section)
+        self.attn_block = Residual(d_model, dropout, section.pre_norm)
+        self.ff_block = Residual(d_model, dropout, section.pre_norm)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """``x`` ``(B, S, D)``, ``mask`` ``(B, 1, S)`` (True = real key) -> ``(B, S, D)``."""
@@ -88,16 +73,20 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Causal self-attention, cross-attention to the encoder, feed-forward."""
+    """Causal self-attention, cross-attention to the encoder, feed-forward.
 
-    def __init__(self, opts: TransformerOptions) -> None:
+    ``section`` is ``model.transformer``; ``dropout`` the shared ``model.dropout``.
+    """
+
+    def __init__(self, section: TransformerConfig, dropout: float) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(opts.d_model, opts.num_heads, opts.attention_dropout)
-        self.cross_attn = MultiHeadAttention(opts.d_model, opts.num_heads, opts.attention_dropout)
-        self.feed_forward = FeedForward(opts)
-        self.self_block = Residual(opts.d_model, opts.dropout, opts.pre_norm)
-        self.cross_block = Residual(opts.d_model, opts.dropout, opts.pre_norm)
-        self.ff_block = Residual(opts.d_model, opts.dropout, opts.pre_norm)
+        d_model, heads = section.d_model, section.num_heads
+        self.self_attn = MultiHeadAttention(d_model, heads, section.attention_dropout)
+        self.cross_attn = MultiHeadAttention(d_model, heads, section.attention_dropout)
+        self.feed_forward = FeedForward(section)
+        self.self_block = Residual(d_model, dropout, section.pre_norm)
+        self.cross_block = Residual(d_model, dropout, section.pre_norm)
+        self.ff_block = Residual(d_model, dropout, section.pre_norm)
 
     def forward(
         self,
@@ -163,27 +152,36 @@ def select_cache(cache: KVCache, batch_indices: Tensor) -> KVCache:
 
 
 class Transformer(Seq2Seq):
-    """Encoder-decoder Transformer with tied embeddings and an incremental decoder."""
+    """Encoder-decoder Transformer with tied embeddings and an incremental decoder.
+
+    Built from the ``model`` section: its ``transformer`` sub-section and the shared
+    ``dropout`` and ``max_positions`` (the ``family`` key is :func:`build_model`'s business).
+    """
 
     def __init__(
-        self, opts: TransformerOptions, src_vocab_size: int, tgt_vocab_size: int, joint: bool
+        self, config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, joint: bool
     ) -> None:
         super().__init__()
-        self.opts = opts
-        self.max_positions = opts.max_positions
-        d_model = opts.d_model
+        self.config = config
+        section, dropout = config.transformer, config.dropout
+        self.max_positions = config.max_positions
+        d_model, learned = section.d_model, section.learned_positions
         self.tgt_embed = Embeddings(tgt_vocab_size, d_model, scale=True)
         self.src_embed = self.tgt_embed if joint else Embeddings(src_vocab_size, d_model, True)
-        self.src_positions = PositionalEncoding(d_model, opts.max_positions, opts.learned_positions)
-        self.tgt_positions = PositionalEncoding(d_model, opts.max_positions, opts.learned_positions)
-        self.dropout = nn.Dropout(opts.dropout)
-        self.encoder_layers = nn.ModuleList(EncoderLayer(opts) for _ in range(opts.encoder_layers))
-        self.decoder_layers = nn.ModuleList(DecoderLayer(opts) for _ in range(opts.decoder_layers))
-        self.encoder_norm = nn.LayerNorm(d_model) if opts.pre_norm else nn.Identity()
-        self.decoder_norm = nn.LayerNorm(d_model) if opts.pre_norm else nn.Identity()
+        self.src_positions = PositionalEncoding(d_model, config.max_positions, learned)
+        self.tgt_positions = PositionalEncoding(d_model, config.max_positions, learned)
+        self.dropout = nn.Dropout(dropout)
+        self.encoder_layers = nn.ModuleList(
+            EncoderLayer(section, dropout) for _ in range(section.encoder_layers)
+        )
+        self.decoder_layers = nn.ModuleList(
+            DecoderLayer(section, dropout) for _ in range(section.decoder_layers)
+        )
+        self.encoder_norm = nn.LayerNorm(d_model) if section.pre_norm else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(d_model) if section.pre_norm else nn.Identity()
         self.output = nn.Linear(d_model, tgt_vocab_size, bias=False)
         self._init_weights()
-        if opts.tie_embeddings:
+        if section.tie_embeddings:
             self.output.weight = self.tgt_embed.weight
 
     def _init_weights(self) -> None:
@@ -193,7 +191,7 @@ class Transformer(Seq2Seq):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
             elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=self.opts.d_model**-0.5)
+                nn.init.normal_(module.weight, std=self.config.transformer.d_model**-0.5)
 
     def _embed(
         self, embed: Embeddings, positions: PositionalEncoding, tokens: Tensor, offset: int = 0
