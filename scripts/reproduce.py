@@ -547,10 +547,11 @@ def training_line(name: str, model: dict) -> str:
         if steps
         else "no averaged.pt: the run has a single checkpoint"
     )
+    guard = f"time guard {model['max_minutes']} min" if model["max_minutes"] else "no time guard"
     return (
         f"- {name}: {model['steps']} steps ({model['epochs']} epochs) in "
         f"{model['train_minutes']:.1f} min, trained in {model['precision']}; budget "
-        f"{model['max_steps']} steps, guard {model['max_minutes']} min; stopped by "
+        f"{model['max_steps']} steps, {guard}; stopped by "
         f"{STOP_WORDS.get(model['stop_reason'], model['stop_reason'])}. The test sets are "
         f"translated by `{choice['checkpoint']}`, chosen on greedy dev BLEU ({dev}; "
         f"{averaged}), in {model['translate_precision']}."

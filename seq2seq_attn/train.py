@@ -72,7 +72,6 @@ class Progress:
     nonfinite_total: int = 0
     target_tokens: int = 0  # target positions trained on (EOS included), for throughput
     step_seconds: float = 0.0  # seconds inside optimisation steps (no validation or saving)
-    stop_reason: str | None = None  # why the last session ended (TrainSummary.reason)
 
 
 @dataclass
@@ -183,6 +182,18 @@ def read_summary(run_dir: str | Path) -> TrainSummary:
     if fields.get("best_checkpoint") is not None:
         fields["best_checkpoint"] = Path(fields["best_checkpoint"])
     return TrainSummary(**fields)
+
+
+def forget_summary(run_dir: Path) -> None:
+    """Remove the summary of a run that resumes (logging how it had ended): ``summary.json``
+    describes an ended run, and is written again when this session ends."""
+    with contextlib.suppress(RunDirError):
+        ended = read_summary(run_dir)
+        logger.info(
+            "the run had ended at step %d (%s); it goes on as far as this config's limits allow",
+            ended.step, ended.reason,
+        )  # fmt: skip
+    (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
 
 
 def read_metrics(run_dir: str | Path, kind: str) -> list[dict]:
@@ -387,12 +398,7 @@ def train(
     if checkpoint is not None:
         run.load_state_dict(checkpoint)
         trim_metrics(run_dir / METRICS_FILE, run.progress.step)
-        ended = run.progress.stop_reason
-        if ended not in (None, "stopped"):
-            logger.info(
-                "the run had ended at step %d (%s); it goes on only where this config's limits "
-                "allow more", run.progress.step, ended,
-            )  # fmt: skip
+        forget_summary(run_dir)
     tokenizer.save(run_dir)
     write_text_atomic(run_dir / CONFIG_FILE, to_yaml(config))
     return run.run()
@@ -512,8 +518,7 @@ class Run:
             and self.progress.last_validated != self.progress.step
         ):
             self.validate()
-        if self.saved_step != self.progress.step or self.progress.stop_reason != reason:
-            self.progress.stop_reason = reason
+        if self.saved_step != self.progress.step:
             self.save(LAST_FILE)
         summary = self.summary(reason)
         write_text_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary.to_plain(), indent=2))

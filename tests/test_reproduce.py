@@ -20,13 +20,15 @@ import torch
 
 from seq2seq_attn.checkpoint import load_checkpoint
 from seq2seq_attn.config import load_config
+from seq2seq_attn.evaluate import load_for_translation
 from seq2seq_attn.multi30k import PrepareError, read_split
-from seq2seq_attn.train import TrainCallback, train
+from seq2seq_attn.train import TrainCallback, read_metrics, read_summary, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = ROOT / "data" / "toy"
+SCRIPT = ROOT / "scripts" / "reproduce.py"
 SPLITS = {  # Multi30k split -> (toy split, lines)
     "train": ("train", 400),
     "val": ("dev", 20),
@@ -97,32 +99,152 @@ def workspace(tmp_path_factory) -> Path:
     return base
 
 
-def test_the_report_has_every_figure_and_picture(workspace):
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG file, read from its header (which must be a PNG's)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_the_report_holds_the_runs_figures(workspace):
     report = json.loads((workspace / "results" / "multi30k-de-en.json").read_text())
     assert set(report["models"]) == {"transformer", "rnn-bahdanau"}
     assert report["machine"]["torch"] == torch.__version__ and report["machine"]["cpu"]
     markdown = (workspace / "results" / "multi30k-de-en.md").read_text()
     for name, model in report["models"].items():
-        assert model["params"] > 0 and model["steps"] == 20
-        assert model["train_minutes"] > 0 and model["train_tokens_per_s"] > 0
-        assert 0 <= model["best_dev_bleu"] <= 100 and model["best_step"] in (10, 20)
-        assert model["translate_sentences_per_s"] > 0
+        run_dir = workspace / "runs" / "multi30k-de-en" / name
+        summary = read_summary(run_dir)
+        assert (model["steps"], model["max_steps"], model["stop_reason"]) == (20, 20, "max_steps")
+        assert (model["precision"], model["translate_precision"]) == ("fp32", "fp32")
+        assert model["params"] == summary.num_parameters > 0
+        assert model["train_minutes"] == pytest.approx(summary.elapsed / 60)
+        assert model["train_tokens_per_s"] == pytest.approx(summary.target_tokens_per_second)
+        validations = read_metrics(run_dir, "valid")
+        best = max(validations, key=lambda record: record["bleu"])
+        assert (model["best_dev_bleu"], model["best_step"]) == (best["bleu"], best["step"])
         choice = model["checkpoint"]  # chosen on dev BLEU between best.pt and the average
         assert set(choice["dev_bleu_greedy"]) == {"best.pt", "averaged.pt"}
-        assert choice["checkpoint"] in choice["dev_bleu_greedy"]
+        assert choice["checkpoint"] == max(
+            choice["dev_bleu_greedy"], key=choice["dev_bleu_greedy"].get
+        )
         assert choice["averaged_steps"] == [10, 20]
-        assert (workspace / "runs" / "multi30k-de-en" / name / "averaged.pt").is_file()
+        assert (run_dir / "averaged.pt").is_file()
         assert set(model["tests"]) == {"test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"}
-        for scores in model["tests"].values():
-            assert {"bleu", "bleu_lc", "chrf"} <= set(scores)
-            assert "case:lc" in scores["signatures"]["bleu_lc"]
-            assert "case:mixed" in scores["signatures"]["bleu"]
+        test2016 = model["tests"]["test_2016_flickr"]
+        row = next(line for line in markdown.splitlines() if line.startswith(f"| {name} | "))
+        for figure in (
+            f"{test2016['bleu']:.2f}",
+            f"{test2016['bleu_lc']:.2f}",
+            "20 (20)",
+            f"{model['best_dev_bleu']:.2f} ({model['best_step']})",
+            "fp32 / fp32",
+        ):
+            assert figure in row
+        assert "(time guard)" not in row
+        assert "budget 20 steps, no time guard; stopped by its step budget" in markdown
         assert len(model["attention_pictures"]) == 2
+        assert model["learning_curves"] == f"multi30k-de-en-{name}-curves.png"
+        assert png_size(workspace / "results" / model["learning_curves"]) == (1100, 770)
+        assert f"]({model['learning_curves']})" in markdown
         for picture in model["attention_pictures"]:
-            assert (workspace / "results" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             assert f"]({picture})" in markdown
-        assert f"| {name} |" in markdown
     assert report["models"]["transformer"]["anchor"]["bleu_lc"] == 36.5
+
+
+def test_the_heatmaps_picture_the_first_short_test_sentences(workspace):
+    """Each picture is the attention of its own sentence: its size follows that sentence's
+    source and translation tokens (what plot_attention sizes a figure by)."""
+    sources = (workspace / "data" / "test_2016_flickr.de").read_text().splitlines()
+    short = [i for i, line in enumerate(sources) if len(line.split()) <= 12][:2]
+    checkpoint_choice = json.loads(
+        (workspace / "results" / "multi30k-de-en" / "transformer" / "checkpoint.json").read_text()
+    )["checkpoint"]
+    translator = load_for_translation(
+        workspace / "runs" / "multi30k-de-en" / "transformer" / checkpoint_choice, beam_size=5
+    )
+    for index, hypothesis in zip(
+        short, translator.translate([sources[i] for i in short]), strict=True
+    ):
+        record = translator.attention(index + 1, sources[index], hypothesis)
+        width = max(4.0, 0.45 * len(record["src_tokens"]) + 1.5)
+        height = max(3.0, 0.4 * len(record["tgt_tokens"]) + 1.2)
+        picture = workspace / "results" / f"multi30k-de-en-transformer-attention-{index + 1}.png"
+        assert png_size(picture) == (round(width * 120), round(height * 120))
+
+
+def test_two_runs_with_the_same_budget_write_identical_scores(workspace, tmp_path):
+    make_data(tmp_path / "data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        assert repro.main(arguments(tmp_path)) == 0
+    first, second = (base / "results" / "multi30k-de-en" for base in (workspace, tmp_path))
+    for name in ("transformer", "rnn-bahdanau"):
+        for split in ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"):
+            scores = [
+                json.loads((root / name / f"{split}.json").read_text()) for root in (first, second)
+            ]
+            assert [{k: v for k, v in s.items() if k != "seconds"} for s in scores] == [
+                {k: v for k, v in scores[0].items() if k != "seconds"}
+            ] * 2
+            assert (first / name / f"{split}.hyp").read_bytes() == (
+                second / name / f"{split}.hyp"
+            ).read_bytes()
+        assert (first / name / "checkpoint.json").read_text() == (
+            second / name / "checkpoint.json"
+        ).read_text()
+        figures = [json.loads((root / name / "train.json").read_text()) for root in (first, second)]
+        for key in ("steps", "best_dev_bleu", "best_step", "params", "stop_reason"):
+            assert figures[0][key] == figures[1][key]
+
+
+def test_a_direction_config_wins_and_the_time_guard_is_flagged(tmp_path, capsys):
+    make_data(tmp_path / "data")
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    shipped = (ROOT / "data" / "configs" / "multi30k-transformer.yaml").read_text()
+    (configs / "multi30k-de-en-transformer.yaml").write_text(
+        shipped.replace("seed: 1234", "seed: 4321")
+    )
+    guard = [
+        "--configs",
+        str(configs),
+        "--models",
+        "transformer",
+        "--set",
+        "train.max_minutes=0.002",
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        assert repro.main(arguments(tmp_path, *guard)) == 0
+    run_dir = tmp_path / "runs" / "multi30k-de-en" / "transformer"
+    assert load_config(run_dir / "config.yaml").train.seed == 4321
+    assert "train.max_minutes=0.002 stopped it at step" in capsys.readouterr().out
+    model = json.loads((tmp_path / "results" / "multi30k-de-en.json").read_text())["models"][
+        "transformer"
+    ]
+    assert model["stop_reason"] == "max_minutes" and model["steps"] < 20
+    markdown = (tmp_path / "results" / "multi30k-de-en.md").read_text()
+    assert f"| {model['steps']} (20) (time guard) |" in markdown
+    assert "WARNING: before its step budget" in markdown
+    (configs / "multi30k-de-en-transformer.yaml").unlink()
+    assert repro.main(arguments(tmp_path, "--configs", str(configs), "--models", "rnn-luong")) == 2
+    assert "no config for rnn-luong" in capsys.readouterr().err
+
+
+def test_importing_the_script_leaves_the_environment_alone():
+    probe = (
+        "import importlib.util, os, sys\n"
+        f"spec = importlib.util.spec_from_file_location('r', {str(SCRIPT)!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "sys.modules['r'] = module\n"
+        "spec.loader.exec_module(module)\n"
+        "print(os.environ.get('HF_DATASETS_OFFLINE'))\n"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "HF_DATASETS_OFFLINE"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=environment, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "None"
 
 
 @pytest.mark.parametrize("model", ["transformer", "rnn-bahdanau"])

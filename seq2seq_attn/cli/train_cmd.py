@@ -192,6 +192,11 @@ def print_summary(rich_console: Console, summary: TrainSummary) -> None:
     )
     if summary.nonfinite_steps:
         rich_console.print(f"[yellow]{summary.nonfinite_steps} steps skipped for NaN/inf loss")
+    if summary.reason == "max_minutes":
+        rich_console.print(
+            "[yellow]the time limit train.max_minutes ended this run: how far it got depends on "
+            "the machine's speed (train.max_steps gives the same run everywhere)"
+        )
 
 
 @train_app.command()

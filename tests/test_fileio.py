@@ -1,0 +1,59 @@
+"""The one atomic-write helper and the one way text files are split into lines."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from seq2seq_attn.fileio import (
+    TextFileError,
+    decode_lines,
+    read_lines,
+    write_atomic,
+    write_text_atomic,
+)
+
+
+def test_a_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "deep" / "out.txt"
+    write_text_atomic(target, "first\n")
+    write_atomic(target, lambda handle: handle.write(b"second\n"))
+    assert target.read_bytes() == b"second\n"
+    assert [path.name for path in target.parent.iterdir()] == ["out.txt"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "out.txt"
+    write_text_atomic(target, "kept\n")
+
+    def half_then_fail(handle):
+        handle.write(b"half of the new conte")
+        raise KeyboardInterrupt  # a Ctrl-C in the middle of the write
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, half_then_fail)
+    assert target.read_text() == "kept\n"
+    assert [path.name for path in tmp_path.iterdir()] == ["out.txt"]
+
+
+@pytest.mark.parametrize(
+    ("data", "lines"),
+    [
+        (b"", []),
+        (b"a\nb\n", ["a", "b"]),
+        (b"a\nb", ["a", "b"]),  # no final line end
+        (b"a\r\n\r\nb\r\n", ["a", "", "b"]),  # CRLF; the blank line stays
+        (b"\n\n", ["", ""]),
+    ],
+)
+def test_lines_split_as_sacrebleu_splits_a_file(data, lines):
+    assert decode_lines(data, "x") == lines
+
+
+def test_bad_text_names_the_file_and_line(tmp_path):
+    with pytest.raises(TextFileError, match=r"^in\.txt:3: not valid UTF-8"):
+        decode_lines(b"ok\nok\ncaf\xe9\n", "in.txt")
+    with pytest.raises(TextFileError, match=r"absent\.txt: cannot read"):
+        read_lines(tmp_path / "absent.txt")
