@@ -11,23 +11,30 @@ print one table row. Rows of one checkpoint run back to back, so compare ratios 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import time
 from pathlib import Path
 
 import torch
 
-from seq2seq_attn.checkpoint import load_checkpoint, model_from_checkpoint
 from seq2seq_attn.device import resolve_precision
-from seq2seq_attn.evaluate import search_options, translate
+from seq2seq_attn.evaluate import Translator, load_for_translation, search_options
 
 
-def measure(model, tokenizer, config, lines, beam: int, precision: str, batch: int) -> tuple:
-    """(seconds, target tokens) to translate ``lines``."""
-    options = search_options(config.decode, beam_size=beam)
-    amp_dtype = resolve_precision(precision, torch.device("cpu")).dtype
+def measure(
+    translator: Translator, lines: list[str], beam: int, precision: str, batch: int
+) -> tuple[float, int]:
+    """(seconds, target tokens) to translate ``lines`` in batches of ``batch`` sentences."""
+    setting = dataclasses.replace(
+        translator,
+        options=search_options(translator.config.decode, beam_size=beam),
+        precision=resolve_precision(precision, translator.device),
+        max_tokens=1 << 30,
+        max_sentences=batch,
+    )
     start = time.perf_counter()
-    found = translate(model, tokenizer, lines, options, 1 << 30, "cpu", amp_dtype, batch)
+    found = setting.translate(lines)
     seconds = time.perf_counter() - start
     return seconds, sum(len(hypothesis.tokens) + 1 for hypothesis in found)
 
@@ -50,14 +57,15 @@ def main() -> None:
     print("| checkpoint | params | beam | precision | batch | sentences/s | target tokens/s |")
     print("| --- | ---: | ---: | --- | ---: | ---: | ---: |")
     for path in args.checkpoints:
-        model, tokenizer, config = model_from_checkpoint(load_checkpoint(path), path)
-        measure(model, tokenizer, config, lines[:16], 1, "fp32", 16)  # warm up
+        translator = load_for_translation(path, device="cpu")
+        measure(translator, lines[:16], 1, "fp32", 16)  # warm up
         for beam, precision, batch in itertools.product(
             args.beams, args.precisions, args.batch_sizes
         ):
-            seconds, tokens = measure(model, tokenizer, config, lines, beam, precision, batch)
+            seconds, tokens = measure(translator, lines, beam, precision, batch)
+            params = translator.model.num_parameters()
             print(
-                f"| {path} | {model.num_parameters():,} | {beam} | {precision} | {batch} | "
+                f"| {path} | {params:,} | {beam} | {precision} | {batch} | "
                 f"{len(lines) / seconds:.1f} | {tokens / seconds:,.0f} |",
                 flush=True,
             )

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+from .fileio import write_atomic
+
 
 class PlottingError(RuntimeError):
     """A picture that cannot be drawn (matplotlib missing); the message says how to fix it."""
@@ -59,7 +61,9 @@ def plot_attention(records: Sequence[dict], path: Path) -> list[Path]:
         axes.set_title(f"sentence {record['index']}: {layer}, head {record['head']}")
         figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
         figure.tight_layout()
-        figure.savefig(target, dpi=120)
+        write_atomic(
+            target, lambda handle, figure=figure: figure.savefig(handle, format="png", dpi=120)
+        )
         pyplot.close(figure)
     return targets
 
@@ -85,6 +89,6 @@ def plot_learning_curves(validations: Sequence[dict], path: Path, title: str) ->
             axes.grid(alpha=0.3)
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=110))
     pyplot.close(figure)
     return Path(path)

@@ -33,7 +33,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "config": (set(), {"yaml"}),
     "fileio": (set(), set()),
     "multi30k": ({"fileio"}, set()),
-    "plotting": (set(), {"matplotlib"}),
+    "plotting": ({"fileio"}, {"matplotlib"}),
     "tokenizer": ({"config"}, {"sentencepiece"}),
     "batching": ({"tokenizer"}, {"torch"}),
     "data": ({"config", "tokenizer", "batching"}, {"datasets", "torch"}),
