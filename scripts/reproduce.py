@@ -60,7 +60,7 @@ from seq2seq_attn.multi30k import (
     read_split,
 )
 from seq2seq_attn.plotting import PlottingError, plot_attention, plot_learning_curves
-from seq2seq_attn.train import RunDirError, read_metrics, read_summary, recent_checkpoints
+from seq2seq_attn.rundir import RunDirError, read_metrics, read_summary, recent_checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("transformer", "rnn-bahdanau", "rnn-luong")

@@ -3,7 +3,10 @@ directory errors, and Ctrl-C / SIGTERM on a real process leaving a resumable las
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import typer
 import yaml
 from typer.testing import CliRunner
 
@@ -43,11 +47,56 @@ def write_config(path: Path, corpus: Path, family: str, **train) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("app", "words"), [(train_app, "CONFIG"), (translate_app, "CHECKPOINT")])
-def test_help_describes_the_command(app, words):
-    result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0
-    assert words in result.output
+def help_panels(output: str) -> dict[str, list[list[str]]]:
+    """The rows of each panel of rich's help (``╭─ Options ─...``), each row split into words
+    (a required argument's ``*`` dropped)."""
+    panels: dict[str, list[list[str]]] = {}
+    rows: list[list[str]] | None = None
+    for line in output.splitlines():
+        header = re.match(r"\s*╭─ (.+?) ─", line)
+        if header:
+            rows = panels.setdefault(header.group(1), [])
+        elif line.lstrip().startswith("╰"):
+            rows = None
+        elif rows is not None and line.lstrip().startswith("│"):
+            words = line.strip().strip("│").split()
+            rows.append(words[1:] if words[:1] == ["*"] else words)
+    return panels
+
+
+@pytest.mark.parametrize("app", [train_app, translate_app], ids=["attn-train", "attn-translate"])
+def test_help_describes_the_command(app):
+    command = typer.main.get_command(app)
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert result.output.lstrip().startswith("Usage:")
+    # what the command really accepts, not a hand-written list
+    options = [p for p in command.params if p.param_type_name == "option"]
+    arguments = [p for p in command.params if p.param_type_name == "argument"]
+    assert options and arguments
+    expected_names = {name for p in options for name in (*p.opts, *p.secondary_opts)}
+    expected_names |= set(command.get_help_option_names(command.context_class(command)))
+    panels = help_panels(result.output)
+    assert {"Arguments", "Options"} <= panels.keys(), result.output
+    # every option row's leading words are its names (--resume --no-resume, --output -o)
+    listed = [list(itertools.takewhile(lambda w: w.startswith("-"), row))
+              for row in panels["Options"]]  # fmt: skip
+    listed_names = [name for names in listed for name in names]
+    assert sorted(listed_names) == sorted(expected_names), result.output
+    for option in options:  # each option on a row of its own, all its names together
+        assert sorted((*option.opts, *option.secondary_opts)) in map(sorted, listed), option.name
+    # the arguments in order, by the names the usage line shows
+    expected_arguments = [p.metavar or p.name.upper() for p in arguments]
+    assert [row[0] for row in panels["Arguments"] if row] == expected_arguments, result.output
+    usage = result.output.lstrip().splitlines()[0]
+    assert all(name in usage for name in expected_arguments), usage
+    # the description: the first line of the command's docstring
+    flat = " ".join(result.output.replace("│", " ").split())
+    first_line = inspect.getdoc(command.callback).splitlines()[0]
+    assert " ".join(first_line.split()) in flat
+    for parameter in command.params:  # each help sentence whole: rich markup must not eat "[...]"
+        if parameter.help:
+            assert " ".join(parameter.help.replace("\\[", "[").split()) in flat, parameter.name
 
 
 @pytest.mark.parametrize("script", ["attn-train", "attn-translate"])
@@ -161,3 +210,13 @@ def test_second_signal_interrupts_at_once():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_a_run_ended_by_the_time_guard_says_so(tmp_path, corpus):
+    config = write_config(tmp_path / "guarded.yaml", corpus, "transformer", max_steps=1000)
+    run_dir = tmp_path / "run"
+    arguments = [str(config), "--run-dir", str(run_dir), "--set", "train.max_minutes=0.003"]
+    result = runner.invoke(train_app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "stopped (max_minutes)" in result.output
+    assert "train.max_minutes ended this run" in " ".join(result.output.split())

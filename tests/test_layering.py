@@ -20,8 +20,8 @@ PACKAGE = "seq2seq_attn"
 
 UPSTREAM_OF_TRAIN = {
     "config", "fileio", "tokenizer", "batching", "data", "attention", "models", "models.common",
-    "models.rnn", "models.transformer", "decoding", "metrics", "device", "checkpoint", "evaluate",
-    "optim",
+    "models.rnn", "models.transformer", "decoding", "metrics", "device", "checkpoint", "rundir",
+    "evaluate", "optim",
 }  # fmt: skip
 
 CLI_MODULES = {"cli", "cli.console", "cli.train_cmd", "cli.translate_cmd"}
@@ -57,6 +57,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
         },
         {"torch"},
     ),
+    "rundir": ({"checkpoint", "fileio"}, set()),
     "evaluate": (
         {
             "config",

@@ -22,7 +22,8 @@ from seq2seq_attn.checkpoint import load_checkpoint
 from seq2seq_attn.config import load_config
 from seq2seq_attn.evaluate import load_for_translation
 from seq2seq_attn.multi30k import PrepareError, read_split
-from seq2seq_attn.train import TrainCallback, read_metrics, read_summary, train
+from seq2seq_attn.rundir import read_metrics, read_summary
+from seq2seq_attn.train import TrainCallback, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,5 +1,5 @@
-"""The training loop on a small slice of the toy corpus: run directory, checkpoints, exact resume,
-seeded determinism, the stop flag, early stopping and NaN/inf handling."""
+"""The training loop on a small slice of the toy corpus: run directory (and reading it back),
+checkpoints, exact resume, seeded determinism, the stop flag, early stopping, NaN/inf handling."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import seq2seq_attn.train
 from seq2seq_attn.checkpoint import (
     CheckpointError,
     average_checkpoints,
@@ -20,19 +21,19 @@ from seq2seq_attn.checkpoint import (
 )
 from seq2seq_attn.config import Config, config_from_plain, load_config
 from seq2seq_attn.data import load_split
-from seq2seq_attn.evaluate import search_options, translate
+from seq2seq_attn.evaluate import Evaluation, search_options, translate
+from seq2seq_attn.metrics import Score
 from seq2seq_attn.optim import NonFiniteLossError
-from seq2seq_attn.tokenizer import Tokenizer
-from seq2seq_attn.train import (
+from seq2seq_attn.rundir import (
     RunDirError,
-    RunInfo,
-    StepReport,
-    TrainCallback,
     TrainSummary,
-    ValidationReport,
-    train,
+    read_metrics,
+    read_summary,
+    recent_checkpoints,
     trim_metrics,
 )
+from seq2seq_attn.tokenizer import Tokenizer
+from seq2seq_attn.train import RunInfo, StepReport, TrainCallback, ValidationReport, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,7 +104,7 @@ def test_a_run_writes_a_complete_run_directory(corpus, tmp_path):
     assert (summary.step, summary.reason) == (20, "max_steps")
     assert {p.name for p in run.iterdir()} == {
         "config.yaml", "src.model", "metrics.jsonl", "last.pt", "best.pt",
-        "step-00000010.pt", "step-00000020.pt",
+        "step-00000010.pt", "step-00000020.pt", "summary.json",
     }  # fmt: skip
     assert load_config(run / "config.yaml") == config
     state = load_checkpoint(run / "last.pt")
@@ -193,7 +194,7 @@ def test_resume_refuses_another_model(corpus, tmp_path):
         train(changed, tmp_path / "run", resume=True)
 
 
-def test_limits_and_early_stopping(corpus, tmp_path):
+def test_max_epochs_stops_after_one_epoch(corpus, tmp_path):
     summary = train(toy_config(corpus, max_steps=None, max_epochs=1), tmp_path / "epochs")
     assert (summary.reason, summary.epoch) == ("max_epochs", 1)
     # one epoch trains on every target token once (EOS included): the throughput counter
@@ -202,13 +203,79 @@ def test_limits_and_early_stopping(corpus, tmp_path):
     kept, _ = load_split(config.data, "train", Tokenizer.load(tmp_path / "epochs"))
     assert progress["target_tokens"] == sum(len(ids) + 1 for ids in kept["tgt_ids"])
     assert 0 < progress["step_seconds"] < progress["elapsed"]
-    # an untrained tiny model scores BLEU 0 twice: no improvement after the first validation
-    stopped = train(
-        toy_config(corpus, max_steps=50, validate_every=3, early_stopping_patience=1),
-        tmp_path / "early",
-    )
-    assert (stopped.reason, stopped.step, stopped.best_step) == ("early_stopping", 6, 3)
-    assert stopped.best_checkpoint == tmp_path / "early" / "best.pt"
+
+
+def script_dev_bleu(monkeypatch, values: list[float]) -> list[float]:
+    """Make every validation score the dev set with the next of ``values`` as BLEU (no decoding)
+    instead of what the model translates; returns the values handed out so far."""
+    scripted, handed_out = iter(values), []
+
+    def scripted_scores(model, tokenizer, src_texts, ref_texts, *args, **kwargs) -> Evaluation:
+        bleu = next(scripted)
+        handed_out.append(bleu)
+        scores = {
+            "bleu": Score("BLEU", bleu, f"BLEU = {bleu:.2f}", "scripted"),
+            "chrf": Score("chrF2", 2 * bleu, f"chrF2 = {2 * bleu:.2f}", "scripted"),
+        }
+        return Evaluation(list(src_texts), list(ref_texts), ["x"] * len(src_texts), scores)
+
+    monkeypatch.setattr(seq2seq_attn.train, "score_translations", scripted_scores)
+    return handed_out
+
+
+@pytest.mark.parametrize(
+    ("patience", "bleus", "reason", "stop_step", "best_step"),
+    [
+        # 12 at step 4 is the best; 11 and 11 are two bad validations in a row
+        (2, [10, 12, 11, 11, 9, 30, 40], "early_stopping", 8, 4),
+        # 12 at step 6 ends a bad streak; matching the best (12 at step 10) is no improvement
+        (2, [10, 9, 12, 11, 12, 5, 30], "early_stopping", 10, 6),
+        (1, [5, 5, 30, 40], "early_stopping", 4, 2),
+        (3, [10, 9, 8, 11, 10, 10.5, 10, 30], "early_stopping", 14, 8),
+        # improving every time: no early stop, the run goes on to max_steps
+        (2, [1, 2, 3, 4, 5, 6], "max_steps", 12, 12),
+        (2, [1, 0.5, 2, 1.5, 3, 2.5], "max_steps", 12, 10),  # bad, but never twice in a row
+    ],
+)
+def test_early_stopping_follows_the_dev_bleu(
+    corpus, tmp_path, monkeypatch, patience, bleus, reason, stop_step, best_step
+):
+    handed_out = script_dev_bleu(monkeypatch, bleus)
+    config = toy_config(
+        corpus, max_steps=2 * len(bleus), validate_every=2, save_every=2, keep_last=100,
+        early_stopping_patience=patience,
+    )  # fmt: skip
+    recorder = Recorder()
+    summary = train(config, tmp_path / "run", callbacks=[recorder])
+    validated = bleus[: stop_step // 2]
+    best_bleu = max(validated)
+    assert (summary.reason, summary.step, summary.best_step, summary.best_bleu) == (
+        reason, stop_step, best_step, best_bleu,
+    )  # fmt: skip
+    # it validated every 2 steps up to the stop, scoring each validation once, and no further
+    assert handed_out == validated
+    assert [v.step for v in recorder.validations] == list(range(2, stop_step + 1, 2))
+    assert [v.scores["bleu"].score for v in recorder.validations] == validated
+    assert [v.is_best for v in recorder.validations] == [
+        bleu > max(validated[:index], default=-math.inf) for index, bleu in enumerate(validated)
+    ]
+    assert [v.best_bleu for v in recorder.validations] == [
+        max(validated[: index + 1]) for index in range(len(validated))
+    ]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["bleu"] for r in records if r["kind"] == "valid"] == validated
+    # best.pt holds the model and progress of the best validation's step
+    assert summary.best_checkpoint == tmp_path / "run" / "best.pt"
+    best = load_checkpoint(summary.best_checkpoint)
+    assert (best["progress"]["step"], best["progress"]["best_bleu"]) == (best_step, best_bleu)
+    expected = parameters(tmp_path / "run" / f"step-{best_step:08d}.pt")
+    assert all(torch.equal(best["model"][name], expected[name]) for name in expected)
+    last = load_checkpoint(summary.last_checkpoint)["progress"]
+    assert (last["step"], last["best_step"]) == (stop_step, best_step)
+    if reason == "early_stopping":
+        assert last["bad_validations"] == patience
+    else:
+        assert last["bad_validations"] < patience
 
 
 def test_repeated_nonfinite_losses_stop_the_run(corpus, tmp_path):
@@ -238,13 +305,42 @@ def test_best_checkpoint_alone_rebuilds_the_validated_model(corpus, tmp_path):
         model_from_checkpoint({"model": {}}, "x.pt")
 
 
-def test_bf16_autocast_trains_on_the_cpu(corpus, tmp_path):
-    recorder = Recorder()
-    train(toy_config(corpus, max_steps=4, precision="bf16", validate_every=2), tmp_path / "run",
-          callbacks=[recorder])  # fmt: skip
-    assert all(math.isfinite(r.loss) for r in recorder.steps)
-    assert recorder.steps[-1].loss < recorder.steps[0].loss
-    assert all(math.isfinite(v.loss) for v in recorder.validations)
+@pytest.mark.parametrize("family", ["transformer", "rnn"])
+def test_bf16_autocast_training_follows_fp32(corpus, tmp_path, family):
+    # The same seeded run in fp32 and under bf16 autocast. Rounding the matmuls to bf16 moves
+    # each step's loss by < 0.05% and the weights after 8 steps by ~0.2% (transformer) / 0.03%
+    # (RNN) here; a broken bf16 path drifts further: weights kept or rounded in bf16 (0.6%),
+    # a doubled learning rate (losses up to 8-10% off), the transformer's loss taken in bf16
+    # (0.7%). The bounds leave a 10x (losses) and 2x (transformer weights) margin.
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        recorder = Recorder()
+        config = toy_config(
+            corpus, family, max_steps=8, validate_every=4, save_every=0, precision=precision
+        )
+        summary = train(config, tmp_path / precision, callbacks=[recorder])
+        runs[precision] = recorder, parameters(summary.last_checkpoint)
+    (fp32, fp32_weights), (bf16, bf16_weights) = runs["fp32"], runs["bf16"]
+    assert (fp32.info.precision, bf16.info.precision) == ("fp32", "bf16")
+    assert [r.step for r in bf16.steps] == list(range(1, 9))
+    assert not any(r.skipped for r in bf16.steps)
+    fp32_losses, bf16_losses = ([r.loss for r in run.steps] for run in (fp32, bf16))
+    assert bf16_losses != fp32_losses  # autocast really computed in bf16
+    torch.testing.assert_close(
+        torch.tensor(bf16_losses, dtype=torch.float64),
+        torch.tensor(fp32_losses, dtype=torch.float64), rtol=5e-3, atol=0,
+    )  # fmt: skip
+    assert [v.step for v in bf16.validations] == [v.step for v in fp32.validations] == [4, 8]
+    torch.testing.assert_close(
+        torch.tensor([v.loss for v in bf16.validations], dtype=torch.float64),
+        torch.tensor([v.loss for v in fp32.validations], dtype=torch.float64), rtol=5e-3, atol=0,
+    )  # fmt: skip
+    # the master weights stay fp32 and end up where fp32 training put them
+    assert bf16_weights.keys() == fp32_weights.keys()
+    assert {w.dtype for w in bf16_weights.values() if w.is_floating_point()} == {torch.float32}
+    difference = torch.cat([(bf16_weights[n] - fp32_weights[n]).flatten() for n in fp32_weights])
+    norm = torch.cat([weight.flatten() for weight in fp32_weights.values()])
+    assert difference.norm() / norm.norm() < 5e-3
 
 
 def test_trim_metrics_drops_later_and_unfinished_lines(tmp_path):
@@ -284,3 +380,51 @@ def test_averaged_checkpoints_hold_the_mean_weights_and_translate(corpus, tmp_pa
     save_checkpoint(damaged, tmp_path / "damaged.pt")
     with pytest.raises(CheckpointError, match=r"damaged\.pt: its weights differ in names"):
         average_checkpoints([tmp_path / "damaged.pt", paths[1]])
+
+
+def test_the_summary_is_written_into_the_run_directory(corpus, tmp_path):
+    summary = train(toy_config(corpus), tmp_path / "run")
+    assert read_summary(tmp_path / "run") == summary
+    assert (summary.reason, summary.precision, summary.device) == ("max_steps", "fp32", "cpu")
+    model = model_from_checkpoint(load_checkpoint(summary.last_checkpoint))[0]
+    assert summary.num_parameters == model.num_parameters()
+    assert summary.target_tokens_per_second == summary.target_tokens / summary.step_seconds > 0
+    assert summary.best_checkpoint == tmp_path / "run" / "best.pt"
+    with pytest.raises(RunDirError, match=r"no training summary; the run has not ended"):
+        read_summary(tmp_path / "elsewhere")
+
+
+def test_the_time_guard_stops_a_run_and_says_so_again_on_resume(corpus, tmp_path):
+    run = tmp_path / "run"
+    guarded = toy_config(corpus, max_steps=400, max_minutes=0.004)  # a quarter of a second
+    first = train(guarded, run)
+    assert first.reason == "max_minutes" and 0 < first.step < 400
+    assert read_summary(run).reason == "max_minutes"
+    again = train(guarded, run, resume=True)  # nothing more to do under the same guard
+    assert (again.reason, again.step) == ("max_minutes", first.step)
+    assert read_summary(run) == again
+    unguarded = toy_config(corpus, max_steps=first.step + 5, max_minutes=None)
+    finished = train(unguarded, run, resume=True)
+    assert (finished.reason, finished.step) == ("max_steps", first.step + 5)
+    assert read_summary(run).reason == "max_steps"
+
+
+def test_validation_records_carry_the_training_time(corpus, tmp_path):
+    train(toy_config(corpus), tmp_path / "run")
+    validations = read_metrics(tmp_path / "run", "valid")
+    assert [record["step"] for record in validations] == [10, 20]
+    assert 0 < validations[0]["elapsed"] < validations[1]["elapsed"]
+    assert {"loss", "bleu", "chrf"} <= set(validations[0])
+    assert [record["step"] for record in read_metrics(tmp_path / "run", "train")] == [5, 10, 15, 20]
+
+
+def test_recent_checkpoints_are_those_up_to_last_pt(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(toy_config(corpus, keep_last=3), run)
+    assert recent_checkpoints(run, 4) == {
+        10: run / "step-00000010.pt",
+        20: run / "step-00000020.pt",
+    }
+    assert recent_checkpoints(run, 1) == {20: run / "step-00000020.pt"}
+    (run / "step-00000020.pt").rename(run / "step-00000030.pt")  # newer than last.pt: a kill
+    assert recent_checkpoints(run, 4) == {10: run / "step-00000010.pt", 20: run / "last.pt"}

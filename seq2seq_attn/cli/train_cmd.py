@@ -18,14 +18,12 @@ from ..checkpoint import CheckpointError
 from ..config import ConfigError, load_config
 from ..data import DataError, disable_progress_bars
 from ..optim import NonFiniteLossError
+from ..rundir import RunDirError, TrainSummary, check_new_run_dir
 from ..train import (
-    RunDirError,
     RunInfo,
     StepReport,
     TrainCallback,
-    TrainSummary,
     ValidationReport,
-    check_new_run_dir,
     train,
 )
 from .console import console, err_console, fail, logger, package_logging
@@ -214,17 +212,17 @@ def train_command(
     ] = None,
     run_dir: Annotated[
         Path | None,
-        typer.Option(help="Where checkpoints, logs and metrics go [default: runs/CONFIG-NAME]."),
+        typer.Option(help="Where checkpoints, logs and metrics go \\[default: runs/CONFIG-NAME]."),
     ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --run-dir from last.pt.")
     ] = False,
     device: Annotated[
-        str | None, typer.Option(help="auto, cpu or cuda [default: the config's train.device].")
+        str | None, typer.Option(help="auto, cpu or cuda \\[default: the config's train.device].")
     ] = None,
     precision: Annotated[
         str | None,
-        typer.Option(help="auto, fp32, bf16 or fp16 [default: the config's train.precision]."),
+        typer.Option(help="auto, fp32, bf16 or fp16 \\[default: the config's train.precision]."),
     ] = None,
 ) -> None:
     """Train a model from a YAML config; Ctrl-C stops cleanly and --resume continues."""

@@ -84,18 +84,18 @@ def translate_command(
     input_file: Annotated[
         Path | None,
         typer.Argument(
-            metavar="[INPUT]", help="Source text, one sentence a line [default: stdin]."
+            metavar="[INPUT]", help="Source text, one sentence a line \\[default: stdin]."
         ),
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write translations here [stdout].")
+        Path | None, typer.Option("--output", "-o", help="Write translations here \\[stdout].")
     ] = None,
     beam: Annotated[
         int | None,
-        typer.Option(help="Beam size, 1 = greedy [default: the run's decode.beam_size]."),
+        typer.Option(help="Beam size, 1 = greedy \\[default: the run's decode.beam_size]."),
     ] = None,
     length_penalty: Annotated[
-        float | None, typer.Option(help="GNMT length penalty alpha [default: the run's].")
+        float | None, typer.Option(help="GNMT length penalty alpha \\[default: the run's].")
     ] = None,
     n_best: Annotated[
         int, typer.Option(help="Write the N best as 'index ||| hypothesis ||| score' lines.")
@@ -116,7 +116,7 @@ def translate_command(
     ] = None,
     attention_layer: Annotated[int, typer.Option(help="Decoder layer to show (-1 = last).")] = -1,
     attention_head: Annotated[
-        int | None, typer.Option(help="Head to show [default: the mean of all heads].")
+        int | None, typer.Option(help="Head to show \\[default: the mean of all heads].")
     ] = None,
     show_attention: Annotated[
         bool, typer.Option(help="Draw each sentence's attention in the terminal.")
