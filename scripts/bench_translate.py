@@ -20,6 +20,7 @@ import torch
 
 from seq2seq_attn.device import resolve_precision
 from seq2seq_attn.evaluate import Translator, load_for_translation, search_options
+from seq2seq_attn.fileio import read_lines
 
 
 def measure(
@@ -51,7 +52,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    lines = args.source.read_text(encoding="utf-8").splitlines()[: args.sentences]
+    lines = read_lines(args.source)[: args.sentences]
     print(f"torch {torch.__version__}, {args.threads} threads, {len(lines)} sentences of "
           f"{args.source}\n")  # fmt: skip
     print("| checkpoint | params | beam | precision | batch | sentences/s | target tokens/s |")

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
-from seq2seq_attn.multi30k import BASE_URL, PrepareError, parse_pair, prepare
+from seq2seq_attn.multi30k import BASE_URL, PrepareError, parse_pair, prepare, source_dir
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "multi30k"
 
@@ -32,14 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-url", default=BASE_URL, help="where to download from")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    source_dir = args.source_dir or (
-        Path(os.environ["MULTI30K_DIR"]) if os.environ.get("MULTI30K_DIR") else None
-    )
     try:
         src, tgt = parse_pair(args.pair)
-        if source_dir is not None and not source_dir.is_dir():
-            raise PrepareError(f"{source_dir}: not a directory; pass --from DIR or MULTI30K_DIR")
-        written = prepare(src, tgt, args.out, source_dir, args.base_url)
+        written = prepare(src, tgt, args.out, source_dir(args.source_dir), args.base_url)
     except PrepareError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

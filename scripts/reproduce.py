@@ -41,16 +41,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from seq2seq_attn.benchmark import build_report, markdown_report, score_test_set
 from seq2seq_attn.checkpoint import CheckpointError, average_checkpoints, save_checkpoint
-from seq2seq_attn.config import ConfigError, TrainConfig, load_config
+from seq2seq_attn.config import ConfigError, load_config
 from seq2seq_attn.device import machine_info
 from seq2seq_attn.evaluate import Translator, load_for_translation
 from seq2seq_attn.fileio import write_text_atomic
-from seq2seq_attn.metrics import corpus_scores
 from seq2seq_attn.multi30k import (
     PrepareError,
     missing_files,
@@ -58,9 +57,16 @@ from seq2seq_attn.multi30k import (
     parse_pair,
     prepare,
     read_split,
+    source_dir,
 )
 from seq2seq_attn.plotting import PlottingError, plot_attention, plot_learning_curves
-from seq2seq_attn.rundir import RunDirError, read_metrics, read_summary, recent_checkpoints
+from seq2seq_attn.rundir import (
+    CONFIG_FILE,
+    RunDirError,
+    read_metrics,
+    read_summary,
+    recent_checkpoints,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("transformer", "rnn-bahdanau", "rnn-luong")
@@ -70,29 +76,6 @@ BATCH_SENTENCES = 64  # sentences per beam-search batch (the fastest setting on 
 AVERAGE_LAST = 4  # checkpoint averaging: how many of the run's last checkpoints
 HEATMAP_SPLIT, HEATMAP_SENTENCES, HEATMAP_MAX_WORDS = "test_2016_flickr", 2, 12
 SHARED_COPY = REPO.parent / "shared" / "data" / "multi30k"
-
-
-@dataclass(frozen=True)
-class Anchor:
-    """A published test_2016_flickr score to set beside ours."""
-
-    bleu_lc: float
-    what: str
-
-
-ANCHORS = {
-    ("de-en", "transformer"): Anchor(
-        36.5, "9M-parameter Transformer, a well-known PyTorch seq2seq tutorial (greedy, lowercased)"
-    ),
-    ("de-en", "rnn-bahdanau"): Anchor(
-        28.3, "GRU with Bahdanau attention, the same tutorial series (greedy, lowercased)"
-    ),
-    ("en-de", "transformer"): Anchor(
-        41.0,
-        "text-only Transformer-tiny, Wu et al. 2021 (lowercased BLEU on Moses-tokenized text: "
-        "close to, not the same as, sacreBLEU's -lc on detokenized text)",
-    ),
-}
 
 
 class ReproduceError(RuntimeError):
@@ -133,24 +116,16 @@ def repo_relative(path: Path) -> str:
 # ---- data -----------------------------------------------------------------------------------
 
 
-def default_source_dir() -> Path | None:
-    """Where the raw files come from: ``MULTI30K_DIR``, else the shared copy beside the
-    repository when it exists, else None (download)."""
-    if os.environ.get("MULTI30K_DIR"):
-        return Path(os.environ["MULTI30K_DIR"])
-    return SHARED_COPY if SHARED_COPY.is_dir() else None
-
-
-def prepare_data(src: str, tgt: str, data_dir: Path, source_dir: Path | None) -> None:
-    """Write the pair's splits into ``data_dir`` unless they are all there already."""
+def prepare_data(src: str, tgt: str, data_dir: Path) -> None:
+    """Write the pair's splits into ``data_dir`` unless they are all there already; the raw
+    files come from ``MULTI30K_DIR``, else the shared copy beside the repository, else the
+    official download."""
     if not missing_files(data_dir, src, tgt):
         log(f"data: {data_dir} has every {src}-{tgt} split, skipping preparation")
         return
-    if source_dir is not None and not source_dir.is_dir():
-        raise ReproduceError(f"MULTI30K_DIR={source_dir}: not a directory")
-    origin = source_dir or "a download of the official files"
-    log(f"data: preparing {src}-{tgt} into {data_dir} from {origin}")
-    prepare(src, tgt, data_dir, source_dir)
+    raw = source_dir(fallback=SHARED_COPY)
+    log(f"data: preparing {src}-{tgt} into {data_dir} from {raw or 'the official download'}")
+    prepare(src, tgt, data_dir, raw)
 
 
 def model_config(configs: Path, pair: str, model: str) -> Path:
@@ -244,7 +219,7 @@ def train_model(
     summary_file = work_dir / "train.json"
     if summary_file.is_file():
         log(f"{model}: trained already ({summary_file}), skipping")
-        return read_json(summary_file)
+        return read_training_figures(summary_file)
     command = [attn_train_command(), str(config), "--run-dir", str(run_dir)]
     for override in overrides:
         command += ["--set", override]
@@ -264,14 +239,34 @@ def train_model(
         raise KeyboardInterrupt
     if status != 0:
         raise ReproduceError(f"{model}: attn-train exited with status {status} (see above)")
-    figures = training_figures(run_dir, load_config(config, overrides).train)
+    figures = training_figures(run_dir)
     write_json(summary_file, figures)
     return figures
 
 
-def training_figures(run_dir: Path, budget: TrainConfig) -> dict:
-    """The figures of a finished run (its ``summary.json``) and the budget it had."""
+TRAINING_FIGURES = ("steps", "max_steps", "max_minutes", "stop_reason", "precision")
+
+
+def read_training_figures(summary_file: Path) -> dict:
+    """The figures a finished training left in ``train.json``; one written by an older
+    version of this script (without the step budget) is refused with the way out."""
+    figures = read_json(summary_file)
+    missing = [key for key in TRAINING_FIGURES if key not in figures]
+    if missing:
+        raise ReproduceError(
+            f"{summary_file}: written by an older make reproduce (no {', '.join(missing)}); "
+            f"delete {summary_file.parent} and run again (a finished training is not redone)"
+        )
+    return figures
+
+
+def training_figures(run_dir: Path) -> dict:
+    """The figures of a finished run (its ``summary.json``) and the budget it ran under (its
+    ``config.yaml``)."""
     summary = read_summary(run_dir)
+    budget = load_config(run_dir / CONFIG_FILE).train
+    if summary.reason == "stopped":
+        raise ReproduceError(f"{run_dir}: its training was stopped; run again to resume it")
     if summary.best_checkpoint is None:
         raise ReproduceError(
             f"{run_dir}: no best.pt, so the run never validated; make reproduce needs a dev set "
@@ -298,23 +293,6 @@ def training_figures(run_dir: Path, budget: TrainConfig) -> dict:
 
 
 # ---- checkpoint choice and translation ------------------------------------------------------
-
-
-def split_scores(hypotheses: list[str], references: list[str]) -> dict:
-    """sacreBLEU's cased BLEU (default signature), lowercased BLEU (``-lc``) and chrF, with the
-    signature of each."""
-    cased = corpus_scores(hypotheses, references, ("bleu", "chrf"))
-    lowercased = corpus_scores(hypotheses, references, ("bleu",), lowercase=True)["bleu"]
-    return {
-        "bleu": cased["bleu"].score,
-        "bleu_lc": lowercased.score,
-        "chrf": cased["chrf"].score,
-        "signatures": {
-            "bleu": cased["bleu"].signature,
-            "bleu_lc": lowercased.signature,
-            "chrf": cased["chrf"].signature,
-        },
-    }
 
 
 def translator_for(checkpoint: Path, precision: str, beam_size: int = BEAM_SIZE) -> Translator:
@@ -348,7 +326,7 @@ def choose_checkpoint(
     dev_bleu = {}
     for name, path in candidates.items():
         hypotheses = translate_lines(translator_for(path, precision, beam_size=1), sources)
-        dev_bleu[name] = split_scores(hypotheses, references)["bleu"]
+        dev_bleu[name] = score_test_set(hypotheses, references)["bleu"]
         log(f"{model_name}: {name} greedy dev BLEU {dev_bleu[name]:.2f}")
     choice = {
         "checkpoint": max(dev_bleu, key=lambda name: dev_bleu[name]),
@@ -379,7 +357,7 @@ def translate_tests(
         hypotheses = translate_lines(translator, sources)
         seconds = time.perf_counter() - started
         write_text_atomic(work_dir / f"{split}.hyp", "".join(line + "\n" for line in hypotheses))
-        scores = split_scores(hypotheses, references)
+        scores = score_test_set(hypotheses, references)
         results[split] = {
             **scores,
             "sentences": len(sources),
@@ -439,135 +417,6 @@ def plot_curves(model_name: str, run_dir: Path, results_dir: Path, stem: str, si
 # ---- report ---------------------------------------------------------------------------------
 
 
-def build_report(pair: str, models: dict[str, dict], machine: dict, finished: str) -> dict:
-    """The JSON report: per model its training figures, translation speed and test scores."""
-    report_models = {}
-    for name, figures in models.items():
-        tests = figures["tests"]
-        sentences = sum(split["sentences"] for split in tests.values())
-        seconds = sum(split["seconds"] for split in tests.values())
-        anchor = ANCHORS.get((pair, name))
-        report_models[name] = {
-            **figures["train"],
-            "checkpoint": figures["checkpoint"],
-            "translate_sentences_per_s": sentences / seconds if seconds else None,
-            "translate_precision": next(iter(tests.values()))["precision"] if tests else None,
-            "tests": tests,
-            "attention_pictures": figures["pictures"],
-            "learning_curves": figures["curves"],
-            "anchor": None if anchor is None else {"bleu_lc": anchor.bleu_lc, "what": anchor.what},
-        }
-    return {
-        "pair": pair,
-        "finished": finished,
-        "beam_size": BEAM_SIZE,
-        "models": report_models,
-        "machine": machine,
-    }
-
-
-def markdown_report(report: dict) -> str:
-    """The report as Markdown: a summary table, the test scores, signatures and pictures."""
-    pair, machine = report["pair"], report["machine"]
-    gpu = machine["gpu"] or "no GPU"
-    lines = [
-        f"# Multi30k {pair}: results",
-        "",
-        f"Report written {report['finished']} on {machine['cpu']} "
-        f"({machine['torch_threads']} threads, {gpu}), torch {machine['torch']}, "
-        f"Python {machine['python']}. "
-        f"Produced by `make reproduce PAIR={pair}`; test scores with beam {report['beam_size']} "
-        "by the checkpoint chosen on the dev set (see Training).",
-        "",
-        "| model | params | steps (budget) | train min | precision train / translate "
-        "| train tgt tokens/s | best dev BLEU (step) | test2016 BLEU | test2016 BLEU lc "
-        "| published lc | beam-5 sentences/s |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, model in report["models"].items():
-        test2016 = model["tests"].get("test_2016_flickr", {})
-        anchor = model["anchor"]
-        guard = " (time guard)" if model["stop_reason"] == "max_minutes" else ""
-        lines.append(
-            f"| {name} | {model['params'] / 1e6:.2f}M | {model['steps']} ({model['max_steps']})"
-            f"{guard} | {model['train_minutes']:.1f} | {model['precision']} / "
-            f"{model['translate_precision']} | {model['train_tokens_per_s']:,.0f} "
-            f"| {model['best_dev_bleu']:.2f} ({model['best_step']}) | {_score(test2016, 'bleu')} "
-            f"| {_score(test2016, 'bleu_lc')} "
-            f"| {'' if anchor is None else format(anchor['bleu_lc'], '.1f')} "
-            f"| {_rate(model['translate_sentences_per_s'])} |"
-        )
-    lines += ["", "## Test sets (beam 5)", "", "| model | test set | BLEU | BLEU lc | chrF |",
-              "|---|---|---:|---:|---:|"]  # fmt: skip
-    signatures: dict[str, str] = {}
-    for name, model in report["models"].items():
-        for split, scores in model["tests"].items():
-            lines.append(
-                f"| {name} | {split} | {scores['bleu']:.2f} | {scores['bleu_lc']:.2f} "
-                f"| {scores['chrf']:.2f} |"
-            )
-            signatures.update(scores["signatures"])
-    lines += ["", "sacreBLEU signatures:", ""]
-    lines += [f"- {metric}: `{signature}`" for metric, signature in signatures.items()]
-    lines += ["", "Published anchors (lowercased BLEU on test_2016_flickr):", ""]
-    lines += [
-        f"- {name}: {model['anchor']['bleu_lc']:.1f}, {model['anchor']['what']}"
-        for name, model in report["models"].items()
-        if model["anchor"] is not None
-    ] or ["- none for this pair"]
-    lines += ["", "## Training", ""]
-    lines += [training_line(name, model) for name, model in report["models"].items()]
-    lines += ["", "## Learning curves", ""]
-    for name, model in report["models"].items():
-        curves = model["learning_curves"]
-        lines.append(f"![{name}: dev BLEU and loss against steps and minutes, {curves}]({curves})")
-    lines += ["", "## Attention", ""]
-    for name, model in report["models"].items():
-        for picture in model["attention_pictures"]:
-            lines.append(f"![{name}: cross-attention, {picture}]({picture})")
-    return "\n".join(lines) + "\n"
-
-
-STOP_WORDS = {
-    "max_steps": "its step budget",
-    "max_epochs": "its epoch limit",
-    "early_stopping": "early stopping",
-    "max_minutes": "the time guard train.max_minutes (WARNING: before its step budget, so this "
-    "figure depends on the machine's speed)",
-}
-
-
-def training_line(name: str, model: dict) -> str:
-    """One model's training story: steps, budget, why it stopped, precision, checkpoint."""
-    choice = model["checkpoint"]
-    dev = ", ".join(f"{n} {b:.2f}" for n, b in choice["dev_bleu_greedy"].items())
-    steps = ", ".join(map(str, choice["averaged_steps"]))
-    averaged = (
-        f"averaged.pt is the mean of the checkpoints of steps {steps}"
-        if steps
-        else "no averaged.pt: the run has a single checkpoint"
-    )
-    guard = f"time guard {model['max_minutes']} min" if model["max_minutes"] else "no time guard"
-    return (
-        f"- {name}: {model['steps']} steps ({model['epochs']} epochs) in "
-        f"{model['train_minutes']:.1f} min, trained in {model['precision']}; budget "
-        f"{model['max_steps']} steps, {guard}; stopped by "
-        f"{STOP_WORDS.get(model['stop_reason'], model['stop_reason'])}. The test sets are "
-        f"translated by `{choice['checkpoint']}`, chosen on greedy dev BLEU ({dev}; "
-        f"{averaged}), in {model['translate_precision']}."
-    )
-
-
-def _score(scores: dict, key: str) -> str:
-    """A score with two decimals, or a dash when missing."""
-    return f"{scores[key]:.2f}" if key in scores else "-"
-
-
-def _rate(value: float | None) -> str:
-    """Sentences per second, or a dash."""
-    return "-" if value is None else f"{value:.1f}"
-
-
 # ---- entry point ----------------------------------------------------------------------------
 
 
@@ -607,7 +456,7 @@ def reproduce(args: argparse.Namespace) -> Path:
     unknown = [model for model in args.models if model not in MODELS]
     if unknown:
         raise ReproduceError(f"MODELS: unknown {unknown}; choose from {', '.join(MODELS)}")
-    prepare_data(src, tgt, args.data, default_source_dir())
+    prepare_data(src, tgt, args.data)
     stem = f"multi30k-{args.pair}"
     data_overrides = [f"data.src_lang={src}", f"data.tgt_lang={tgt}"] + [
         f"data.{key}={repo_relative(args.data / split)}"
@@ -621,7 +470,7 @@ def reproduce(args: argparse.Namespace) -> Path:
             for name in dict.fromkeys([*args.models, *earlier])
         }
     finished = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    report = build_report(args.pair, models, machine_info(), finished)
+    report = build_report(args.pair, models, machine_info(), finished, BEAM_SIZE)
     write_json(args.results / f"{stem}.json", report)
     markdown = args.results / f"{stem}.md"
     write_text_atomic(markdown, markdown_report(report))

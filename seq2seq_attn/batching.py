@@ -1,7 +1,9 @@
-"""Token-bucketed batches: the :class:`Batch` of padded tensors and the resumable sampler.
+"""Token-bucketed batches: the :class:`Batch` of padded tensors, the one length-bucketing rule
+(:func:`pack_sorted`) and the resumable sampler built on it.
 
-Split from ``data.py`` (which re-exports everything here) to keep modules small; it needs only
-torch and the tokenizer's special ids. Shapes are batch-first; masks are ``True`` = real token.
+Split from ``data.py`` (which re-exports ``Batch``, ``collate`` and ``TokenBatchSampler``) to keep
+modules small and translation free of HF datasets; it needs only torch and the tokenizer's
+special ids. Shapes are batch-first; masks are ``True`` = real token.
 """
 
 from __future__ import annotations

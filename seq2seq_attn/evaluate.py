@@ -263,10 +263,17 @@ class Translator:
         """The target text of each hypothesis."""
         return self.tokenizer.decode_tgt([hypothesis.tokens for hypothesis in hypotheses])
 
-    def attention(self, index: int, src_text: str, hypothesis: Hypothesis, **where: int) -> dict:
-        """:func:`attention_record` of one translated sentence (``layer=``, ``head=``)."""
+    def attention(
+        self,
+        index: int,
+        src_text: str,
+        hypothesis: Hypothesis,
+        layer: int = -1,
+        head: int | None = None,
+    ) -> dict:
+        """:func:`attention_record` of one translated sentence."""
         return attention_record(
-            self.model, self.tokenizer, index, src_text, hypothesis, self.device, **where
+            self.model, self.tokenizer, index, src_text, hypothesis, self.device, layer, head
         )
 
 

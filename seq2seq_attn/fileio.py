@@ -18,18 +18,23 @@ FILE_MODE = 0o644  # temporary files are private (0600); what the project writes
 
 def write_atomic(path: str | Path, content: bytes | Callable[[IO[bytes]], object]) -> None:
     """Replace ``path`` (creating its folder) with ``content``: bytes, or a function that
-    writes into the open binary file it is given (``lambda f: torch.save(state, f)``)."""
+    writes into the open binary file it is given (``lambda f: torch.save(state, f)``).
+
+    A target that exists and is not a regular file (``/dev/stdout``, a named pipe) cannot be
+    replaced and is written straight through instead.
+    """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        with path.open("wb") as handle:
+            _write(handle, content)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
     )
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            if isinstance(content, bytes):
-                handle.write(content)
-            else:
-                content(handle)
+            _write(handle, content)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, FILE_MODE)
@@ -38,6 +43,14 @@ def write_atomic(path: str | Path, content: bytes | Callable[[IO[bytes]], object
         Path(temporary).unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def _write(handle: IO[bytes], content: bytes | Callable[[IO[bytes]], object]) -> None:
+    """Put ``content`` (bytes, or a function that writes them) into ``handle``."""
+    if isinstance(content, bytes):
+        handle.write(content)
+    else:
+        content(handle)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

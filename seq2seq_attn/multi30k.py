@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import os
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -97,7 +98,8 @@ def read_remote(base_url: str, name: str, opener: Opener = urllib.request.urlope
             data = response.read()
     except OSError as error:
         raise PrepareError(
-            f"{url}: download failed ({error}); pass --from DIR with a local copy of the raw files"
+            f"{url}: download failed ({error}); use a local copy of the raw files instead "
+            "(MULTI30K_DIR=DIR, or --from DIR for scripts/prepare_multi30k.py)"
         ) from error
     return _verified(name, data, url)
 
@@ -131,6 +133,24 @@ def prepare(
             write_atomic(out / name, text)
             written.append(out / name)
     return written
+
+
+def source_dir(explicit: Path | None = None, fallback: Path | None = None) -> Path | None:
+    """Where the raw files come from: ``explicit`` (``--from DIR``), else the ``MULTI30K_DIR``
+    variable, else ``fallback`` when it is a folder, else None (download the official files).
+    A folder that was asked for but is not there is a :class:`PrepareError`."""
+    asked = explicit or (
+        Path(os.environ["MULTI30K_DIR"]) if os.environ.get("MULTI30K_DIR") else None
+    )
+    if asked is None:
+        return fallback if fallback is not None and fallback.is_dir() else None
+    if not asked.is_dir():
+        origin = "--from" if explicit else "MULTI30K_DIR"
+        raise PrepareError(
+            f"{origin}={asked}: not a directory; name the folder that holds the raw Multi30k files "
+            "(train.de.gz ...), or unset it to download them"
+        )
+    return asked
 
 
 def pair_splits(src: str, tgt: str) -> list[str]:

@@ -1,6 +1,6 @@
 """One optimisation step and what it needs: the loss, the optimizer, the learning-rate schedule,
-the numeric precision (autocast dtype and gradient scaler), and the :class:`Trainer` that runs
-steps with accumulation, clipping and NaN/inf skipping through the model protocol only."""
+and the :class:`Trainer` that runs steps with accumulation, clipping and NaN/inf skipping
+through the model protocol only, in the precision :mod:`~seq2seq_attn.device` resolved."""
 
 from __future__ import annotations
 

@@ -71,20 +71,24 @@ def plot_attention(records: Sequence[dict], path: Path) -> list[Path]:
 def plot_learning_curves(validations: Sequence[dict], path: Path, title: str) -> Path:
     """Dev BLEU and dev loss against training steps (top) and training minutes (bottom), from
     the ``"valid"`` records of a run's ``metrics.jsonl`` (``step``, ``elapsed`` in seconds,
-    ``bleu``, ``loss``), in one PNG at ``path``."""
+    ``bleu``, ``loss``), in one PNG at ``path``; records without ``elapsed`` (written by an
+    older version) are left out of the minutes panels."""
     if not validations:
-        raise ValueError(f"{path}: no validation records to draw")
+        raise PlottingError(f"{path}: no validation records to draw (the run never validated)")
     pyplot = _pyplot()
-    steps = [record["step"] for record in validations]
-    minutes = [record["elapsed"] / 60 for record in validations]
-    axes_x = ((steps, "training steps"), (minutes, "training minutes"))
+    timed = [record for record in validations if "elapsed" in record]  # older runs lack it
+    axes_x = (
+        ("step", 1.0, validations, "training steps"),
+        ("elapsed", 60.0, timed, "training minutes"),
+    )
     axes_y = (("bleu", "dev BLEU (greedy)"), ("loss", "dev loss"))
     figure, grid = pyplot.subplots(2, 2, figsize=(10, 7), squeeze=False)
-    for row, (x_values, x_label) in enumerate(axes_x):
+    for row, (x_key, unit, records, x_label) in enumerate(axes_x):
         for column, (metric, label) in enumerate(axes_y):
             axes = grid[row][column]
-            axes.plot(x_values, [record[metric] for record in validations], marker="o", ms=3)
-            axes.set_xlabel(x_label)
+            x_values = [record[x_key] / unit for record in records]
+            axes.plot(x_values, [record[metric] for record in records], marker="o", ms=3)
+            axes.set_xlabel(x_label if records else f"{x_label} (not recorded by this run)")
             axes.set_ylabel(label)
             axes.grid(alpha=0.3)
     figure.suptitle(title)

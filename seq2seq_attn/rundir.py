@@ -2,8 +2,9 @@
 wrote there (the summary of how the run ended, the metrics, the checkpoints by step).
 
 Layout: ``config.yaml`` (the resolved config), the SentencePiece model(s), ``metrics.jsonl``,
-``last.pt``, ``best.pt``, the last ``train.keep_last`` ``step-*.pt`` and, once the run has ended,
-``summary.json``.
+``last.pt``, ``best.pt``, the last ``train.keep_last`` ``step-*.pt`` and ``summary.json``, written
+when a training session ends (a session stopped by a signal says ``stopped``: resume it) and
+removed when the run resumes.
 """
 
 from __future__ import annotations
@@ -85,18 +86,25 @@ def read_summary(run_dir: str | Path) -> TrainSummary:
         plain = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RunDirError(
-            f"{path}: no training summary; the run has not ended (resume it with --resume)"
+            f"{path}: no training summary; no training session of this run has ended (resume it "
+            "with --resume)"
         ) from None
     except (OSError, ValueError) as error:
         raise RunDirError(
             f"{path}: cannot be read ({error}); resume the run to rewrite it"
         ) from None
     known = {item.name for item in dataclasses.fields(TrainSummary)}
-    fields = {key: value for key, value in plain.items() if key in known}
-    fields["last_checkpoint"] = Path(fields["last_checkpoint"])
-    if fields.get("best_checkpoint") is not None:
-        fields["best_checkpoint"] = Path(fields["best_checkpoint"])
-    return TrainSummary(**fields)
+    try:
+        fields = {key: value for key, value in plain.items() if key in known}
+        fields["last_checkpoint"] = Path(fields["last_checkpoint"])
+        if fields.get("best_checkpoint") is not None:
+            fields["best_checkpoint"] = Path(fields["best_checkpoint"])
+        return TrainSummary(**fields)
+    except (AttributeError, KeyError, TypeError) as error:
+        raise RunDirError(
+            f"{path}: not a training summary ({type(error).__name__}: {error}); resume the run "
+            "to write it again"
+        ) from None
 
 
 def forget_summary(run_dir: Path) -> None:
@@ -201,7 +209,4 @@ def trim_metrics(path: Path, step: int) -> None:
         kept = [
             line for line in lines if (logged := _logged_step(line)) is not None and logged <= step
         ]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-# ---- the loop -------------------------------------------------------------------------------
+        write_text_atomic(path, "".join(line + "\n" for line in kept))

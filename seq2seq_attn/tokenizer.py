@@ -18,6 +18,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from .config import TokenizerConfig
+from .fileio import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -119,10 +120,9 @@ class Tokenizer:
     def save(self, directory: str | Path) -> None:
         """Write ``src.model`` (and ``tgt.model`` when not joint) into ``directory``."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / SRC_FILE).write_bytes(self.src_model)
+        write_atomic(directory / SRC_FILE, self.src_model)
         if self.tgt_model is not None:
-            (directory / TGT_FILE).write_bytes(self.tgt_model)
+            write_atomic(directory / TGT_FILE, self.tgt_model)
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:

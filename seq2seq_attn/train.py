@@ -134,7 +134,7 @@ class TrainCallback:
         """After the last checkpoint was written."""
 
 
-# ---- run directory, seeds, checkpoints ------------------------------------------------------
+# ---- seeds and resume checks -----------------------------------------------------------------
 
 
 def seed_everything(seed: int) -> None:

@@ -213,7 +213,7 @@ def test_second_signal_interrupts_at_once():
 
 
 def test_a_run_ended_by_the_time_guard_says_so(tmp_path, corpus):
-    config = write_config(tmp_path / "guarded.yaml", corpus, "transformer", max_steps=1000)
+    config = write_config(tmp_path / "guarded.yaml", corpus, "transformer", max_steps=100_000)
     run_dir = tmp_path / "run"
     arguments = [str(config), "--run-dir", str(run_dir), "--set", "train.max_minutes=0.003"]
     result = runner.invoke(train_app, arguments)

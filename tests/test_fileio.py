@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import threading
 
 import pytest
 
@@ -57,3 +59,15 @@ def test_bad_text_names_the_file_and_line(tmp_path):
         decode_lines(b"ok\nok\ncaf\xe9\n", "in.txt")
     with pytest.raises(TextFileError, match=r"absent\.txt: cannot read"):
         read_lines(tmp_path / "absent.txt")
+
+
+def test_a_pipe_or_device_target_is_written_straight_through(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    write_text_atomic(fifo, "through the pipe\n")
+    reader.join(timeout=10)
+    assert received == [b"through the pipe\n"]
+    assert fifo.exists() and not fifo.is_file()  # still the pipe, not a file renamed over it

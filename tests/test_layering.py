@@ -34,7 +34,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "fileio": (set(), set()),
     "multi30k": ({"fileio"}, set()),
     "plotting": ({"fileio"}, {"matplotlib"}),
-    "tokenizer": ({"config"}, {"sentencepiece"}),
+    "tokenizer": ({"config", "fileio"}, {"sentencepiece"}),
     "batching": ({"tokenizer"}, {"torch"}),
     "data": ({"config", "tokenizer", "batching"}, {"datasets", "torch"}),
     "attention": (set(), {"torch"}),
@@ -58,6 +58,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
         {"torch"},
     ),
     "rundir": ({"checkpoint", "fileio"}, set()),
+    "benchmark": ({"metrics"}, set()),
     "evaluate": (
         {
             "config",

@@ -101,7 +101,7 @@ def test_a_failed_download_suggests_a_local_copy(tmp_path, fake_release):
     def opener(url):
         raise urllib.error.URLError("no network")
 
-    with pytest.raises(prep.PrepareError, match=r"download failed.*--from DIR"):
+    with pytest.raises(prep.PrepareError, match=r"download failed.*MULTI30K_DIR=DIR"):
         prep.prepare("de", "en", tmp_path, opener=opener)
 
 
@@ -123,3 +123,18 @@ def test_misaligned_and_missing_files_and_bad_pairs(tmp_path, fake_release, monk
 def test_the_recorded_checksums_match_the_shared_copy():
     for name in ("val.de", "val.en", "val.fr", "val.cs"):
         assert prep.read_local(SHARED, name).count(b"\n") == 1014
+
+
+def test_the_raw_files_folder_is_chosen_in_order(tmp_path, monkeypatch):
+    explicit, variable, fallback = (tmp_path / name for name in ("explicit", "variable", "shared"))
+    for folder in (explicit, variable, fallback):
+        folder.mkdir()
+    monkeypatch.delenv("MULTI30K_DIR", raising=False)
+    assert prep.source_dir(None, tmp_path / "absent") is None  # nothing local: download
+    assert prep.source_dir(None, fallback) == fallback
+    monkeypatch.setenv("MULTI30K_DIR", str(variable))
+    assert prep.source_dir(None, fallback) == variable
+    assert prep.source_dir(explicit, fallback) == explicit
+    monkeypatch.setenv("MULTI30K_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(prep.PrepareError, match=r"MULTI30K_DIR=.*nowhere: not a directory"):
+        prep.source_dir(None, fallback)

@@ -4,8 +4,10 @@ equal to the sacrebleu command line's, attention output, and clear errors."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -120,6 +122,7 @@ def test_attention_json_and_terminal_heatmap(run_dir, corpus, tmp_path):
 
 
 def test_plot_attention_writes_one_png_per_sentence(run_dir, corpus, tmp_path):
+    pytest.importorskip("matplotlib")
     lines = source_lines(corpus, 2)
     result = translate_cli(run_dir, "--plot-attention", tmp_path / "att.png",
                            stdin="\n".join(lines) + "\n")  # fmt: skip
@@ -135,6 +138,8 @@ def test_plot_attention_writes_one_png_per_sentence(run_dir, corpus, tmp_path):
     ("arguments", "message", "code"),
     [
         (["missing.pt"], "missing.pt: no such checkpoint file", 1),
+        (["EMPTY"], "a directory without best.pt or last.pt; pass a checkpoint file", 2),
+        (["RUN", "-o", "NOFOLDER/out.txt"], "out.txt: cannot write", 1),
         (["RUN", "--beam", "2", "--n-best", "3"], "n_best <= beam_size", 2),
         (["RUN", "--metrics", "bleu,meteor", "--ref", "REF"], "unknown metric", 2),
         (["RUN", "--ref", "SHORT"], "SHORT.txt has 1 lines but stdin has 2", 2),
@@ -143,7 +148,11 @@ def test_plot_attention_writes_one_png_per_sentence(run_dir, corpus, tmp_path):
 def test_errors_are_clear(run_dir, corpus, tmp_path, arguments, message, code):
     (tmp_path / "REF.txt").write_text("a\nb\n", encoding="utf-8")
     (tmp_path / "SHORT.txt").write_text("a\n", encoding="utf-8")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "NOFOLDER").write_text("a file where a folder should be\n")
     replace = {
+        "EMPTY": str(tmp_path / "empty"),
+        "NOFOLDER/out.txt": str(tmp_path / "NOFOLDER" / "out.txt"),
         "RUN": str(run_dir),
         "REF": str(tmp_path / "REF.txt"),
         "SHORT": str(tmp_path / "SHORT.txt"),
@@ -160,3 +169,17 @@ def test_invalid_utf8_input_names_the_line(run_dir, tmp_path):
     result = translate_cli(run_dir, source)
     assert result.exit_code == 1
     assert "bad.txt:3: not valid UTF-8" in " ".join(result.output.split())
+
+
+def test_attention_json_can_go_to_a_pipe(run_dir, corpus, tmp_path):
+    """``--attention /dev/stdout`` style targets are written through, not replaced."""
+    fifo = tmp_path / "attention.pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    result = translate_cli(run_dir, "--attention", fifo, stdin=source_lines(corpus, 2)[0])
+    reader.join(timeout=30)
+    assert result.exit_code == 0, result.output
+    records = json.loads(received[0])
+    assert len(records) == 1 and records[0]["src_tokens"][-1] == "</s>"

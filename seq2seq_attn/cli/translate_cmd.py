@@ -15,7 +15,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, find_checkpoint
 from ..config import ConfigError
 from ..decoding import Hypothesis
 from ..evaluate import Translator, load_for_translation
@@ -136,16 +136,11 @@ def translate_command(
     Exactly one output line per input line, in order. Scores (--ref) go to stdout when the
     translations go to a file (-o), else to stderr.
     """
-    try:
-        translator = load_for_translation(
-            checkpoint, device=device, precision=precision, beam_size=beam,
-            length_penalty=length_penalty, max_length_ratio=max_length_ratio, n_best=n_best,
-            max_tokens=batch_tokens,
-        )  # fmt: skip
-    except CheckpointError as error:
-        raise fail(str(error), code=1) from None
-    except (ConfigError, ValueError) as error:
-        raise fail(str(error), code=2) from None
+    translator = open_translator(
+        checkpoint, device=device, precision=precision, beam_size=beam,
+        length_penalty=length_penalty, max_length_ratio=max_length_ratio, n_best=n_best,
+        max_tokens=batch_tokens,
+    )  # fmt: skip
     if input_file is None and sys.stdin.isatty():
         interactive(translator)
         return
@@ -160,17 +155,7 @@ def translate_command(
             for index, (line, hypotheses) in enumerate(zip(lines, found, strict=True))
             if line.strip()
         ]  # fmt: skip
-        if attention is not None:
-            write_text_atomic(attention, json.dumps(records, ensure_ascii=False))
-        for record in records if show_attention else []:
-            err_console.print(attention_heatmap(record))
-        if plot_attention_file is not None:
-            try:
-                written = plot_attention(records, plot_attention_file)
-            except PlottingError as error:
-                raise fail(f"--plot-attention: {error}", code=2) from None
-            for path in written:
-                err_console.print(f"wrote {path}", highlight=False)
+        show_attention_records(records, attention, show_attention, plot_attention_file)
     if ref is not None:
         references = read_lines(ref)
         if len(references) != len(lines):
@@ -181,6 +166,41 @@ def translate_command(
         except ValueError as error:
             raise fail(f"--metrics: {error}", code=2) from None
         print_scores(scores, json_scores, console if output is not None else err_console)
+
+
+def open_translator(checkpoint: Path, **settings: object) -> Translator:
+    """The checkpoint (or run directory) loaded for translation, or a clear exit: 2 for what
+    the user asked wrongly (no checkpoint in a folder, an impossible setting), 1 for a damaged
+    checkpoint."""
+    try:
+        path = find_checkpoint(checkpoint)
+    except CheckpointError as error:
+        raise fail(str(error), code=2) from None
+    try:
+        return load_for_translation(path, **settings)
+    except CheckpointError as error:
+        raise fail(str(error), code=1) from None
+    except (ConfigError, ValueError) as error:
+        raise fail(str(error), code=2) from None
+
+
+def show_attention_records(
+    records: list[dict], json_file: Path | None, in_terminal: bool, picture: Path | None
+) -> None:
+    """Attention as JSON (``--attention``), terminal heatmaps and PNG pictures."""
+    if json_file is not None:
+        write_file(json_file, json.dumps(records, ensure_ascii=False))
+    for record in records if in_terminal else []:
+        err_console.print(attention_heatmap(record))
+    if picture is not None:
+        try:
+            written = plot_attention(records, picture)
+        except PlottingError as error:
+            raise fail(f"--plot-attention: {error}", code=2) from None
+        except OSError as error:
+            raise fail(f"{picture}: cannot write ({error.strerror})", code=1) from None
+        for path in written:
+            err_console.print(f"wrote {path}", highlight=False)
 
 
 def format_output(
@@ -200,13 +220,21 @@ def format_output(
 
 
 def write_output(output: Path | None, lines: list[str]) -> None:
-    """Write ``lines`` to ``output`` atomically (a complete file or none) or to stdout."""
+    """Write ``lines`` to ``output`` (a whole file or nothing) or to stdout."""
     text = "".join(line + "\n" for line in lines)
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    write_text_atomic(output, text)
+    write_file(output, text)
+
+
+def write_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, or exit naming the path when it cannot be."""
+    try:
+        write_text_atomic(path, text)
+    except OSError as error:
+        raise fail(f"{path}: cannot write ({error.strerror})", code=1) from None
 
 
 def interactive(translator: Translator) -> None:

@@ -1,0 +1,184 @@
+"""The Multi30k benchmark's report (``scripts/reproduce.py`` runs the benchmark): the scores
+of a test set, the published anchors, and the JSON and Markdown reports.
+
+Standard library and :mod:`~seq2seq_attn.metrics` only: the numbers come in as plain data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .metrics import corpus_scores
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A published test_2016_flickr score to set beside ours."""
+
+    bleu_lc: float
+    what: str
+
+
+ANCHORS = {
+    ("de-en", "transformer"): Anchor(
+        36.5, "9M-parameter Transformer, a well-known PyTorch seq2seq tutorial (greedy, lowercased)"
+    ),
+    ("de-en", "rnn-bahdanau"): Anchor(
+        28.3, "GRU with Bahdanau attention, the same tutorial series (greedy, lowercased)"
+    ),
+    ("en-de", "transformer"): Anchor(
+        41.0,
+        "text-only Transformer-tiny, Wu et al. 2021 (lowercased BLEU on Moses-tokenized text: "
+        "close to, not the same as, sacreBLEU's -lc on detokenized text)",
+    ),
+}
+
+
+def score_test_set(hypotheses: list[str], references: list[str]) -> dict:
+    """sacreBLEU's cased BLEU (default signature), lowercased BLEU (``-lc``) and chrF, with the
+    signature of each."""
+    cased = corpus_scores(hypotheses, references, ("bleu", "chrf"))
+    lowercased = corpus_scores(hypotheses, references, ("bleu",), lowercase=True)["bleu"]
+    return {
+        "bleu": cased["bleu"].score,
+        "bleu_lc": lowercased.score,
+        "chrf": cased["chrf"].score,
+        "signatures": {
+            "bleu": cased["bleu"].signature,
+            "bleu_lc": lowercased.signature,
+            "chrf": cased["chrf"].signature,
+        },
+    }
+
+
+def build_report(
+    pair: str, models: dict[str, dict], machine: dict, finished: str, beam_size: int
+) -> dict:
+    """The JSON report: per model its training figures (``train``), checkpoint choice,
+    test scores (``tests``, as :func:`score_test_set` gives them with ``sentences``, ``seconds``
+    and ``precision`` added), attention pictures and learning curves."""
+    report_models = {}
+    for name, figures in models.items():
+        tests = figures["tests"]
+        sentences = sum(split["sentences"] for split in tests.values())
+        seconds = sum(split["seconds"] for split in tests.values())
+        anchor = ANCHORS.get((pair, name))
+        report_models[name] = {
+            **figures["train"],
+            "checkpoint": figures["checkpoint"],
+            "translate_sentences_per_s": sentences / seconds if seconds else None,
+            "translate_precision": next(iter(tests.values()))["precision"] if tests else None,
+            "tests": tests,
+            "attention_pictures": figures["pictures"],
+            "learning_curves": figures["curves"],
+            "anchor": None if anchor is None else {"bleu_lc": anchor.bleu_lc, "what": anchor.what},
+        }
+    return {
+        "pair": pair,
+        "finished": finished,
+        "beam_size": beam_size,
+        "models": report_models,
+        "machine": machine,
+    }
+
+
+def markdown_report(report: dict) -> str:
+    """The report as Markdown: a summary table, the test scores, signatures and pictures."""
+    pair, machine = report["pair"], report["machine"]
+    gpu = machine["gpu"] or "no GPU"
+    lines = [
+        f"# Multi30k {pair}: results",
+        "",
+        f"Report written {report['finished']} on {machine['cpu']} "
+        f"({machine['torch_threads']} threads, {gpu}), torch {machine['torch']}, "
+        f"Python {machine['python']}. "
+        f"Produced by `make reproduce PAIR={pair}`; test scores with beam {report['beam_size']} "
+        "by the checkpoint chosen on the dev set (see Training).",
+        "",
+        "| model | params | steps (budget) | train min | precision train / translate "
+        "| train tgt tokens/s | best dev BLEU (step) | test2016 BLEU | test2016 BLEU lc "
+        "| published lc | beam-5 sentences/s |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, model in report["models"].items():
+        test2016 = model["tests"].get("test_2016_flickr", {})
+        anchor = model["anchor"]
+        guard = " (time guard)" if model["stop_reason"] == "max_minutes" else ""
+        lines.append(
+            f"| {name} | {model['params'] / 1e6:.2f}M | {model['steps']} ({model['max_steps']})"
+            f"{guard} | {model['train_minutes']:.1f} | {model['precision']} / "
+            f"{model['translate_precision']} | {model['train_tokens_per_s']:,.0f} "
+            f"| {model['best_dev_bleu']:.2f} ({model['best_step']}) | {_score(test2016, 'bleu')} "
+            f"| {_score(test2016, 'bleu_lc')} "
+            f"| {'' if anchor is None else format(anchor['bleu_lc'], '.1f')} "
+            f"| {_rate(model['translate_sentences_per_s'])} |"
+        )
+    lines += ["", "## Test sets (beam 5)", "", "| model | test set | BLEU | BLEU lc | chrF |",
+              "|---|---|---:|---:|---:|"]  # fmt: skip
+    signatures: dict[str, str] = {}
+    for name, model in report["models"].items():
+        for split, scores in model["tests"].items():
+            lines.append(
+                f"| {name} | {split} | {scores['bleu']:.2f} | {scores['bleu_lc']:.2f} "
+                f"| {scores['chrf']:.2f} |"
+            )
+            signatures.update(scores["signatures"])
+    lines += ["", "sacreBLEU signatures:", ""]
+    lines += [f"- {metric}: `{signature}`" for metric, signature in signatures.items()]
+    lines += ["", "Published anchors (lowercased BLEU on test_2016_flickr):", ""]
+    lines += [
+        f"- {name}: {model['anchor']['bleu_lc']:.1f}, {model['anchor']['what']}"
+        for name, model in report["models"].items()
+        if model["anchor"] is not None
+    ] or ["- none for this pair"]
+    lines += ["", "## Training", ""]
+    lines += [training_line(name, model) for name, model in report["models"].items()]
+    lines += ["", "## Learning curves", ""]
+    for name, model in report["models"].items():
+        curves = model["learning_curves"]
+        lines.append(f"![{name}: dev BLEU and loss against steps and minutes, {curves}]({curves})")
+    lines += ["", "## Attention", ""]
+    for name, model in report["models"].items():
+        for picture in model["attention_pictures"]:
+            lines.append(f"![{name}: cross-attention, {picture}]({picture})")
+    return "\n".join(lines) + "\n"
+
+
+STOP_WORDS = {
+    "max_steps": "its step budget",
+    "max_epochs": "its epoch limit",
+    "early_stopping": "early stopping",
+    "max_minutes": "the time guard train.max_minutes (WARNING: before its step budget, so this "
+    "figure depends on the machine's speed)",
+}
+
+
+def training_line(name: str, model: dict) -> str:
+    """One model's training story: steps, budget, why it stopped, precision, checkpoint."""
+    choice = model["checkpoint"]
+    dev = ", ".join(f"{n} {b:.2f}" for n, b in choice["dev_bleu_greedy"].items())
+    steps = ", ".join(map(str, choice["averaged_steps"]))
+    averaged = (
+        f"averaged.pt is the mean of the checkpoints of steps {steps}"
+        if steps
+        else "no averaged.pt: the run has a single checkpoint"
+    )
+    guard = f"time guard {model['max_minutes']} min" if model["max_minutes"] else "no time guard"
+    return (
+        f"- {name}: {model['steps']} steps ({model['epochs']} epochs) in "
+        f"{model['train_minutes']:.1f} min, trained in {model['precision']}; budget "
+        f"{model['max_steps']} steps, {guard}; stopped by "
+        f"{STOP_WORDS.get(model['stop_reason'], model['stop_reason'])}. The test sets are "
+        f"translated by `{choice['checkpoint']}`, chosen on greedy dev BLEU ({dev}; "
+        f"{averaged}), in {model['translate_precision']}."
+    )
+
+
+def _score(scores: dict, key: str) -> str:
+    """A score with two decimals, or a dash when missing."""
+    return f"{scores[key]:.2f}" if key in scores else "-"
+
+
+def _rate(value: float | None) -> str:
+    """Sentences per second, or a dash."""
+    return "-" if value is None else f"{value:.1f}"

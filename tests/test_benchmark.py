@@ -1,0 +1,73 @@
+"""The Multi30k benchmark's scores and report: sacreBLEU's command line agrees, and the report
+flags what makes a figure machine-dependent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seq2seq_attn.benchmark import build_report, markdown_report, score_test_set
+
+
+def sacrebleu_cli(references: Path, hypotheses: Path, *options: str) -> float:
+    """A score from the ``sacrebleu`` command line (4 decimals)."""
+    command = [Path(sys.executable).with_name("sacrebleu"), references, "-i", hypotheses, "-b",
+               "-w", "4", *options]  # fmt: skip
+    return float(subprocess.run(command, capture_output=True, check=True, text=True).stdout)
+
+
+def test_lowercased_bleu_forgives_case_as_the_command_line_does(tmp_path):
+    references = ["A dog runs across the Green field .", "Two Men play chess in a park ."]
+    hypotheses = ["a dog runs across the green field .", "two men are playing chess in the park ."]
+    scores = score_test_set(hypotheses, references)
+    (tmp_path / "ref").write_text("\n".join(references) + "\n")
+    (tmp_path / "hyp").write_text("\n".join(hypotheses) + "\n")
+
+    def cli(*options: str) -> float:
+        return sacrebleu_cli(tmp_path / "ref", tmp_path / "hyp", *options)
+
+    assert scores["bleu_lc"] == pytest.approx(cli("-m", "bleu", "-lc"), abs=0.01)
+    assert scores["bleu"] == pytest.approx(cli("-m", "bleu"), abs=0.01)
+    assert scores["chrf"] == pytest.approx(cli("-m", "chrf"), abs=0.01)
+    assert scores["bleu_lc"] > scores["bleu"] + 10
+
+
+def model_figures(stop_reason: str, steps: int) -> dict:
+    """One model's figures as scripts/reproduce.py gathers them."""
+    scores = score_test_set(["a dog runs ."], ["A dog runs ."])
+    return {
+        "train": {"params": 7_580_000, "steps": steps, "epochs": 3, "max_steps": 2700,
+                  "max_minutes": 100, "stop_reason": stop_reason, "train_minutes": 50.0,
+                  "train_tokens_per_s": 3300.0, "best_dev_bleu": 40.2, "best_step": steps,
+                  "precision": "bf16"},
+        "checkpoint": {"checkpoint": "best.pt", "dev_bleu_greedy": {"best.pt": 40.2},
+                       "averaged_steps": []},
+        "tests": {"test_2016_flickr": {**scores, "sentences": 1, "seconds": 0.5,
+                                       "precision": "fp32"}},
+        "pictures": ["p-1.png"],
+        "curves": "c.png",
+    }  # fmt: skip
+
+
+def test_the_report_flags_the_time_guard_and_names_the_precisions():
+    models = {
+        "transformer": model_figures("max_steps", 2700),
+        "rnn-bahdanau": model_figures("max_minutes", 1234),
+    }
+    machine = {"cpu": "X", "torch_threads": 2, "gpu": None, "torch": "2.13", "python": "3.11"}
+    report = build_report("de-en", models, machine, "now", 5)
+    markdown = markdown_report(report)
+    rows: dict[str, str] = {}  # each model's row of the summary table (the first table)
+    for line in markdown.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0][2:], line)
+    assert "| 2700 (2700) |" in rows["transformer"] and "time guard" not in rows["transformer"]
+    assert "| 1234 (2700) (time guard) |" in rows["rnn-bahdanau"]
+    assert "| bf16 / fp32 |" in rows["transformer"]
+    assert "stopped by its step budget" in markdown
+    assert "WARNING: before its step budget, so this figure depends on the machine" in markdown
+    assert report["models"]["transformer"]["anchor"]["bleu_lc"] == 36.5
+    assert report["models"]["transformer"]["translate_sentences_per_s"] == pytest.approx(2.0)
