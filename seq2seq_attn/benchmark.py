@@ -90,7 +90,8 @@ def markdown_report(report: dict) -> str:
         f"# Multi30k {pair}: results",
         "",
         f"Report written {report['finished']} on {machine['cpu']} "
-        f"({machine['torch_threads']} threads, {gpu}), torch {machine['torch']}, "
+        f"({machine['torch_threads']} torch thread{'' if machine['torch_threads'] == 1 else 's'}, "
+        f"{gpu}), torch {machine['torch']}, "
         f"Python {machine['python']}. "
         f"Produced by `make reproduce PAIR={pair}`; test scores with beam {report['beam_size']} "
         "by the checkpoint chosen on the dev set (see Training).",
