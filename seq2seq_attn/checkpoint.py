@@ -63,8 +63,13 @@ def find_checkpoint(path: Path) -> Path:
     raise CheckpointError(f"{path}: a directory without best.pt or last.pt; pass a checkpoint file")
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(
+    path: Path, map_location: str | torch.device = "cpu", *, mmap: bool = False
+) -> dict:
     """Load a checkpoint written by :func:`save_checkpoint`, with ``weights_only=True``.
+
+    ``mmap=True`` maps the file instead of reading it: a tensor's bytes are read only when it
+    is used, so taking the weights out of a training checkpoint skips its optimizer state.
 
     Raises:
         CheckpointError: the file is missing, truncated or corrupt, or carries pickled Python
@@ -74,7 +79,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(error))
         if found is None:  # bytes the safe unpickler cannot read at all

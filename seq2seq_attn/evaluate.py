@@ -297,7 +297,7 @@ def load_for_translation(
     ``ValueError``) for an impossible setting, each naming what is wrong.
     """
     path = find_checkpoint(Path(checkpoint))
-    model, tokenizer, config = model_from_checkpoint(load_checkpoint(path), path)
+    model, tokenizer, config = model_from_checkpoint(load_checkpoint(path, mmap=True), path)
     changes = {"beam_size": beam_size, "length_penalty": length_penalty,
                "max_length_ratio": max_length_ratio}  # fmt: skip
     decode = dataclasses.replace(
