@@ -48,6 +48,16 @@ class Batch:
         """Slots of ``src`` plus ``tgt_out``, padding included (B*S + B*T)."""
         return self.src.numel() + self.tgt_out.numel()
 
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked memory (what a DataLoader with ``pin_memory`` calls),
+        so that copies to a GPU can overlap computation."""
+        pinned = {
+            field.name: value.pin_memory()
+            for field in dataclasses.fields(self)
+            if isinstance(value := getattr(self, field.name), torch.Tensor)
+        }
+        return dataclasses.replace(self, **pinned)
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """The same batch with every tensor on ``device``."""
         moved = {

@@ -200,6 +200,8 @@ class DataConfig:
     An empty ``dev`` or ``test`` means the corpus has no such split. ``max_length`` (tokens per
     side, without BOS/EOS) filters the training split only; ``max_tokens`` bounds the padded slots
     of one batch. Derived Arrow files (tokenized ids, filters) are cached under ``cache_dir``.
+    ``num_workers`` > 0 collates training batches in that many DataLoader worker processes, ahead
+    of the step (pinned memory on CUDA); the batches and their order stay the same.
     """
 
     kind: str = "plain"
@@ -215,6 +217,7 @@ class DataConfig:
     max_length: int = 100
     max_tokens: int = 4096
     cache_dir: str = "data/cache"
+    num_workers: int = 0  # DataLoader worker processes that collate batches ahead of the step
 
     def __post_init__(self) -> None:
         require(self.kind in DATA_KINDS, "data.kind", self.kind, f"use one of {DATA_KINDS}")
@@ -257,6 +260,10 @@ class DataConfig:
             f"{self.max_length + 1}",
         )
         require(bool(self.cache_dir), "data.cache_dir", self.cache_dir, "name a directory")
+        require(
+            self.num_workers >= 0, "data.num_workers", self.num_workers,
+            "use 0 (collate in the training process) or a number of worker processes",
+        )  # fmt: skip
 
     def split_spec(self, split: str) -> str:
         """The prefix, file or split name configured for ``split`` (train, dev or test)."""

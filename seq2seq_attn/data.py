@@ -16,7 +16,7 @@ import gzip
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -475,9 +475,48 @@ def make_sampler(
     return TokenBatchSampler(src_lengths, tgt_lengths, max_tokens, shuffle=shuffle, seed=seed)
 
 
-def iter_batches(ds: datasets.Dataset, sampler: TokenBatchSampler) -> Iterator[Batch]:
-    """Padded batches in the sampler's order; only the current batch is read into memory."""
-    ids = ds.select_columns(["src_ids", "tgt_ids"])
-    for indices in sampler:
-        rows = ids[indices]
-        yield collate(rows["src_ids"], rows["tgt_ids"], indices)
+class EpochBatches(torch.utils.data.Dataset):
+    """Batches of row indices of a tokenized dataset, collated on request (in a DataLoader
+    worker, or in the calling process)."""
+
+    def __init__(self, ds: datasets.Dataset, batches: list[list[int]]) -> None:
+        self.ids = ds.select_columns(["src_ids", "tgt_ids"])
+        self.batches = batches
+
+    def __len__(self) -> int:
+        """Number of batches."""
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> Batch:
+        """Batch ``index``, padded; only its rows are read from the Arrow files."""
+        indices = self.batches[index]
+        rows = self.ids[indices]
+        return collate(rows["src_ids"], rows["tgt_ids"], indices)
+
+
+def _as_is(batch: Batch) -> Batch:
+    """The DataLoader's collate function: batches are collated by :class:`EpochBatches`."""
+    return batch
+
+
+def iter_batches(
+    ds: datasets.Dataset, sampler: TokenBatchSampler, num_workers: int = 0, pin_memory: bool = False
+) -> Iterator[Batch]:
+    """The rest of the sampler's current epoch as padded batches, in its order.
+
+    With ``num_workers`` > 0, DataLoader worker processes collate the batches ahead of time;
+    the sampler still advances only as batches are handed to the caller, so a checkpoint taken
+    between two batches records the batches trained on, not the ones prefetched, and resumes
+    exactly. The workers draw their seed from a generator of their own, never from torch's
+    global one (which would shift dropout masks with every new loader).
+    """
+    remaining = EpochBatches(ds, sampler.batches(sampler.epoch)[sampler.position :])
+    if num_workers == 0:
+        produced: Iterable[Batch] = (remaining[i] for i in range(len(remaining)))
+    else:
+        produced = torch.utils.data.DataLoader(
+            remaining, batch_size=None, collate_fn=_as_is, num_workers=num_workers,
+            pin_memory=pin_memory, generator=torch.Generator().manual_seed(sampler.seed),
+        )  # fmt: skip
+    for _handed_out, batch in zip(sampler, produced, strict=True):  # the sampler counts them
+        yield batch

@@ -176,7 +176,7 @@ def first_difference(saved: object, current: object, key: str) -> str | None:
 def check_resumable(saved: Config, config: Config, path: Path) -> None:
     """Refuse to resume with other data, tokenizer or model settings than the run's (where the
     cache and the test split live may change)."""
-    movable = {"cache_dir", "test"}
+    movable = {"cache_dir", "test", "num_workers"}
     for section in ("data", "tokenizer", "model"):
         saved_values, values = to_plain(getattr(saved, section)), to_plain(getattr(config, section))
         if section == "data":
@@ -250,7 +250,7 @@ class Run:
         self.stop = stop or threading.Event()
         self.train_ds, _ = load_split(config.data, "train", tokenizer)
         self.sampler = make_sampler(self.train_ds, config.data.max_tokens, seed=config.train.seed)
-        self.batches = iter_batches(self.train_ds, self.sampler)
+        self.batches = self.train_batches()
         model = build_model(
             config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.joint
         )
@@ -290,7 +290,7 @@ class Run:
         """Continue from a checkpoint written by :meth:`state_dict`."""
         self.trainer.load_state_dict(state)
         self.sampler.load_state_dict(state["sampler"])
-        self.batches = iter_batches(self.train_ds, self.sampler)
+        self.batches = self.train_batches()
         self.progress = Progress(**state["progress"])
         restore_rng_state(state["rng"])
 
@@ -316,13 +316,20 @@ class Run:
         with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
+    def train_batches(self) -> Iterator[Batch]:
+        """The rest of the current epoch's training batches (collated in ``data.num_workers``
+        worker processes when set, into pinned memory on CUDA)."""
+        return iter_batches(
+            self.train_ds, self.sampler, self.config.data.num_workers, self.device.type == "cuda"
+        )
+
     def next_group(self) -> list[Batch]:
         """Up to ``accumulate_steps`` batches; fewer (maybe none) when the epoch ends."""
         group: list[Batch] = []
         while len(group) < self.config.train.accumulate_steps:
             batch = next(self.batches, None)
             if batch is None:  # the sampler has moved on to the next epoch
-                self.batches = iter_batches(self.train_ds, self.sampler)
+                self.batches = self.train_batches()
                 break
             group.append(batch)
         return group

@@ -126,3 +126,11 @@ def test_length_batches_respect_the_token_budget():
     assert batches[0] == [1, 3, 4]  # shortest first
     capped = length_batches(lengths, max_tokens=1000, max_items=2)
     assert capped == [[1, 3], [4, 0], [2, 5]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_a_pinned_batch_keeps_its_values():
+    batch = collate([[5, 6, 7], [8]], [[9], [10, 11]], [0, 1])
+    pinned = batch.pin_memory()
+    assert pinned.src.is_pinned() and pinned.tgt_out.is_pinned()
+    assert torch.equal(pinned.src, batch.src) and pinned.num_tgt_tokens == batch.num_tgt_tokens

@@ -273,3 +273,20 @@ def test_toy_corpus_has_the_promised_shape():
 def test_config_errors_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         DataConfig(**kwargs)
+
+
+def test_worker_processes_give_the_same_batches_and_count_only_those_handed_out(
+    tmp_path, toy_tokenizer
+):
+    cfg = DataConfig(
+        train=str(TOY / "dev"), src_lang="src", tgt_lang="tgt", cache_dir=str(tmp_path / "c")
+    )
+    ds, _ = load_split(cfg, "train", toy_tokenizer)
+    in_process = [batch.indices.tolist() for batch in iter_batches(ds, make_sampler(ds, 300))]
+    sampler = make_sampler(ds, 300)
+    with_workers = iter_batches(ds, sampler, num_workers=2)
+    first = [next(with_workers).indices.tolist() for _ in range(3)]
+    assert sampler.position == 3  # the workers have prefetched more; those do not count
+    rest = [batch.indices.tolist() for batch in with_workers]
+    assert first + rest == in_process
+    assert (sampler.epoch, sampler.position) == (1, 0)

@@ -3,6 +3,7 @@ checkpoints, exact resume, seeded determinism, the stop flag, early stopping, Na
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -184,6 +185,30 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(corpus, tmp_path):
         json.loads(line)["step"]
         for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
     ]
+
+
+def test_data_workers_change_nothing_and_resume_exactly(corpus, tmp_path):
+    config = toy_config(corpus, max_steps=16, save_every=4, validate_every=8)
+    with_workers = dataclasses.replace(config, data=dataclasses.replace(config.data, num_workers=2))
+    alone = Recorder()
+    train(config, tmp_path / "alone", callbacks=[alone])
+    whole = Recorder()
+    train(with_workers, tmp_path / "whole", callbacks=[whole])
+    assert [r.loss for r in whole.steps] == [r.loss for r in alone.steps]
+    stop = threading.Event()
+    first = Recorder(stop, stop_at=7)
+    train(with_workers, tmp_path / "parts", callbacks=[first], stop=stop)
+    state = load_checkpoint(tmp_path / "parts" / "last.pt")
+    per_epoch = first.info.steps_per_epoch  # one batch a step: the position counts steps
+    assert (state["sampler"]["epoch"], state["sampler"]["position"]) == divmod(7, per_epoch)
+    second = Recorder()
+    resumed = train(with_workers, tmp_path / "parts", resume=True, callbacks=[second])
+    assert [r.loss for r in first.steps + second.steps] == [r.loss for r in whole.steps]
+    expected, actual = (
+        parameters(tmp_path / "whole" / "last.pt"),
+        parameters(resumed.last_checkpoint),
+    )
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
 
 
 def test_resume_refuses_another_model(corpus, tmp_path):
