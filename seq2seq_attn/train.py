@@ -353,8 +353,8 @@ class Run:
             and self.progress.last_validated != self.progress.step
         ):
             self.validate()
-        if self.saved_step != self.progress.step:
-            self.save(LAST_FILE)
+        if self.saved_step != self.progress.step or reason == "max_minutes":
+            self.save(LAST_FILE)  # under the time guard, last.pt must hold the time that hit it
         summary = self.summary(reason)
         write_summary(self.run_dir, summary)
         for callback in self.callbacks:

@@ -436,6 +436,28 @@ def test_the_time_guard_stops_a_run_and_says_so_again_on_resume(corpus, tmp_path
     assert read_summary(run).reason == "max_steps"
 
 
+def test_a_run_stopped_by_the_time_guard_resumes_into_the_same_stop(corpus, tmp_path, monkeypatch):
+    # A frozen clock jumps past the guard right after last.pt is written at step 2 (validated and
+    # saved in the loop, nothing left for the end of the run): the guard is crossed between a
+    # checkpoint and the next limit check, so last.pt must be rewritten with the time that
+    # stopped the run (a resume used to train on; CI caught it as a flaky 10 vs 11 steps).
+    clock = [0.0]
+    monkeypatch.setattr(seq2seq_attn.train.time, "monotonic", lambda: clock[0])
+
+    class JumpPastTheGuard(TrainCallback):
+        def on_checkpoint(self, path: Path) -> None:
+            if path.name == "last.pt":
+                clock[0] += 120.0
+
+    run = tmp_path / "run"
+    guarded = toy_config(corpus, max_steps=100, max_minutes=1, save_every=2, validate_every=2)
+    first = train(guarded, run, callbacks=[JumpPastTheGuard()])
+    assert (first.reason, first.step) == ("max_minutes", 2)
+    assert load_checkpoint(run / "last.pt")["progress"]["elapsed"] >= 60
+    again = train(guarded, run, resume=True)
+    assert (again.reason, again.step) == ("max_minutes", 2)
+
+
 def test_validation_records_carry_the_training_time(corpus, tmp_path):
     train(toy_config(corpus), tmp_path / "run")
     validations = read_metrics(tmp_path / "run", "valid")
