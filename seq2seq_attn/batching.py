@@ -129,6 +129,21 @@ def length_batches(
     return [order[start:end] for start, end in runs]
 
 
+def rank_share(group: list[list[int]], rank: int, world_size: int) -> tuple[list[list[int]], bool]:
+    """Rank ``rank``'s part of one step's ``group`` of batches, and whether it is a stand-in.
+
+    The group is cut into ``world_size`` contiguous parts as even as possible (a full group of
+    ``world_size * A`` batches gives each rank ``A``). When the epoch's last group holds fewer
+    batches than ranks, a rank left without one gets the group's first batch as a stand-in: it
+    runs forward and backward on it (every rank must join the gradient all-reduce, or the others
+    hang) but its loss is weighted 0, so the update is the one of the real batches alone.
+    """
+    if not group:
+        raise ValueError("rank_share: a step needs at least one batch")
+    share = group[rank * len(group) // world_size : (rank + 1) * len(group) // world_size]
+    return (share, False) if share else ([group[0]], True)
+
+
 class TokenBatchSampler:
     """Batches of row indices holding at most ``max_tokens`` padded slots.
 
@@ -198,6 +213,15 @@ class TokenBatchSampler:
         while self.position < len(epoch_batches):
             self.position += 1  # counted as handed out, so a state saved now resumes after it
             yield epoch_batches[self.position - 1]
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def advance(self, count: int) -> None:
+        """Count ``count`` more batches of the current epoch as handed out (what iterating does
+        one batch at a time)."""
+        self.position = min(self.position + count, len(self.batches(self.epoch)))
+
+    def next_epoch(self) -> None:
+        """Move to the start of the next epoch (what iterating does after the last batch)."""
         self.epoch, self.position = self.epoch + 1, 0
 
     def padding_efficiency(self, epoch: int | None = None) -> float:

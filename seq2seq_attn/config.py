@@ -339,6 +339,8 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     log_every: int = 50
     max_nonfinite_in_a_row: int = 5
+    ddp_backend: Literal["auto", "gloo", "nccl"] = "auto"  # under torchrun: auto = NCCL on CUDA
+    ddp_timeout_minutes: float = 30.0  # how long a process waits for the others (validation!)
 
     def __post_init__(self) -> None:
         require(self.lr > 0, "train.lr", self.lr, "use a positive learning rate such as 5e-4")
@@ -359,6 +361,10 @@ class TrainConfig:
         for key in ("max_steps", "max_epochs", "early_stopping_patience", "plateau_patience"):
             value = getattr(self, key)
             require(value is None or value >= 1, f"train.{key}", value, "use >= 1 or null")
+        require(
+            self.ddp_timeout_minutes > 0, "train.ddp_timeout_minutes", self.ddp_timeout_minutes,
+            "use minutes > 0, longer than a validation takes",
+        )  # fmt: skip
         for key in ("clip_grad_norm", "max_minutes"):
             value = getattr(self, key)
             require(value is None or value > 0, f"train.{key}", value, "use a value > 0 or null")

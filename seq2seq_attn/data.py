@@ -16,7 +16,7 @@ import gzip
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -25,7 +25,7 @@ import datasets
 import torch
 from datasets.exceptions import DatasetGenerationError
 
-from .batching import Batch, TokenBatchSampler, collate
+from .batching import Batch, TokenBatchSampler, collate, rank_share
 from .config import DataConfig
 from .tokenizer import Tokenizer
 
@@ -33,10 +33,12 @@ __all__ = [
     "Batch",
     "DataError",
     "SplitReport",
+    "StepShare",
     "TokenBatchSampler",
     "collate",
     "count_lines",
     "iter_batches",
+    "iter_step_shares",
     "load_pairs",
     "load_split",
     "make_sampler",
@@ -499,6 +501,27 @@ def _as_is(batch: Batch) -> Batch:
     return batch
 
 
+def _collated(
+    ds: datasets.Dataset,
+    batches: list[list[int]],
+    num_workers: int,
+    pin_memory: bool,
+    seed: int,
+) -> Iterator[Batch]:
+    """``batches`` (row indices) as padded batches, in order: collated here, or ahead of time in
+    ``num_workers`` DataLoader worker processes. The workers draw their seed from a generator of
+    their own, never from torch's global one (which would shift dropout masks with every new
+    loader)."""
+    epoch_batches = EpochBatches(ds, batches)
+    if num_workers == 0:
+        return (epoch_batches[i] for i in range(len(epoch_batches)))
+    loader = torch.utils.data.DataLoader(
+        epoch_batches, batch_size=None, collate_fn=_as_is, num_workers=num_workers,
+        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    return iter(loader)
+
+
 def iter_batches(
     ds: datasets.Dataset, sampler: TokenBatchSampler, num_workers: int = 0, pin_memory: bool = False
 ) -> Iterator[Batch]:
@@ -506,17 +529,52 @@ def iter_batches(
 
     With ``num_workers`` > 0, DataLoader worker processes collate the batches ahead of time;
     the sampler still advances only as batches are handed to the caller, so a checkpoint taken
-    between two batches records the batches trained on, not the ones prefetched, and resumes
-    exactly. The workers draw their seed from a generator of their own, never from torch's
-    global one (which would shift dropout masks with every new loader).
+    between two batches records the batches trained on, not the ones prefetched.
     """
-    remaining = EpochBatches(ds, sampler.batches(sampler.epoch)[sampler.position :])
-    if num_workers == 0:
-        produced: Iterable[Batch] = (remaining[i] for i in range(len(remaining)))
-    else:
-        produced = torch.utils.data.DataLoader(
-            remaining, batch_size=None, collate_fn=_as_is, num_workers=num_workers,
-            pin_memory=pin_memory, generator=torch.Generator().manual_seed(sampler.seed),
-        )  # fmt: skip
+    remaining = sampler.batches(sampler.epoch)[sampler.position :]
+    produced = _collated(ds, remaining, num_workers, pin_memory, sampler.seed)
     for _handed_out, batch in zip(sampler, produced, strict=True):  # the sampler counts them
         yield batch
+
+
+@dataclass
+class StepShare:
+    """One process's batches for one optimisation step."""
+
+    batches: list[Batch]
+    stand_in: bool  # the batches only keep this process in step: their loss is weighted 0
+
+
+def iter_step_shares(
+    ds: datasets.Dataset,
+    sampler: TokenBatchSampler,
+    accumulate_steps: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[StepShare]:
+    """The rest of the sampler's current epoch, one optimisation step at a time, for process
+    ``rank`` of ``world_size``.
+
+    Each step takes the next ``accumulate_steps * world_size`` batches of the epoch (the last
+    step of an epoch takes what is left) and :func:`~seq2seq_attn.batching.rank_share` cuts them
+    between the processes, so every process runs the same number of steps per epoch and N
+    processes train on exactly the batches one process accumulating N times as many would.
+    The sampler's position counts the batches of the steps handed out, on every rank alike (a
+    checkpoint records the batches trained on, not the ones prefetched by workers); it moves
+    to the next epoch when the caller asks for a step past the last one.
+    """
+    group_size = accumulate_steps * world_size
+    remaining = sampler.batches(sampler.epoch)[sampler.position :]
+    groups = [
+        remaining[start : start + group_size] for start in range(0, len(remaining), group_size)
+    ]
+    shares = [rank_share(group, rank, world_size) for group in groups]
+    mine = [indices for share, _ in shares for indices in share]
+    produced = _collated(ds, mine, num_workers, pin_memory, sampler.seed + rank)
+    for group, (share, stand_in) in zip(groups, shares, strict=True):
+        batches = [next(produced) for _ in share]
+        sampler.advance(len(group))
+        yield StepShare(batches, stand_in)
+    sampler.next_epoch()

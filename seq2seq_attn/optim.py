@@ -4,11 +4,12 @@ through the model protocol only, in the precision :mod:`~seq2seq_attn.device` re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -123,31 +124,58 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class StepOutcome:
-    """One update: per-token label-smoothed loss and NLL, its learning rate, whether skipped."""
+    """One update: per-token label-smoothed loss and NLL, its learning rate, whether skipped,
+    and the tokens it trained on (over all processes)."""
 
     loss: float
     nll: float
     lr: float
     skipped: bool
+    target_tokens: int  # target positions (EOS included) of the step's real batches
+    tokens: int  # source + target tokens of the step's real batches
+
+
+class Collectives(Protocol):
+    """What a step needs from the processes that train one model together (implemented by
+    :class:`seq2seq_attn.distributed.World`)."""
+
+    world_size: int
+
+    def all_reduce_sum(self, values: Tensor) -> Tensor:
+        """The elementwise sum of ``values`` over all processes."""
+        ...
 
 
 class Trainer:
-    """Runs optimisation steps on a :class:`Seq2Seq` (through ``forward`` only)."""
+    """Runs optimisation steps on a :class:`Seq2Seq` (through ``forward`` only).
+
+    In a distributed run ``replica`` is the model's ``DistributedDataParallel`` wrapper (it
+    all-reduces gradients) and ``collectives`` sums the step's token counts and losses over the
+    processes; without them (one process) a step is a plain accumulation.
+    """
 
     def __init__(
-        self, model: Seq2Seq, cfg: TrainConfig, precision: Precision, device: torch.device
+        self,
+        model: Seq2Seq,
+        cfg: TrainConfig,
+        precision: Precision,
+        device: torch.device,
+        replica: nn.Module | None = None,
+        collectives: Collectives | None = None,
     ) -> None:
         self.model, self.cfg, self.precision, self.device = model, cfg, precision, device
+        self.replica, self.collectives = replica, collectives
         self.optimizer = build_optimizer(model, cfg)
         self.schedule = Schedule(self.optimizer, cfg)
         self.scaler = precision.grad_scaler()
         self.nonfinite_in_a_row = 0
 
-    def _loss_sums(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Summed (label-smoothed loss, NLL) of one batch, under the precision's autocast."""
+    def _loss_sums(self, batch: Batch, module: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+        """Summed (label-smoothed loss, NLL) of one batch through ``module`` (default: the
+        model itself), under the precision's autocast."""
         batch = batch.to(self.device, non_blocking=True)
         with self.precision.autocast():
-            logits = self.model(batch.src, batch.src_mask, batch.tgt_in)  # (B, T, V)
+            logits = (module or self.model)(batch.src, batch.src_mask, batch.tgt_in)  # (B, T, V)
         return label_smoothed_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
 
     def _grad_norm(self) -> Tensor:
@@ -157,16 +185,41 @@ class Trainer:
             return torch.nn.utils.get_total_norm([p.grad for p in parameters])
         return torch.nn.utils.clip_grad_norm_(parameters, self.cfg.clip_grad_norm)
 
-    def train_step(self, batches: list[Batch], step: int) -> StepOutcome:
+    def _sum_over_processes(self, values: Tensor) -> Tensor:
+        """``values`` summed over the processes (as they are in one process)."""
+        return values if self.collectives is None else self.collectives.all_reduce_sum(values)
+
+    def train_step(self, batches: list[Batch], step: int, stand_in: bool = False) -> StepOutcome:
         """Update number ``step`` from ``batches`` (accumulated; the loss is the mean over all
-        their target tokens). A NaN/inf loss or gradient skips the update and is counted."""
+        their target tokens, on all processes). A NaN/inf loss or gradient skips the update and
+        is counted. ``stand_in`` batches (a process with no real batch at the end of an epoch)
+        join the gradient all-reduce with their loss weighted 0.
+
+        The gradient all-reduce runs once, on the last batch (``no_sync`` on the others). DDP
+        averages gradients over the N processes; each loss is scaled by N / global target
+        tokens, so the update equals one process accumulating every process's batches.
+        """
         self.model.train()
-        total_tokens = sum(batch.num_tgt_tokens for batch in batches)
+        weight = 0 if stand_in else 1
+        local_counts = [
+            weight * sum(batch.num_tgt_tokens for batch in batches),
+            weight * sum(batch.num_src_tokens + batch.num_tgt_tokens for batch in batches),
+        ]
+        if self.collectives is None:
+            total_tokens, tokens = local_counts
+        else:
+            counts = self.collectives.all_reduce_sum(torch.tensor(local_counts))
+            total_tokens, tokens = counts.tolist()
+        processes = 1 if self.collectives is None else self.collectives.world_size
         sums = torch.zeros(2, device=self.device)  # (loss, nll) summed over the batches
-        for batch in batches:
-            loss_sum, nll_sum = self._loss_sums(batch)
-            self.scaler.scale(loss_sum / total_tokens).backward()
-            sums += torch.stack([loss_sum.detach(), nll_sum.detach()])
+        for index, batch in enumerate(batches):
+            accumulating = self.replica is not None and index < len(batches) - 1
+            with self.replica.no_sync() if accumulating else contextlib.nullcontext():  # type: ignore[union-attr]
+                loss_sum, nll_sum = self._loss_sums(batch, self.replica)
+                scaled = loss_sum * (weight * processes) / max(total_tokens, 1)
+                self.scaler.scale(scaled).backward()
+            sums += weight * torch.stack([loss_sum.detach(), nll_sum.detach()])
+        sums = self._sum_over_processes(sums)
         self.scaler.unscale_(self.optimizer)
         norm = self._grad_norm()
         loss, nll, norm_value = torch.cat([sums, norm.reshape(1)]).tolist()  # the one sync
@@ -180,7 +233,9 @@ class Trainer:
         self.nonfinite_in_a_row = 0 if finite else self.nonfinite_in_a_row + 1
         if not finite:
             logger.warning("step %d: loss %s, gradient norm %s: update skipped", step, loss, norm)
-        return StepOutcome(loss / total_tokens, nll / total_tokens, lr, not finite)
+        return StepOutcome(
+            loss / total_tokens, nll / total_tokens, lr, not finite, total_tokens, tokens
+        )
 
     def raise_nonfinite(self, step: int) -> NoReturn:
         """Stop the run: too many non-finite steps in a row."""

@@ -4,6 +4,12 @@ directory with self-contained checkpoints, and exact resume.
 Entry point: :func:`train`. Progress reaches the caller through :class:`TrainCallback` hooks (the
 CLI draws them); a ``threading.Event`` passed as ``stop`` asks the loop to finish the current
 step, save ``last.pt`` and return (what a SIGINT/SIGTERM handler sets).
+
+Launched by ``torchrun``, every process runs this same loop on its share of each step's batches
+(:func:`~seq2seq_attn.data.iter_step_shares`) and the model is wrapped in
+``DistributedDataParallel``. Rank 0 alone trains the tokenizer, builds the data cache first,
+validates and writes files; every decision that ends or shapes the run (limits, early stopping,
+a signal, the dev BLEU) is agreed by all processes, so they all stop at the same step.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, config_from_plain, to_plain, to_yaml
 from .data import (
     Batch,
+    StepShare,
     iter_batches,
+    iter_step_shares,
     load_pairs,
     load_split,
     make_sampler,
@@ -32,7 +40,8 @@ from .data import (
     tokenize_pairs,
 )  # fmt: skip
 from .device import Precision, resolve_device, resolve_precision
-from .evaluate import score_translations, search_options
+from .distributed import DistributedError, World
+from .evaluate import Evaluation, score_translations, search_options
 from .fileio import write_text_atomic
 from .metrics import Score
 from .models import Seq2Seq, build_model
@@ -56,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "seq2seq-attn/1"
 NUM_SAMPLES = 3
+STOP_REASONS = ("max_steps", "max_epochs", "max_minutes", "early_stopping", "stopped")
 
 
 @dataclass
@@ -212,24 +222,86 @@ def train(
 
     A new run refuses a non-empty ``run_dir``; ``resume=True`` continues from its ``last.pt``
     exactly (same data, tokenizer and model sections required; train limits may change).
-    Raises :class:`RunDirError`, ``ConfigError``, ``DataError`` or :class:`NonFiniteLossError`.
+    Under ``torchrun`` this process joins the others (see the module's docstring); only rank 0
+    calls ``callbacks``. Raises :class:`RunDirError`, ``ConfigError``, ``DataError``,
+    :class:`NonFiniteLossError` or :class:`DistributedError`.
     """
     run_dir = Path(run_dir)
-    checkpoint = prepare_run_dir(run_dir, resume)
-    if checkpoint is not None:
-        check_resumable(config_from_plain(checkpoint["config"]), config, run_dir / LAST_FILE)
-    device = resolve_device(config.train.device)
+    world, device = World.from_environment(
+        config.train.ddp_backend, resolve_device(config.train.device),
+        config.train.ddp_timeout_minutes,
+    )  # fmt: skip
+    try:
+        main_callbacks = list(callbacks) if world.is_main else []
+        return _train(config, run_dir, resume, main_callbacks, stop, world, device)
+    finally:
+        world.close()
+
+
+def _train(
+    config: Config,
+    run_dir: Path,
+    resume: bool,
+    callbacks: list[TrainCallback],
+    stop: threading.Event | None,
+    world: World,
+    device: torch.device,
+) -> TrainSummary:
+    """:func:`train` once the processes (one without torchrun) have joined."""
+    opened: dict = {}
+
+    def open_on_main() -> dict:
+        """Create or check the run directory; the tokenizer's state (trained on a new run)."""
+        opened["checkpoint"] = checkpoint = prepare_run_dir(run_dir, resume)
+        if checkpoint is not None:
+            check_resumable(config_from_plain(checkpoint["config"]), config, run_dir / LAST_FILE)
+        opened["tokenizer"] = build_tokenizer(config, checkpoint)
+        return opened["tokenizer"].state_dict()
+
+    tokenizer_state = world.on_main(open_on_main)
+    if world.distributed:
+        logger.info("training with %s", world.describe())
+    tokenizer = opened.get("tokenizer") or Tokenizer.from_state_dict(tokenizer_state)
+    checkpoint = opened.get("checkpoint")
+    if resume:
+        checkpoint = shared_checkpoint(world, run_dir, checkpoint)
     precision = resolve_precision(config.train.precision, device)
-    seed_everything(config.train.seed)
-    tokenizer = build_tokenizer(config, checkpoint)
-    run = Run(config, run_dir, tokenizer, device, precision, list(callbacks), stop)
+    seed_everything(config.train.seed + world.rank)  # other dropout masks on every process
+    run = Run(config, run_dir, tokenizer, device, precision, callbacks, stop, world)
     if checkpoint is not None:
         run.load_state_dict(checkpoint)
-        trim_metrics(run_dir / METRICS_FILE, run.progress.step)
-        forget_summary(run_dir)
-    tokenizer.save(run_dir)
-    write_text_atomic(run_dir / CONFIG_FILE, to_yaml(config))
+    if world.is_main:
+        if checkpoint is not None:
+            trim_metrics(run_dir / METRICS_FILE, run.progress.step)
+            forget_summary(run_dir)
+        tokenizer.save(run_dir)
+        write_text_atomic(run_dir / CONFIG_FILE, to_yaml(config))
     return run.run()
+
+
+def shared_checkpoint(world: World, run_dir: Path, checkpoint: dict | None) -> dict:
+    """Rank 0's ``checkpoint`` (already loaded) or, on the other processes, the same ``last.pt``
+    read from the shared run directory; every process fails together when one cannot see it or
+    sees another step."""
+    path, error = run_dir / LAST_FILE, None
+    if not world.is_main:
+        if path.is_file():
+            checkpoint = load_checkpoint(path)
+        else:
+            error = (
+                f"{path}: rank {world.rank} on {world.host} cannot see the checkpoint rank 0 "
+                "resumes from; with several machines the run directory must be on a filesystem "
+                "every machine mounts at the same path (NFS, Lustre, ...)"
+            )
+    world.check(error)
+    assert checkpoint is not None
+    steps = world.gather(int(checkpoint["progress"]["step"]))
+    if len(set(steps)) > 1:
+        raise DistributedError(
+            f"{path}: the processes read checkpoints of different steps ({steps}, by rank); "
+            "every machine must see the same run directory (a shared filesystem, not copies)"
+        )
+    return checkpoint
 
 
 class Run:
@@ -244,19 +316,27 @@ class Run:
         precision: Precision,
         callbacks: list[TrainCallback],
         stop: threading.Event | None,
+        world: World | None = None,
     ) -> None:
         self.config, self.run_dir, self.tokenizer = config, run_dir, tokenizer
         self.device, self.precision, self.callbacks = device, precision, callbacks
         self.stop = stop or threading.Event()
-        self.train_ds, _ = load_split(config.data, "train", tokenizer)
+        self.world = world or World()
+        # rank 0 tokenizes and caches first; the others then read its cache
+        self.train_ds, _ = self.world.in_turn(lambda: load_split(config.data, "train", tokenizer))
         self.sampler = make_sampler(self.train_ds, config.data.max_tokens, seed=config.train.seed)
-        self.batches = self.train_batches()
+        self.shares = self.step_shares()
         model = build_model(
             config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.joint
         )
         self.model: Seq2Seq = model.to(device)
-        self.dev_ds, self.dev_pairs = self._dev_data()
-        self.trainer = Trainer(self.model, config.train, precision, device)
+        self.validates = bool(config.data.dev)
+        self.dev_ds, self.dev_pairs = self._dev_data() if self.world.is_main else (None, None)
+        self.replica = self.world.replicate(self.model)
+        collectives = self.world if self.world.distributed else None
+        self.trainer = Trainer(
+            self.model, config.train, precision, device, self.replica, collectives
+        )
         self.progress = Progress()
         self.start_time = time.monotonic()
         self.saved_step = -1  # the step last.pt holds
@@ -283,16 +363,32 @@ class Run:
             **self.trainer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "progress": asdict(self.progress),
-            "rng": rng_state(),
+            "rng": rng_state(),  # rank 0's (what a single-process checkpoint holds)
+            "world_size": self.world.world_size,
+            "rng_per_rank": self.world.gather(rng_state()),
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a checkpoint written by :meth:`state_dict`."""
         self.trainer.load_state_dict(state)
         self.sampler.load_state_dict(state["sampler"])
-        self.batches = self.train_batches()
+        self.shares = self.step_shares()
         self.progress = Progress(**state["progress"])
-        restore_rng_state(state["rng"])
+        world, saved_world_size = self.world, int(state.get("world_size", 1))
+        if saved_world_size == world.world_size:
+            restore_rng_state(state.get("rng_per_rank", [state["rng"]])[world.rank])
+            return
+        if world.is_main:
+            restore_rng_state(state["rng"])
+            logger.warning(
+                "resuming a checkpoint of %d process(es) with %d: each step now takes %d x "
+                "train.accumulate_steps batches of the epoch (the global batch changes), the rest "
+                "of epoch %d is cut into steps differently, and ranks above 0 draw new dropout "
+                "seeds",
+                saved_world_size, world.world_size, world.world_size, self.sampler.epoch + 1,
+            )  # fmt: skip
+        else:  # a rank the checkpoint has no generator state for
+            seed_everything(hash((self.config.train.seed, world.rank, self.progress.step)))
 
     @property
     def elapsed(self) -> float:
@@ -304,7 +400,9 @@ class Run:
         self.progress.elapsed = self.elapsed
         self.start_time = time.monotonic()
         path = self.run_dir / name
-        save_checkpoint(self.state_dict(), path)
+        state = self.state_dict()  # on every process: it gathers their generator states
+        if self.world.is_main:
+            save_checkpoint(state, path)
         if name == LAST_FILE:
             self.saved_step = self.progress.step
         for callback in self.callbacks:
@@ -312,27 +410,25 @@ class Run:
         return path
 
     def log_metrics(self, record: dict) -> None:
-        """Append one JSON line to ``metrics.jsonl``."""
-        with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        """Append one JSON line to ``metrics.jsonl`` (rank 0 only)."""
+        if self.world.is_main:
+            with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
 
-    def train_batches(self) -> Iterator[Batch]:
-        """The rest of the current epoch's training batches (collated in ``data.num_workers``
-        worker processes when set, into pinned memory on CUDA)."""
-        return iter_batches(
-            self.train_ds, self.sampler, self.config.data.num_workers, self.device.type == "cuda"
-        )
+    def step_shares(self) -> Iterator[StepShare]:
+        """This process's batches for each step of the rest of the current epoch (collated in
+        ``data.num_workers`` worker processes when set, into pinned memory on CUDA)."""
+        return iter_step_shares(
+            self.train_ds, self.sampler, self.config.train.accumulate_steps, self.world.rank,
+            self.world.world_size, self.config.data.num_workers, self.device.type == "cuda",
+        )  # fmt: skip
 
-    def next_group(self) -> list[Batch]:
-        """Up to ``accumulate_steps`` batches; fewer (maybe none) when the epoch ends."""
-        group: list[Batch] = []
-        while len(group) < self.config.train.accumulate_steps:
-            batch = next(self.batches, None)
-            if batch is None:  # the sampler has moved on to the next epoch
-                self.batches = self.train_batches()
-                break
-            group.append(batch)
-        return group
+    def next_share(self) -> StepShare | None:
+        """This process's batches for the next step; None when the epoch has just ended."""
+        share = next(self.shares, None)
+        if share is None:  # the sampler has moved on to the next epoch
+            self.shares = self.step_shares()
+        return share
 
     def run(self) -> TrainSummary:
         """Train until a limit, early stopping or the stop flag; save ``last.pt`` and return."""
@@ -341,22 +437,19 @@ class Run:
         info = RunInfo(
             self.run_dir, str(self.device), self.precision.name, self.model.num_parameters(),
             len(self.train_ds), self.progress.step, cfg.max_steps,
-            math.ceil(len(self.sampler) / cfg.accumulate_steps),
+            math.ceil(len(self.sampler) / (cfg.accumulate_steps * self.world.world_size)),
         )  # fmt: skip
         for callback in self.callbacks:
             callback.on_start(info)
         reason = self.loop()
         finished = reason != "stopped"  # a stopped run resumes later: validate on schedule only
-        if (
-            finished
-            and self.dev_ds is not None
-            and self.progress.last_validated != self.progress.step
-        ):
+        if finished and self.validates and self.progress.last_validated != self.progress.step:
             self.validate()
         if self.saved_step != self.progress.step or reason == "max_minutes":
             self.save(LAST_FILE)  # under the time guard, last.pt must hold the time that hit it
         summary = self.summary(reason)
-        write_summary(self.run_dir, summary)
+        if self.world.is_main:
+            write_summary(self.run_dir, summary)
         for callback in self.callbacks:
             callback.on_end(summary)
         return summary
@@ -375,7 +468,16 @@ class Run:
         )  # fmt: skip
 
     def limit_reached(self) -> str | None:
-        """Why the loop must stop now, or None."""
+        """Why the loop must stop now, or None; all processes agree (the first reason of
+        :data:`STOP_REASONS` that any of them has), so that all stop at the same step."""
+        local = self.local_limit()
+        agreed = self.world.all_reduce_min(
+            len(STOP_REASONS) if local is None else STOP_REASONS.index(local)
+        )
+        return STOP_REASONS[agreed] if agreed < len(STOP_REASONS) else None
+
+    def local_limit(self) -> str | None:
+        """Why this process would stop now, or None."""
         cfg, progress = self.config.train, self.progress
         if cfg.max_steps is not None and progress.step >= cfg.max_steps:
             return "max_steps"
@@ -392,34 +494,36 @@ class Run:
         """Steps until :meth:`limit_reached` says why to stop; returns that reason."""
         cfg = self.config.train
         while (reason := self.limit_reached()) is None:
-            group = self.next_group()
-            if not group:
+            share = self.next_share()
+            if share is None:
                 continue
-            self.one_step(group)
+            self.one_step(share)
             step = self.progress.step
-            if cfg.validate_every and self.dev_ds is not None and step % cfg.validate_every == 0:
+            if cfg.validate_every and self.validates and step % cfg.validate_every == 0:
                 self.validate()
             if cfg.save_every and step % cfg.save_every == 0:
                 self.save(f"step-{step:08d}.pt")
-                prune_numbered(self.run_dir, cfg.keep_last)
+                if self.world.is_main:
+                    prune_numbered(self.run_dir, cfg.keep_last)
                 self.save(LAST_FILE)
         return reason
 
-    def one_step(self, group: list[Batch]) -> None:
-        """One update from ``group``; reports it and logs every ``log_every`` steps."""
+    def one_step(self, share: StepShare) -> None:
+        """One update (this process's part: ``share``); reports it and logs every
+        ``log_every`` steps. Token counts are over all processes."""
         epoch = self.sampler.epoch + (self.sampler.position > 0)
         started = time.monotonic()
         self.progress.step += 1
-        outcome = self.trainer.train_step(group, self.progress.step)
+        outcome = self.trainer.train_step(share.batches, self.progress.step, share.stand_in)
         seconds = max(time.monotonic() - started, 1e-9)
-        self.progress.target_tokens += sum(batch.num_tgt_tokens for batch in group)
+        self.progress.target_tokens += outcome.target_tokens
         self.progress.step_seconds += seconds
         if outcome.skipped:
             self.progress.nonfinite_total += 1
             if self.trainer.nonfinite_in_a_row >= self.config.train.max_nonfinite_in_a_row:
                 self.save(LAST_FILE)
                 self.trainer.raise_nonfinite(self.progress.step)
-        tokens = sum(batch.num_src_tokens + batch.num_tgt_tokens for batch in group)
+        tokens = outcome.tokens
         report = StepReport(
             self.progress.step, epoch, outcome.loss, math.exp(min(outcome.nll, 100.0)),
             outcome.lr, tokens, tokens / seconds, self.elapsed,
@@ -431,15 +535,22 @@ class Run:
         if log_every and self.progress.step % log_every == 0:
             self.log_metrics({"kind": "train", **asdict(report)})
 
-    def validate(self) -> ValidationReport:
-        """Dev loss, perplexity and greedy BLEU/chrF; best.pt, plateau and early stopping."""
-        loss, nll = self.trainer.evaluation_loss(self.dev_loader())
-        evaluation = score_translations(
-            self.model, self.tokenizer, self.dev_pairs["src"], self.dev_pairs["tgt"],
-            search_options(self.config.decode, beam_size=1), self.config.data.max_tokens,
-            self.device, amp_dtype=self.precision.dtype,
-        )  # fmt: skip
-        bleu, progress = evaluation.scores["bleu"].score, self.progress
+    def validate(self) -> None:
+        """Dev loss, perplexity and greedy BLEU/chrF (on rank 0; every process then books the
+        same BLEU); best.pt, plateau and early stopping."""
+        evaluated: dict = {}
+
+        def evaluate_on_main() -> float:
+            """Dev loss and translations on rank 0; returns the BLEU the others book."""
+            evaluated["loss"] = self.trainer.evaluation_loss(self.dev_loader())
+            evaluated["evaluation"] = score_translations(
+                self.model, self.tokenizer, self.dev_pairs["src"], self.dev_pairs["tgt"],
+                search_options(self.config.decode, beam_size=1), self.config.data.max_tokens,
+                self.device, amp_dtype=self.precision.dtype,
+            )  # fmt: skip
+            return evaluated["evaluation"].scores["bleu"].score
+
+        bleu, progress = self.world.on_main(evaluate_on_main), self.progress
         is_best = progress.best_bleu is None or bleu > progress.best_bleu
         if is_best:
             progress.best_bleu, progress.best_step, progress.bad_validations = (
@@ -452,13 +563,23 @@ class Run:
         progress.last_validated = progress.step
         self.saved_step = -1  # last.pt does not hold this validation's outcome yet
         self.trainer.schedule.validated(bleu)
+        if is_best:
+            self.save(BEST_FILE)
+        if self.world.is_main:
+            self.report_validation(*evaluated["loss"], evaluated["evaluation"], is_best)
+
+    def report_validation(
+        self, loss: float, nll: float, evaluation: Evaluation, is_best: bool
+    ) -> None:
+        """Log a validation, append it to the metrics and hand it to the callbacks."""
+        progress = self.progress
         samples = zip(evaluation.sources, evaluation.references, evaluation.hypotheses, strict=True)
         report = ValidationReport(
             progress.step, loss, math.exp(min(nll, 100.0)), evaluation.scores,
             progress.best_bleu, is_best, list(samples)[:NUM_SAMPLES],
         )  # fmt: skip
-        logger.info("step %d: dev loss %.3f, BLEU %.2f", progress.step, loss, bleu)
         scores = {name: score.score for name, score in evaluation.scores.items()}
+        logger.info("step %d: dev loss %.3f, BLEU %.2f", progress.step, loss, scores["bleu"])
         self.log_metrics(
             {
                 "kind": "valid",
@@ -468,11 +589,8 @@ class Run:
                 **scores,
             }
         )
-        if is_best:
-            self.save(BEST_FILE)
         for callback in self.callbacks:
             callback.on_validation(report)
-        return report
 
     def dev_loader(self) -> Iterator[Batch]:
         """Dev batches in length order (no shuffling)."""

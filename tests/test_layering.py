@@ -21,7 +21,7 @@ PACKAGE = "seq2seq_attn"
 UPSTREAM_OF_TRAIN = {
     "config", "fileio", "tokenizer", "batching", "data", "attention", "models", "models.common",
     "models.rnn", "models.transformer", "decoding", "metrics", "device", "checkpoint", "rundir",
-    "evaluate", "optim",
+    "evaluate", "optim", "distributed",
 }  # fmt: skip
 
 CLI_MODULES = {"cli", "cli.console", "cli.train_cmd", "cli.translate_cmd"}
@@ -74,6 +74,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
         {"torch"},
     ),
     "optim": ({"config", "tokenizer", "batching", "data", "device", "models"}, {"torch"}),
+    "distributed": ({"config"}, {"torch"}),
     "train": (UPSTREAM_OF_TRAIN, {"torch"}),
     **{
         module: (

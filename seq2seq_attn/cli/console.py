@@ -18,15 +18,20 @@ logger = logging.getLogger("seq2seq_attn")
 
 
 @contextlib.contextmanager
-def package_logging(log_file: Path | None, live: bool) -> Iterator[None]:
+def package_logging(log_file: Path | None, live: bool, rank: int = 0) -> Iterator[None]:
     """Send the package's logs to the console (rich on a terminal, plain otherwise) and to
-    ``log_file`` while the block runs; the logger is restored afterwards."""
+    ``log_file`` while the block runs; the logger is restored afterwards. A distributed
+    process other than rank 0 (``rank`` > 0) shows only warnings and errors, marked with its
+    rank."""
     console_handler: logging.Handler
     if live:
         console_handler = RichHandler(console=err_console, show_path=False)
     else:
+        marker = f"rank {rank} " if rank else ""
         console_handler = logging.StreamHandler(sys.stderr)
-        console_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        console_handler.setFormatter(
+            logging.Formatter(f"%(asctime)s {marker}%(levelname)s %(message)s")
+        )
     handlers = [console_handler]
     if log_file is not None:
         # delay: the file appears with the first record, after training has checked that a
@@ -37,7 +42,7 @@ def package_logging(log_file: Path | None, live: bool) -> Iterator[None]:
         )
         handlers.append(file_handler)
     saved = (logger.level, logger.propagate, list(logger.handlers))
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.WARNING if rank else logging.INFO)
     logger.propagate = False
     logger.handlers[:] = handlers
     try:

@@ -17,6 +17,7 @@ from rich.table import Table
 from ..checkpoint import CheckpointError
 from ..config import ConfigError, load_config
 from ..data import DataError, disable_progress_bars
+from ..distributed import DistributedError, environment_rank
 from ..optim import NonFiniteLossError
 from ..rundir import RunDirError, TrainSummary, check_new_run_dir
 from ..train import (
@@ -234,30 +235,33 @@ def train_command(
     except ConfigError as error:
         raise fail(str(error), code=2) from None
     run_dir = run_dir or Path("runs") / config.stem
-    live = console.is_terminal
+    rank = environment_rank()  # under torchrun only rank 0 draws progress and writes train.log
+    live = console.is_terminal and rank == 0
     disable_progress_bars()
     stopper = StopOnSignal()
     every = loaded.train.log_every or 50
     callback = LiveProgress(console, max(every // 10, 1)) if live else PlainProgress(every)
     try:
         with stopper:
-            if not resume:
+            if not resume and rank == 0:
                 check_new_run_dir(run_dir)
-            with package_logging(run_dir / "train.log", live):
+            log_file = run_dir / "train.log" if rank == 0 else None
+            with package_logging(log_file, live, rank):
                 summary = train(
                     loaded, run_dir, resume=resume, callbacks=[callback], stop=stopper.event
                 )
     except (RunDirError, ConfigError) as error:
         raise fail(str(error), code=2) from None
-    except (DataError, CheckpointError, NonFiniteLossError) as error:
+    except (DataError, CheckpointError, NonFiniteLossError, DistributedError) as error:
         raise fail(str(error), code=1) from None
     except KeyboardInterrupt:
         hint = _resume_hint(config, run_dir)
         err_console.print(f"interrupted; resume from the last checkpoint with: {hint}")
         raise typer.Exit(code=130) from None
     if summary.reason == "stopped" and stopper.received is not None:
-        hint = _resume_hint(config, run_dir)
-        err_console.print(f"stopped by {stopper.received.name}; resume with: {hint}")
+        if rank == 0:
+            hint = _resume_hint(config, run_dir)
+            err_console.print(f"stopped by {stopper.received.name}; resume with: {hint}")
         raise typer.Exit(code=EXIT_SIGNAL[stopper.received])
 
 
