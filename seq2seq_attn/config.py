@@ -202,6 +202,8 @@ class DataConfig:
     of one batch. Derived Arrow files (tokenized ids, filters) are cached under ``cache_dir``.
     ``num_workers`` > 0 collates training batches in that many DataLoader worker processes, ahead
     of the step (pinned memory on CUDA); the batches and their order stay the same.
+    ``num_proc`` processes tokenize and filter a split (0: every core for a split of 100,000
+    pairs or more, one process below); the cached result is the same whatever the number.
     """
 
     kind: str = "plain"
@@ -218,6 +220,7 @@ class DataConfig:
     max_tokens: int = 4096
     cache_dir: str = "data/cache"
     num_workers: int = 0  # DataLoader worker processes that collate batches ahead of the step
+    num_proc: int = 0  # processes that tokenize a split (0: every core for >= 100k pairs)
 
     def __post_init__(self) -> None:
         require(self.kind in DATA_KINDS, "data.kind", self.kind, f"use one of {DATA_KINDS}")
@@ -263,6 +266,10 @@ class DataConfig:
         require(
             self.num_workers >= 0, "data.num_workers", self.num_workers,
             "use 0 (collate in the training process) or a number of worker processes",
+        )  # fmt: skip
+        require(
+            self.num_proc >= 0, "data.num_proc", self.num_proc,
+            "use 0 (automatic) or a number of tokenizing processes",
         )  # fmt: skip
 
     def split_spec(self, split: str) -> str:

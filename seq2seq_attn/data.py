@@ -12,10 +12,12 @@ a time becomes Python lists, so corpora larger than memory work.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 # Bump when the readers or derived columns change, so that old caches are not reused.
 CACHE_VERSION = "1"
+LARGE_SPLIT = 100_000  # pairs from which a split is tokenized in parallel, with progress bars
+LARGE_TEXT_BYTES = 10_000_000  # text files from which reading them shows progress bars
 TEXT_FEATURES = datasets.Features(
     {"src": datasets.Value("string"), "tgt": datasets.Value("string")}
 )
@@ -365,14 +369,16 @@ def load_pairs(cfg: DataConfig, split: str) -> datasets.Dataset:
     if cfg.kind == "hub":
         return _load_hub(cfg, spec)
     reader, kwargs, files = _file_source(cfg, spec)
+    large = sum(path.stat().st_size for path in files) >= LARGE_TEXT_BYTES
     try:
-        return datasets.Dataset.from_generator(
-            reader,
-            features=TEXT_FEATURES,
-            gen_kwargs=kwargs,
-            cache_dir=str(Path(cfg.cache_dir) / "text"),
-            fingerprint=_files_fingerprint(cfg.kind, kwargs, files),
-        )
+        with _progress_bars(large):
+            return datasets.Dataset.from_generator(
+                reader,
+                features=TEXT_FEATURES,
+                gen_kwargs=kwargs,
+                cache_dir=str(Path(cfg.cache_dir) / "text"),
+                fingerprint=_files_fingerprint(cfg.kind, kwargs, files),
+            )
     except DatasetGenerationError as error:
         if isinstance(error.__cause__, DataError):
             raise error.__cause__ from None
@@ -406,41 +412,64 @@ def _short_enough(src_len: list[int], tgt_len: list[int], max_length: int) -> li
     return [s <= max_length and t <= max_length for s, t in zip(src_len, tgt_len, strict=True)]
 
 
+def tokenizing_processes(requested: int, pairs: int) -> int:
+    """How many processes tokenize ``pairs`` pairs: ``requested``, or with 0 every core this
+    process may use for a split of :data:`LARGE_SPLIT` pairs or more (one below: starting
+    processes costs more than it saves)."""
+    if requested:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cores or 1) if pairs >= LARGE_SPLIT else 1
+
+
+@contextlib.contextmanager
+def _progress_bars(shown: bool) -> Iterator[None]:
+    """Show the datasets library's progress bars inside the block when ``shown`` (a large split
+    takes minutes to tokenize), whatever the caller chose; restore its choice afterwards."""
+    hidden = not datasets.is_progress_bar_enabled()
+    if shown and hidden:
+        datasets.enable_progress_bars()
+    try:
+        yield
+    finally:
+        if shown and hidden:
+            datasets.disable_progress_bars()
+
+
 def tokenize_pairs(
     ds: datasets.Dataset,
     tokenizer: Tokenizer,
     cache_dir: str | Path,
     max_length: int | None = None,
     split: str = "data",
+    num_proc: int = 0,
 ) -> tuple[datasets.Dataset, SplitReport]:
     """Drop empty pairs, add ``src_ids``/``tgt_ids``/``src_len``/``tgt_len``, drop pairs over
     ``max_length`` tokens (``None``: keep all). Each step is cached under ``cache_dir``, keyed
     by the input's fingerprint and the tokenizer's bytes, so a second run skips tokenization.
+    The steps run in :func:`tokenizing_processes` processes, with progress bars on a large split.
     """
     cache_dir = str(cache_dir)
-    nonempty = _cached_filter(
-        ds, cache_dir, "drop-empty", (), function=_nonempty, input_columns=["src", "tgt"]
-    )
-    encoded = _cached_map(
-        nonempty,
-        cache_dir,
-        "tokenize",
-        (tokenizer.fingerprint,),
-        function=_encode,
-        fn_kwargs={"tokenizer": tokenizer},
-        features=ID_FEATURES,
-    )
-    kept = encoded
-    if max_length is not None:
-        kept = _cached_filter(
-            encoded,
-            cache_dir,
-            "drop-long",
-            (max_length,),
-            function=_short_enough,
-            fn_kwargs={"max_length": max_length},
-            input_columns=["src_len", "tgt_len"],
-        )
+    processes = tokenizing_processes(num_proc, len(ds))
+    parallel = {"num_proc": processes} if processes > 1 else {}
+    if len(ds) >= LARGE_SPLIT:
+        logger.info("%s: tokenizing %d pairs in %d process(es)", split, len(ds), processes)
+    with _progress_bars(len(ds) >= LARGE_SPLIT):
+        nonempty = _cached_filter(
+            ds, cache_dir, "drop-empty", (), function=_nonempty, input_columns=["src", "tgt"],
+            **parallel,
+        )  # fmt: skip
+        encoded = _cached_map(
+            nonempty, cache_dir, "tokenize", (tokenizer.fingerprint,), function=_encode,
+            fn_kwargs={"tokenizer": tokenizer}, features=ID_FEATURES, **parallel,
+        )  # fmt: skip
+        kept = encoded
+        if max_length is not None:
+            kept = _cached_filter(
+                encoded, cache_dir, "drop-long", (max_length,), function=_short_enough,
+                fn_kwargs={"max_length": max_length}, input_columns=["src_len", "tgt_len"],
+                **parallel,
+            )  # fmt: skip
     report = SplitReport(split, len(ds), len(ds) - len(nonempty), len(encoded) - len(kept))
     logger.info("%s", report)
     return kept, report
@@ -452,7 +481,9 @@ def load_split(
     """:func:`load_pairs` then :func:`tokenize_pairs`; ``max_length`` filters train only, so
     that dev and test scores cover every sentence."""
     max_length = cfg.max_length if split == "train" else None
-    return tokenize_pairs(load_pairs(cfg, split), tokenizer, cfg.cache_dir, max_length, split)
+    return tokenize_pairs(
+        load_pairs(cfg, split), tokenizer, cfg.cache_dir, max_length, split, cfg.num_proc
+    )
 
 
 # ---- batches -------------------------------------------------------------------------------

@@ -186,7 +186,7 @@ def first_difference(saved: object, current: object, key: str) -> str | None:
 def check_resumable(saved: Config, config: Config, path: Path) -> None:
     """Refuse to resume with other data, tokenizer or model settings than the run's (where the
     cache and the test split live may change)."""
-    movable = {"cache_dir", "test", "num_workers"}
+    movable = {"cache_dir", "test", "num_workers", "num_proc"}
     for section in ("data", "tokenizer", "model"):
         saved_values, values = to_plain(getattr(saved, section)), to_plain(getattr(config, section))
         if section == "data":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from seq2seq_attn.config import ConfigError, DataConfig, TokenizerConfig
 from seq2seq_attn.data import (
+    LARGE_SPLIT,
     DataError,
     count_lines,
     iter_batches,
@@ -20,6 +22,7 @@ from seq2seq_attn.data import (
     load_split,
     make_sampler,
     texts,
+    tokenizing_processes,
 )
 from seq2seq_attn.tokenizer import Tokenizer, train_tokenizer
 
@@ -290,3 +293,26 @@ def test_worker_processes_give_the_same_batches_and_count_only_those_handed_out(
     rest = [batch.indices.tolist() for batch in with_workers]
     assert first + rest == in_process
     assert (sampler.epoch, sampler.position) == (1, 0)
+
+
+def test_two_tokenizing_processes_cache_what_one_does_and_reuse_it(tmp_path, toy_tokenizer):
+    config = {"train": str(TOY / "train"), "src_lang": "src", "tgt_lang": "tgt", "max_length": 20}
+    one, one_report = load_split(
+        DataConfig(**config, cache_dir=str(tmp_path / "one"), num_proc=1), "train", toy_tokenizer
+    )
+    two_cfg = DataConfig(**config, cache_dir=str(tmp_path / "two"), num_proc=2)
+    two, two_report = load_split(two_cfg, "train", toy_tokenizer)
+    assert (two_report.kept, two_report.too_long) == (one_report.kept, one_report.too_long)
+    assert two[:] == one[:]
+    processed = tmp_path / "two" / "processed"
+    shards = sorted(path.name for path in processed.iterdir())
+    assert any(name.endswith("_00001_of_00002.arrow") for name in shards)  # two processes ran
+    again, _ = load_split(two_cfg, "train", toy_tokenizer)
+    assert sorted(path.name for path in processed.iterdir()) == shards  # reused, not rebuilt
+    assert again[:] == one[:]
+
+
+def test_large_splits_are_tokenized_on_every_core():
+    assert tokenizing_processes(3, 10) == 3  # asked for
+    assert tokenizing_processes(0, LARGE_SPLIT - 1) == 1
+    assert tokenizing_processes(0, LARGE_SPLIT) == len(os.sched_getaffinity(0))
