@@ -108,9 +108,13 @@ class World:
         machines = ", ".join(f"{host} x{hosts.count(host)}" for host in dict.fromkeys(hosts))
         return f"{self.world_size} processes ({self.backend}) on {machines}"
 
-    def close(self) -> None:
-        """Leave the process group (nothing in one process)."""
+    def close(self, finished: bool) -> None:
+        """Leave the process group (nothing in one process). After a ``finished`` run every
+        process first waits for the others, so that none tears its connections down while
+        another still uses them; after an error it leaves at once (the others may be gone)."""
         if self.distributed:
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
 
     # ---- collectives (identity in one process) -----------------------------------------------

@@ -231,11 +231,14 @@ def train(
         config.train.ddp_backend, resolve_device(config.train.device),
         config.train.ddp_timeout_minutes,
     )  # fmt: skip
+    main_callbacks = list(callbacks) if world.is_main else []
     try:
-        main_callbacks = list(callbacks) if world.is_main else []
-        return _train(config, run_dir, resume, main_callbacks, stop, world, device)
-    finally:
-        world.close()
+        summary = _train(config, run_dir, resume, main_callbacks, stop, world, device)
+    except BaseException:
+        world.close(finished=False)
+        raise
+    world.close(finished=True)
+    return summary
 
 
 def _train(
