@@ -62,8 +62,9 @@ def memory_mb(field: str = "VmHWM") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(cfg: DataConfig, tokenizer_dir: Path, max_tokens: int) -> dict:
-    """One load + tokenize of the training split (run inside a subprocess)."""
+def measure(cfg: DataConfig, tokenizer_dir: Path, max_tokens: int, with_epoch: bool) -> dict:
+    """One load + tokenize of the training split, then (``with_epoch``) one epoch of collated
+    batches (run inside a subprocess)."""
     datasets.disable_progress_bars()
     tokenizer = Tokenizer.load(tokenizer_dir)
     rss_before = memory_mb()
@@ -73,7 +74,7 @@ def measure(cfg: DataConfig, tokenizer_dir: Path, max_tokens: int) -> dict:
     rss_loaded = memory_mb()
     start = time.perf_counter()
     sampler = make_sampler(ds, max_tokens, seed=0)
-    batches = sum(1 for _ in iter_batches(ds, sampler))
+    batches = sum(1 for _ in iter_batches(ds, sampler)) if with_epoch else len(sampler)
     return {
         "seconds": seconds,
         "pairs": report.kept,
@@ -87,9 +88,11 @@ def measure(cfg: DataConfig, tokenizer_dir: Path, max_tokens: int) -> dict:
     }
 
 
-def run_child(cfg: DataConfig, tokenizer_dir: Path, max_tokens: int) -> dict:
+def run_child(cfg: DataConfig, tokenizer_dir: Path, max_tokens: int, with_epoch: bool) -> dict:
     """:func:`measure` in a fresh Python process."""
-    arguments = ["--child", json.dumps(vars(cfg)), str(tokenizer_dir), str(max_tokens)]
+    arguments = [
+        "--child", json.dumps(vars(cfg)), str(tokenizer_dir), str(max_tokens), str(with_epoch)
+    ]  # fmt: skip
     result = subprocess.run(
         [sys.executable, __file__, *arguments], capture_output=True, text=True, check=True
     )
@@ -111,8 +114,8 @@ def bench(name: str, cfg: DataConfig, work: Path, max_tokens: int) -> list[tuple
     """Rows of the table for one corpus: tokenizer training, cold load, cached load."""
     tokenizer_dir = work / f"{name}-tokenizer"
     tokenizer_seconds = prepare_tokenizer(cfg, tokenizer_dir, 8000)
-    cold = run_child(cfg, tokenizer_dir, max_tokens)
-    cached = run_child(cfg, tokenizer_dir, max_tokens)
+    cold = run_child(cfg, tokenizer_dir, max_tokens, with_epoch=False)
+    cached = run_child(cfg, tokenizer_dir, max_tokens, with_epoch=True)
     return [
         (name, "train SentencePiece (joint unigram 8k)", tokenizer_seconds, None, None, None),
         (name, "load + tokenize, cold", cold["seconds"], cold, cold, None),
@@ -145,7 +148,8 @@ def main() -> None:
     """Command-line entry point."""
     if sys.argv[1:2] == ["--child"]:
         cfg = DataConfig(**json.loads(sys.argv[2]))
-        print(json.dumps(measure(cfg, Path(sys.argv[3]), int(sys.argv[4]))))
+        with_epoch = sys.argv[5] == "True"
+        print(json.dumps(measure(cfg, Path(sys.argv[3]), int(sys.argv[4]), with_epoch)))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--multi30k", type=Path, default=ROOT / "data" / "multi30k")

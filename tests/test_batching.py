@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from seq2seq_attn.batching import length_batches
+from seq2seq_attn.batching import BatchList, length_batches
 from seq2seq_attn.data import Batch, TokenBatchSampler, collate
 from seq2seq_attn.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -134,3 +134,16 @@ def test_a_pinned_batch_keeps_its_values():
     pinned = batch.pin_memory()
     assert pinned.src.is_pinned() and pinned.tgt_out.is_pinned()
     assert torch.equal(pinned.src, batch.src) and pinned.num_tgt_tokens == batch.num_tgt_tokens
+
+
+def test_an_epoch_of_batches_is_one_index_tensor_with_runs():
+    sizes = [3, 9, 4, 4, 7, 2, 8, 1, 5, 6]
+    sampler = TokenBatchSampler(sizes, sizes, max_tokens=16, seed=3)
+    epoch = sampler.batches(0)
+    assert isinstance(epoch, BatchList) and epoch.order.shape == (len(sizes),)  # 8 bytes a pair
+    as_lists = [epoch[i] for i in range(len(epoch))]
+    assert all(isinstance(batch, list) for batch in as_lists)
+    assert sorted(index for batch in as_lists for index in batch) == list(range(len(sizes)))
+    assert epoch == as_lists and list(epoch) == as_lists
+    assert epoch[1:3] == as_lists[1:3] and isinstance(epoch[1:3], BatchList)
+    assert epoch != as_lists[:-1]
