@@ -142,7 +142,7 @@ def rank_share(group: list[list[int]], rank: int, world_size: int) -> tuple[list
     if not group:
         raise ValueError("rank_share: a step needs at least one batch")
     share = group[rank * len(group) // world_size : (rank + 1) * len(group) // world_size]
-    return (share, False) if share else ([group[0]], True)
+    return (share, False) if len(share) else (group[:1], True)
 
 
 class BatchList(Sequence[list[int]]):
@@ -183,6 +183,13 @@ class BatchList(Sequence[list[int]]):
 
     def __repr__(self) -> str:
         return f"BatchList({len(self)} batches of {len(self.order)} rows)"
+
+    @staticmethod
+    def joined(parts: Sequence[BatchList]) -> BatchList:
+        """The batches of ``parts`` (slices of one :class:`BatchList`) one after the other."""
+        if not parts:
+            return BatchList(torch.zeros(0, dtype=torch.long), [])
+        return BatchList(parts[0].order, [run for part in parts for run in part.runs])
 
 
 class TokenBatchSampler:

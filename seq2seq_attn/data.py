@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -27,7 +27,7 @@ import datasets
 import torch
 from datasets.exceptions import DatasetGenerationError
 
-from .batching import Batch, TokenBatchSampler, collate, rank_share
+from .batching import Batch, BatchList, TokenBatchSampler, collate, rank_share
 from .config import DataConfig
 from .tokenizer import Tokenizer
 
@@ -265,30 +265,52 @@ def _derived_fingerprint(ds: datasets.Dataset, step: str, *parts: object) -> str
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
+def _cached_processes(cache_file: str, wanted: int) -> int:
+    """How many processes built the complete cached result in ``cache_file`` (one file: 1;
+    pieces ``NAME_0000i_of_0000N.arrow``: N), else ``wanted``; so that a cache built on another
+    number of cores is reused, not rebuilt."""
+    path = Path(cache_file)
+    if path.is_file():
+        return 1
+    for first in path.parent.glob(f"{path.stem}_00000_of_*{path.suffix}"):
+        count = int(first.stem.rsplit("_of_", 1)[1])
+        pieces = (f"{path.stem}_{index:05d}_of_{count:05d}{path.suffix}" for index in range(count))
+        if all((path.parent / piece).is_file() for piece in pieces):
+            return count
+    return wanted
+
+
 def _cached_map(
-    ds: datasets.Dataset, cache_dir: str, step: str, parts: tuple, **kwargs: Any
+    ds: datasets.Dataset, cache_dir: str, step: str, parts: tuple, processes: int, **kwargs: Any
 ) -> datasets.Dataset:
-    """``ds.map(**kwargs)`` cached under ``cache_dir``, fingerprinted by ``step`` and ``parts``."""
+    """``ds.map(**kwargs)`` in ``processes`` processes, cached under ``cache_dir`` and
+    fingerprinted by ``step`` and ``parts``."""
     fingerprint = _derived_fingerprint(ds, step, *parts)
+    cache_file = _cache_file(cache_dir, fingerprint)
+    processes = _cached_processes(cache_file, processes)
     return ds.map(
         batched=True,
         new_fingerprint=fingerprint,
-        cache_file_name=_cache_file(cache_dir, fingerprint),
+        cache_file_name=cache_file,
         desc=step,
+        num_proc=processes if processes > 1 else None,
         **kwargs,
     )
 
 
 def _cached_filter(
-    ds: datasets.Dataset, cache_dir: str, step: str, parts: tuple, **kwargs: Any
+    ds: datasets.Dataset, cache_dir: str, step: str, parts: tuple, processes: int, **kwargs: Any
 ) -> datasets.Dataset:
-    """``ds.filter(**kwargs)`` cached under ``cache_dir`` like :func:`_cached_map`."""
+    """``ds.filter(**kwargs)`` cached like :func:`_cached_map`."""
     fingerprint = _derived_fingerprint(ds, step, *parts)
+    cache_file = _cache_file(cache_dir, fingerprint)
+    processes = _cached_processes(cache_file, processes)
     return ds.filter(
         batched=True,
         new_fingerprint=fingerprint,
-        cache_file_name=_cache_file(cache_dir, fingerprint),
+        cache_file_name=cache_file,
         desc=step,
+        num_proc=processes if processes > 1 else None,
         **kwargs,
     )
 
@@ -319,6 +341,7 @@ def normalise_columns(ds: datasets.Dataset, cfg: DataConfig, source: str) -> dat
             cfg.cache_dir,
             "translation-to-pairs",
             (cfg.src_lang, cfg.tgt_lang),
+            tokenizing_processes(cfg.num_proc, len(ds)),
             function=_translation_to_pairs,
             fn_kwargs={"src_lang": cfg.src_lang, "tgt_lang": cfg.tgt_lang},
             remove_columns=ds.column_names,
@@ -451,24 +474,23 @@ def tokenize_pairs(
     """
     cache_dir = str(cache_dir)
     processes = tokenizing_processes(num_proc, len(ds))
-    parallel = {"num_proc": processes} if processes > 1 else {}
     if len(ds) >= LARGE_SPLIT:
         logger.info("%s: tokenizing %d pairs in %d process(es)", split, len(ds), processes)
     with _progress_bars(len(ds) >= LARGE_SPLIT):
         nonempty = _cached_filter(
-            ds, cache_dir, "drop-empty", (), function=_nonempty, input_columns=["src", "tgt"],
-            **parallel,
+            ds, cache_dir, "drop-empty", (), processes, function=_nonempty,
+            input_columns=["src", "tgt"],
         )  # fmt: skip
         encoded = _cached_map(
-            nonempty, cache_dir, "tokenize", (tokenizer.fingerprint,), function=_encode,
-            fn_kwargs={"tokenizer": tokenizer}, features=ID_FEATURES, **parallel,
+            nonempty, cache_dir, "tokenize", (tokenizer.fingerprint,), processes,
+            function=_encode, fn_kwargs={"tokenizer": tokenizer}, features=ID_FEATURES,
         )  # fmt: skip
         kept = encoded
         if max_length is not None:
             kept = _cached_filter(
-                encoded, cache_dir, "drop-long", (max_length,), function=_short_enough,
-                fn_kwargs={"max_length": max_length}, input_columns=["src_len", "tgt_len"],
-                **parallel,
+                encoded, cache_dir, "drop-long", (max_length,), processes,
+                function=_short_enough, fn_kwargs={"max_length": max_length},
+                input_columns=["src_len", "tgt_len"],
             )  # fmt: skip
     report = SplitReport(split, len(ds), len(ds) - len(nonempty), len(encoded) - len(kept))
     logger.info("%s", report)
@@ -512,7 +534,7 @@ class EpochBatches(torch.utils.data.Dataset):
     """Batches of row indices of a tokenized dataset, collated on request (in a DataLoader
     worker, or in the calling process)."""
 
-    def __init__(self, ds: datasets.Dataset, batches: list[list[int]]) -> None:
+    def __init__(self, ds: datasets.Dataset, batches: Sequence[list[int]]) -> None:
         self.ids = ds.select_columns(["src_ids", "tgt_ids"])
         self.batches = batches
 
@@ -534,7 +556,7 @@ def _as_is(batch: Batch) -> Batch:
 
 def _collated(
     ds: datasets.Dataset,
-    batches: list[list[int]],
+    batches: Sequence[list[int]],
     num_workers: int,
     pin_memory: bool,
     seed: int,
@@ -602,7 +624,7 @@ def iter_step_shares(
         remaining[start : start + group_size] for start in range(0, len(remaining), group_size)
     ]
     shares = [rank_share(group, rank, world_size) for group in groups]
-    mine = [indices for share, _ in shares for indices in share]
+    mine = BatchList.joined([share for share, _ in shares])  # no Python list per pair
     produced = _collated(ds, mine, num_workers, pin_memory, sampler.seed + rank)
     for group, (share, stand_in) in zip(groups, shares, strict=True):
         batches = [next(produced) for _ in share]

@@ -168,8 +168,17 @@ class World:
         others, and a machine that cannot see rank 0's files builds its own once. An exception
         on any process stops all of them."""
         stage = 0 if self.is_main else 1 if self.local_rank == 0 else 2
+        return self._turns(work, stage, turns=3)  # type: ignore[return-value]
+
+    def main_only(self, work: Callable[[], T]) -> T | None:
+        """``work()`` on rank 0 (None elsewhere); an exception there stops every process."""
+        return self._turns(work, 0 if self.is_main else 1, turns=1)
+
+    def _turns(self, work: Callable[[], T], stage: int, turns: int) -> T | None:
+        """Run ``work`` in turn ``stage`` of ``turns`` (never when ``stage`` >= ``turns``), all
+        processes agreeing after each turn whether one failed."""
         result: T | None = None
-        for turn in range(3 if self.distributed else 1):
+        for turn in range(turns if self.distributed else 1):
             error = None
             if turn == stage:
                 try:
@@ -181,7 +190,7 @@ class World:
                     self.gather(error)  # tell the others, then fail with the original error
                     raise
             self.check(error)
-        return result  # type: ignore[return-value]
+        return result
 
     def on_main(self, work: Callable[[], T]) -> T:
         """Run ``work`` on rank 0 only and hand its (picklable) result to every process; an

@@ -65,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "seq2seq-attn/1"
 NUM_SAMPLES = 3
+MACHINE_LOCAL_DATA_KEYS = ("cache_dir", "num_workers", "num_proc")  # change no result
 STOP_REASONS = ("max_steps", "max_epochs", "max_minutes", "early_stopping", "stopped")
 
 
@@ -172,21 +173,26 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def first_difference(saved: object, current: object, key: str) -> str | None:
-    """The first dotted key where two plain configs differ, with both values, or None."""
+def first_difference(
+    saved: object, current: object, key: str, labels: tuple[str, str] = ("in the run", "now")
+) -> str | None:
+    """The first dotted key where two plain configs differ, with both values (each followed by
+    its label), or None."""
     if isinstance(saved, dict) and isinstance(current, dict):
         for name in saved.keys() | current.keys():
-            found = first_difference(saved.get(name), current.get(name), f"{key}.{name}")
+            found = first_difference(saved.get(name), current.get(name), f"{key}.{name}", labels)
             if found:
                 return found
         return None
-    return None if saved == current else f"{key}: {saved!r} in the run, {current!r} now"
+    if saved == current:
+        return None
+    return f"{key}: {saved!r} {labels[0]}, {current!r} {labels[1]}"
 
 
 def check_resumable(saved: Config, config: Config, path: Path) -> None:
     """Refuse to resume with other data, tokenizer or model settings than the run's (where the
     cache and the test split live may change)."""
-    movable = {"cache_dir", "test", "num_workers", "num_proc"}
+    movable = {"test", *MACHINE_LOCAL_DATA_KEYS}
     for section in ("data", "tokenizer", "model"):
         saved_values, values = to_plain(getattr(saved, section)), to_plain(getattr(config, section))
         if section == "data":
@@ -264,6 +270,7 @@ def _train(
     tokenizer_state = world.on_main(open_on_main)
     if world.distributed:
         logger.info("training with %s", world.describe())
+        check_same_config(world, config)
     tokenizer = opened.get("tokenizer") or Tokenizer.from_state_dict(tokenizer_state)
     checkpoint = opened.get("checkpoint")
     if resume:
@@ -282,6 +289,22 @@ def _train(
     return run.run()
 
 
+def check_same_config(world: World, config: Config) -> None:
+    """Fail on every process when one was given another config than rank 0 (other steps per
+    epoch would make them wait for each other forever); where a machine keeps its data cache
+    and how many processes load data may differ."""
+    mine = to_plain(config)
+    for key in MACHINE_LOCAL_DATA_KEYS:
+        mine["data"].pop(key)
+    found = first_difference(world.broadcast(mine), mine, "config", ("on rank 0", "here"))
+    world.check(
+        None
+        if found is None
+        else f"rank {world.rank} on {world.host} has another config than rank 0 ({found}); "
+        "start every machine with the same config file and --set options"
+    )
+
+
 def shared_checkpoint(world: World, run_dir: Path, checkpoint: dict | None) -> dict:
     """Rank 0's ``checkpoint`` (already loaded) or, on the other processes, the same ``last.pt``
     read from the shared run directory; every process fails together when one cannot see it or
@@ -289,7 +312,10 @@ def shared_checkpoint(world: World, run_dir: Path, checkpoint: dict | None) -> d
     path, error = run_dir / LAST_FILE, None
     if not world.is_main:
         if path.is_file():
-            checkpoint = load_checkpoint(path)
+            try:
+                checkpoint = load_checkpoint(path)
+            except Exception as exc:  # every process must hear of it, or the others wait
+                error = f"rank {world.rank} on {world.host}: {exc}"
         else:
             error = (
                 f"{path}: rank {world.rank} on {world.host} cannot see the checkpoint rank 0 "
@@ -334,7 +360,8 @@ class Run:
         )
         self.model: Seq2Seq = model.to(device)
         self.validates = bool(config.data.dev)
-        self.dev_ds, self.dev_pairs = self._dev_data() if self.world.is_main else (None, None)
+        dev = self.world.main_only(self._dev_data)  # validation runs on rank 0
+        self.dev_ds, self.dev_pairs = dev if dev is not None else (None, None)
         self.replica = self.world.replicate(self.model)
         collectives = self.world if self.world.distributed else None
         self.trainer = Trainer(
@@ -486,7 +513,12 @@ class Run:
             return "max_steps"
         if cfg.max_epochs is not None and self.sampler.epoch >= cfg.max_epochs:
             return "max_epochs"
-        if cfg.max_minutes is not None and self.elapsed >= cfg.max_minutes * 60:
+        # rank 0's clock alone: last.pt holds its time, so a resume under the same guard stops
+        if (
+            self.world.is_main
+            and cfg.max_minutes is not None
+            and self.elapsed >= cfg.max_minutes * 60
+        ):
             return "max_minutes"
         patience = cfg.early_stopping_patience
         if patience is not None and progress.bad_validations >= patience:

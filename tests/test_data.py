@@ -316,3 +316,17 @@ def test_large_splits_are_tokenized_on_every_core():
     assert tokenizing_processes(3, 10) == 3  # asked for
     assert tokenizing_processes(0, LARGE_SPLIT - 1) == 1
     assert tokenizing_processes(0, LARGE_SPLIT) == len(os.sched_getaffinity(0))
+
+
+def test_a_cache_built_by_other_process_counts_is_reused(tmp_path, toy_tokenizer):
+    config = {"train": str(TOY / "train"), "src_lang": "src", "tgt_lang": "tgt", "max_length": 20}
+    cache = str(tmp_path / "cache")
+    two, _ = load_split(DataConfig(**config, cache_dir=cache, num_proc=2), "train", toy_tokenizer)
+    processed = tmp_path / "cache" / "processed"
+    built = sorted(path.name for path in processed.iterdir())
+    for count in (1, 3):  # another machine, or other cores
+        again, _ = load_split(
+            DataConfig(**config, cache_dir=cache, num_proc=count), "train", toy_tokenizer
+        )
+        assert sorted(path.name for path in processed.iterdir()) == built
+        assert again[:] == two[:]

@@ -61,10 +61,15 @@ def free_port() -> int:
 
 
 def torchrun(
-    config: Config, run_dir: Path, *extra: str, nproc: int = 2, launch: tuple[str, ...] = ()
+    config: Config,
+    run_dir: Path,
+    *extra: str,
+    nproc: int = 2,
+    launch: tuple[str, ...] = (),
+    config_name: str = "",
 ) -> subprocess.Popen:
     """Start ``torchrun ... attn-train`` (one thread per process) and return it."""
-    config_path = run_dir.parent / f"{run_dir.name}.yaml"
+    config_path = run_dir.parent / f"{config_name or run_dir.name}.yaml"
     config_path.write_text(to_yaml(config), encoding="utf-8")
     launch = launch or ("--standalone",)
     command = [
@@ -270,6 +275,26 @@ def test_two_machines_on_one_host_train_one_model(uneven, one_process_reference,
     for node in nodes:
         finish(node)
     assert max_difference(parameters(run_dir), one_process_reference) < 1e-5
+
+
+def test_a_machine_with_another_config_stops_every_process(corpus, cache, tmp_path):
+    config = tiny_config(corpus, cache, max_steps=3)
+    other = config_from_plain(to_plain_with(config, accumulate_steps=2))
+    run_dir, endpoint = tmp_path / "mixed", f"127.0.0.1:{free_port()}"
+    nodes = [
+        torchrun(
+            node_config, run_dir, nproc=1, config_name=f"node{rank}",
+            launch=("--nnodes", "2", "--node_rank", str(rank), "--rdzv_backend", "c10d",
+                    "--rdzv_endpoint", endpoint, "--rdzv_id", "mixed"),
+        )
+        for rank, node_config in enumerate((config, other))
+    ]  # fmt: skip
+    output = " ".join("".join(node.communicate(timeout=TIMEOUT)[0] for node in nodes).split())
+    assert all(node.returncode != 0 for node in nodes)
+    # the c10d rendezvous numbers the machines in the order they arrive, whatever --node_rank
+    assert "has another config than rank 0 (config.train.accumulate_steps:" in output
+    assert "1 on rank 0, 2 here" in output or "2 on rank 0, 1 here" in output
+    assert "rank 1 failed: rank 1 on" in output  # what rank 0 says
 
 
 def test_sigint_to_torchrun_saves_last_pt_and_resume_is_exact(corpus, cache, tmp_path):
