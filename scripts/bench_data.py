@@ -28,7 +28,7 @@ from pathlib import Path
 import datasets
 
 from seq2seq_attn.config import DataConfig, TokenizerConfig
-from seq2seq_attn.data import iter_batches, load_pairs, load_split, make_sampler, texts
+from seq2seq_attn.data import iter_step_shares, load_pairs, load_split, make_sampler, texts
 from seq2seq_attn.tokenizer import Tokenizer, train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +74,8 @@ def measure(cfg: DataConfig, tokenizer_dir: Path, max_tokens: int, with_epoch: b
     rss_loaded = memory_mb()
     start = time.perf_counter()
     sampler = make_sampler(ds, max_tokens, seed=0)
-    batches = sum(1 for _ in iter_batches(ds, sampler)) if with_epoch else len(sampler)
+    # the training loop's path: one process's share of each step (here all of it)
+    batches = sum(1 for _ in iter_step_shares(ds, sampler, 1)) if with_epoch else len(sampler)
     return {
         "seconds": seconds,
         "pairs": report.kept,
