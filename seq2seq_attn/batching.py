@@ -130,7 +130,9 @@ def length_batches(
     return [order[start:end] for start, end in runs]
 
 
-def rank_share(group: list[list[int]], rank: int, world_size: int) -> tuple[list[list[int]], bool]:
+def rank_share(
+    group: Sequence[list[int]], rank: int, world_size: int
+) -> tuple[Sequence[list[int]], bool]:
     """Rank ``rank``'s part of one step's ``group`` of batches, and whether it is a stand-in.
 
     The group is cut into ``world_size`` contiguous parts as even as possible (a full group of

@@ -65,11 +65,7 @@ class World:
         self.host = socket.gethostname()
         self.device = torch.device("cpu")  # where collective tensors live (CUDA for NCCL)
         self.backend = "none"
-
-    @property
-    def distributed(self) -> bool:
-        """Whether a process group is up (torchrun launched this process)."""
-        return dist.is_available() and dist.is_initialized()
+        self.distributed = False  # whether this world's process group is up (torchrun)
 
     @property
     def is_main(self) -> bool:
@@ -96,7 +92,7 @@ class World:
             backend, timeout=timedelta(minutes=timeout_minutes),
             device_id=device if backend == "nccl" else None,
         )  # fmt: skip
-        world.backend = backend
+        world.backend, world.distributed = backend, True
         return world, device
 
     def describe(self) -> str:
@@ -116,6 +112,7 @@ class World:
             if finished:
                 dist.barrier()
             dist.destroy_process_group()
+            self.distributed = False
 
     # ---- collectives (identity in one process) -----------------------------------------------
 

@@ -386,7 +386,7 @@ class Run:
 
     def state_dict(self) -> dict:
         """A self-contained checkpoint: plain data and tensors only."""
-        return {
+        state = {
             "format": FORMAT,
             "config": to_plain(self.config),
             "tokenizer": self.tokenizer.state_dict(),
@@ -395,8 +395,10 @@ class Run:
             "progress": asdict(self.progress),
             "rng": rng_state(),  # rank 0's (what a single-process checkpoint holds)
             "world_size": self.world.world_size,
-            "rng_per_rank": self.world.gather(rng_state()),
         }
+        if self.world.distributed:  # every process's generators, for an exact resume
+            state["rng_per_rank"] = self.world.gather(rng_state())
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a checkpoint written by :meth:`state_dict`."""
