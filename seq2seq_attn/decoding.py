@@ -70,13 +70,14 @@ def output_limits(src_mask: Tensor, options: SearchOptions, max_positions: int |
 
 
 def step_log_probs(
-    model: Seq2Seq, prev_tokens: Tensor, state, step: int, eos_id: int, min_length: int
-) -> tuple[Tensor, object, Tensor]:
+    model: Seq2Seq, prev_tokens: Tensor, state, step: int, eos_id: int, options: SearchOptions
+) -> tuple[Tensor, object, Tensor | None]:
     """One decoder step as fp32 log-probabilities ``(N, V)``, with EOS banned before
-    ``min_length`` tokens; also returns the new state and the attention ``(N, S)``."""
-    logits, state, attention = model.decode_step(prev_tokens, state)
+    ``options.min_length`` tokens; also returns the new state and the attention ``(N, S)``
+    (``None`` unless ``options.return_attention``)."""
+    logits, state, attention = model.decode_step(prev_tokens, state, options.return_attention)
     log_probs = logits.float().log_softmax(dim=-1)  # (N, V)
-    if step < min_length:
+    if step < options.min_length:
         log_probs[:, eos_id] = -math.inf
     return log_probs, state, attention
 
@@ -123,7 +124,7 @@ def greedy_search(
     prev_tokens = torch.full((batch,), bos_id, dtype=torch.long, device=src.device)
     for step in range(output.size(1)):
         log_probs, state, step_attention = step_log_probs(
-            model, prev_tokens, state, step, eos_id, options.min_length
+            model, prev_tokens, state, step, eos_id, options
         )
         force_eos(log_probs, limits[active] == step + 1, eos_id)
         best, prev_tokens = log_probs.max(dim=-1)  # (N,), (N,)
@@ -218,7 +219,7 @@ def _beam_step(
     beam_size = options.beam_size
     num_sentences = beams.sentences.numel()
     log_probs, state, step_attention = step_log_probs(
-        model, beams.prev_tokens, beams.state, step, eos_id, options.min_length
+        model, beams.prev_tokens, beams.state, step, eos_id, options
     )
     at_limit = limits[beams.sentences] == step + 1  # (N,)
     force_eos(log_probs, at_limit.repeat_interleave(beam_size), eos_id)

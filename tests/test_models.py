@@ -73,7 +73,7 @@ def decode_incrementally(model: Seq2Seq, src, src_mask, tgt_in):
     state = model.init_state(model.encode(src, src_mask))
     logits, attention = [], []
     for position in range(tgt_in.size(1)):
-        step_logits, state, step_attention = model.decode_step(tgt_in[:, position], state)
+        step_logits, state, step_attention = model.decode_step(tgt_in[:, position], state, True)
         logits.append(step_logits)
         attention.append(step_attention)
     return torch.stack(logits, 1), torch.stack(attention, 1)
@@ -89,7 +89,7 @@ def test_shapes_and_dtypes(kind):
     encoder_output = model.encode(src, src_mask)
     assert encoder_output.states.shape[:2] == (3, 7)
     assert model(src, src_mask, tgt_in).shape == (3, 6, TGT_VOCAB)
-    logits, _, attention = model.decode_step(tgt_in[:, 0], model.init_state(encoder_output))
+    logits, _, attention = model.decode_step(tgt_in[:, 0], model.init_state(encoder_output), True)
     assert logits.shape == (3, TGT_VOCAB) and logits.dtype == torch.float32
     assert attention.shape == (3, 7)
     maps = model.attention_maps(src, src_mask, tgt_in)
@@ -217,7 +217,7 @@ def test_selecting_state_rows_equals_decoding_those_rows(kind):
         _, state, _ = model.decode_step(tgt_in[:, position], state)
     rows = torch.tensor([2, 0, 0])  # reorder and repeat, as a beam search does
     selected = state.select(rows)
-    logits, _, attention = model.decode_step(tgt_in[rows, 2], selected)
+    logits, _, attention = model.decode_step(tgt_in[rows, 2], selected, True)
     expected, expected_attention = decode_incrementally(
         model, src[rows], src_mask[rows], tgt_in[rows, :3]
     )
@@ -346,3 +346,18 @@ def test_default_config_builds_the_documented_sizes():
     assert (config.transformer.d_model, config.transformer.num_heads) == (256, 4)
     assert (config.transformer.encoder_layers, config.transformer.ff_size) == (3, 1024)
     assert (config.rnn.embedding_size, config.rnn.hidden_size, config.rnn.cell) == (256, 512, "gru")
+
+
+@kinds
+def test_decode_step_without_attention_gives_the_same_logits(kind):
+    model = make(kind)
+    src, src_mask, tgt_in, _ = padded_batch()
+    encoder_output = model.encode(src, src_mask)
+    with_weights, _, attention = model.decode_step(
+        tgt_in[:, 0], model.init_state(encoder_output), True
+    )
+    without, _, maybe = model.decode_step(tgt_in[:, 0], model.init_state(encoder_output))
+    assert attention is not None and attention.shape == (3, 7)
+    if kind.startswith("transformer"):
+        assert maybe is None  # no weights asked: the fused kernel path
+    torch.testing.assert_close(without, with_weights, atol=ATOL, rtol=0)

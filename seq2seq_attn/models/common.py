@@ -92,18 +92,20 @@ class Seq2Seq(nn.Module, ABC):
 
     @abstractmethod
     def decode_step(
-        self, prev_tokens: Tensor, state: DecoderState
-    ) -> tuple[Tensor, DecoderState, Tensor]:
+        self, prev_tokens: Tensor, state: DecoderState, need_attention: bool = False
+    ) -> tuple[Tensor, DecoderState, Tensor | None]:
         """One incremental decoding step.
 
         Args:
             prev_tokens: ``(B,)`` the previous target token of every row (BOS at the start).
             state: from :meth:`init_state` or the previous step. It may be updated in place
                 (caches grow); use only the returned state afterwards.
+            need_attention: return this step's attention; without it a family may return
+                ``None`` and take a faster path (the Transformer's fused attention kernel).
 
         Returns:
-            ``(logits (B, V), new state, attention (B, S))``; the attention is this step's
-            alignment over source positions (the Transformer's: its last decoder layer,
+            ``(logits (B, V), new state, attention (B, S) or None)``; the attention is this
+            step's alignment over source positions (the Transformer's: its last decoder layer,
             averaged over heads).
         """
 

@@ -294,8 +294,11 @@ class RNNSeq2Seq(Seq2Seq):
         """Bridged first decoder state and the projected keys."""
         return self.decoder.init_state(encoder_output)
 
-    def decode_step(self, prev_tokens: Tensor, state: RNNState) -> tuple[Tensor, RNNState, Tensor]:
-        """One step; see :meth:`Seq2Seq.decode_step`. Attention ``(B, S)``."""
+    def decode_step(
+        self, prev_tokens: Tensor, state: RNNState, need_attention: bool = False
+    ) -> tuple[Tensor, RNNState, Tensor]:
+        """One step; see :meth:`Seq2Seq.decode_step`. Attention ``(B, S)`` (computed anyway:
+        the decoder needs it)."""
         outputs, state, weights = self.decoder.step(prev_tokens, state)
         return self.output(outputs), state, weights
 

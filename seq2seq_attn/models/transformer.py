@@ -241,8 +241,8 @@ class Transformer(Seq2Seq):
         )
 
     def decode_step(
-        self, prev_tokens: Tensor, state: TransformerState
-    ) -> tuple[Tensor, TransformerState, Tensor]:
+        self, prev_tokens: Tensor, state: TransformerState, need_attention: bool = False
+    ) -> tuple[Tensor, TransformerState, Tensor | None]:
         """Decode one position for every row; see :meth:`Seq2Seq.decode_step`."""
         x = self._embed(
             self.tgt_embed, self.tgt_positions, prev_tokens.unsqueeze(1), state.position
@@ -251,7 +251,10 @@ class Transformer(Seq2Seq):
         last = len(self.decoder_layers) - 1
         for index, layer in enumerate(self.decoder_layers):
             caches = (state.self_caches[index], state.cross_caches[index])
-            x, weights = layer(x, None, None, cross_mask, caches, need_weights=index == last)
+            wanted = need_attention and index == last
+            x, weights = layer(x, None, None, cross_mask, caches, need_weights=wanted)
         logits = self.output(self.decoder_norm(x)).squeeze(1)  # (B, V)
         state.position += 1
+        if weights is None:
+            return logits, state, None
         return logits, state, weights.mean(dim=1).squeeze(1)  # (B, H, 1, S) -> (B, S)
