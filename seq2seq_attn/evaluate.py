@@ -51,18 +51,18 @@ def search_options(decode: DecodeConfig, beam_size: int | None = None) -> Search
     )
 
 
-def _encode_sources(
-    model: Seq2Seq, tokenizer: Tokenizer, src_texts: Sequence[str]
+def encode_sources(
+    tokenizer: Tokenizer, src_texts: Sequence[str], max_positions: int | None
 ) -> list[list[int]]:
-    """Source ids per line (``[]`` for a blank line), cut to the model's ``max_positions``
-    (EOS included) with one warning naming the lines."""
+    """Source ids per line (``[]`` for a blank line), cut to ``max_positions`` tokens (EOS
+    included; None: no limit) with one warning naming the lines."""
     src_ids = [
         ids if text.strip() else []
         for text, ids in zip(src_texts, tokenizer.encode_src(src_texts), strict=True)
     ]
-    if model.max_positions is None:
+    if max_positions is None:
         return src_ids
-    limit = model.max_positions - 1  # room for EOS
+    limit = max_positions - 1  # room for EOS
     long_lines = [number for number, ids in enumerate(src_ids, start=1) if len(ids) > limit]
     if long_lines:
         shown = ", ".join(map(str, long_lines[:10])) + (" ..." if len(long_lines) > 10 else "")
@@ -120,7 +120,7 @@ def translate_n_best(
     restored afterwards.
     """
     device = torch.device(device)
-    src_ids = _encode_sources(model, tokenizer, src_texts)
+    src_ids = encode_sources(tokenizer, src_texts, model.max_positions)
     outputs = [[Hypothesis(tokens=[], log_prob=0.0, score=0.0)] for _ in src_ids]
     nonempty = [index for index, ids in enumerate(src_ids) if ids]
     was_training = model.training

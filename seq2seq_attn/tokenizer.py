@@ -102,6 +102,10 @@ class Tokenizer:
         """Target ids -> their subword pieces (for attention pictures)."""
         return [self._tgt.id_to_piece(int(i)) for i in ids]
 
+    def tgt_ids(self, pieces: Sequence[str]) -> list[int]:
+        """Target subword pieces -> their ids (the inverse of :meth:`tgt_pieces`)."""
+        return [self._tgt.piece_to_id(piece) for piece in pieces]
+
     def state_dict(self) -> dict[str, bytes | None]:
         """The model bytes, for a checkpoint: ``Tokenizer.from_state_dict`` rebuilds from it."""
         return {"src_model": self.src_model, "tgt_model": self.tgt_model}

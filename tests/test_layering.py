@@ -24,7 +24,7 @@ UPSTREAM_OF_TRAIN = {
     "evaluate", "optim", "distributed",
 }  # fmt: skip
 
-CLI_MODULES = {"cli", "cli.console", "cli.train_cmd", "cli.translate_cmd"}
+CLI_MODULES = {"cli", "cli.console", "cli.train_cmd", "cli.translate_cmd", "cli.export_cmd"}
 CLI_PACKAGES = {"torch", "typer", "rich"}
 
 # module -> (project modules it may import, third-party packages it may import)
@@ -73,12 +73,24 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
         },
         {"torch"},
     ),
+    "ct2": (
+        {
+            "config",
+            "batching",
+            "tokenizer",
+            "decoding",
+            "checkpoint",
+            "evaluate",
+            "models.transformer",
+        },
+        {"torch", "ctranslate2"},
+    ),
     "optim": ({"config", "tokenizer", "batching", "data", "device", "models"}, {"torch"}),
     "distributed": ({"config"}, {"torch"}),
     "train": (UPSTREAM_OF_TRAIN, {"torch"}),
     **{
         module: (
-            UPSTREAM_OF_TRAIN | {"train", "plotting", *CLI_MODULES},
+            UPSTREAM_OF_TRAIN | {"train", "plotting", "ct2", *CLI_MODULES},
             CLI_PACKAGES,
         )
         for module in CLI_MODULES

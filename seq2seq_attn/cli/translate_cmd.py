@@ -17,6 +17,7 @@ from rich.text import Text
 
 from ..checkpoint import CheckpointError, find_checkpoint
 from ..config import ConfigError
+from ..ct2 import CT2Translator, ExportError, is_exported, load_exported
 from ..decoding import Hypothesis
 from ..evaluate import Translator, load_for_translation
 from ..fileio import TextFileError, decode_lines, write_text_atomic
@@ -79,7 +80,12 @@ def print_scores(scores: dict[str, Score], as_json: bool, target: Console) -> No
 @translate_app.command()
 def translate_command(
     checkpoint: Annotated[
-        Path, typer.Argument(metavar="CHECKPOINT", help="A .pt checkpoint or a run directory.")
+        Path,
+        typer.Argument(
+            metavar="CHECKPOINT",
+            help="A .pt checkpoint, a run directory, or a folder written by attn-export "
+            "(translated with CTranslate2).",
+        ),
     ],
     input_file: Annotated[
         Path | None,
@@ -129,18 +135,42 @@ def translate_command(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32, bf16, fp16 (CUDA) or auto.")] = "fp32",
+    precision: Annotated[
+        str | None,
+        typer.Option(help="Checkpoints: fp32, bf16, fp16 (CUDA) or auto \\[default: fp32]."),
+    ] = None,
+    compute_type: Annotated[
+        str | None,
+        typer.Option(
+            help="Exported folders: CTranslate2's compute type (float32, int8, int8_float32, "
+            "bfloat16...) \\[default: the exported one]."
+        ),
+    ] = None,
 ) -> None:
     """Translate text with a trained checkpoint: a file, a pipe, or lines typed at a prompt.
 
     Exactly one output line per input line, in order. Scores (--ref) go to stdout when the
     translations go to a file (-o), else to stderr.
     """
-    translator = open_translator(
-        checkpoint, device=device, precision=precision, beam_size=beam,
-        length_penalty=length_penalty, max_length_ratio=max_length_ratio, n_best=n_best,
-        max_tokens=batch_tokens,
-    )  # fmt: skip
+    wants_attention = attention is not None or show_attention or plot_attention_file is not None
+    settings = {
+        "device": device,
+        "beam_size": beam,
+        "length_penalty": length_penalty,
+        "max_length_ratio": max_length_ratio,
+        "n_best": n_best,
+        "max_tokens": batch_tokens,
+    }
+    if is_exported(checkpoint):
+        translator = open_exported(checkpoint, precision, compute_type, wants_attention, settings)
+    else:
+        if compute_type is not None:
+            raise fail(
+                "--compute-type is for folders written by attn-export; for a checkpoint use "
+                "--precision",
+                code=2,
+            )
+        translator = open_translator(checkpoint, precision=precision or "fp32", **settings)
     if input_file is None and sys.stdin.isatty():
         interactive(translator)
         return
@@ -148,7 +178,7 @@ def translate_command(
     found = translator.n_best(lines)
     best = translator.detokenize([hypotheses[0] for hypotheses in found])
     write_output(output, format_output(found, best, translator.tokenizer, n_best))
-    if attention is not None or show_attention or plot_attention_file is not None:
+    if wants_attention:
         records = [
             translator.attention(index, line, hypotheses[0], layer=attention_layer,
                                  head=attention_head)
@@ -166,6 +196,35 @@ def translate_command(
         except ValueError as error:
             raise fail(f"--metrics: {error}", code=2) from None
         print_scores(scores, json_scores, console if output is not None else err_console)
+
+
+def open_exported(
+    folder: Path,
+    precision: str | None,
+    compute_type: str | None,
+    wants_attention: bool,
+    settings: dict[str, object],
+) -> CT2Translator:
+    """A folder written by attn-export, loaded for CTranslate2, or a clear exit 2 for the
+    options it cannot honour (attention, --precision) and 1 for a folder it cannot load."""
+    if wants_attention:
+        raise fail(
+            f"{folder} is a CTranslate2 folder, which keeps no attention weights: --attention, "
+            "--show-attention and --plot-attention need the .pt checkpoint it was exported from",
+            code=2,
+        )
+    if precision is not None:
+        raise fail(
+            f"{folder} is a CTranslate2 folder: choose its arithmetic with --compute-type "
+            "(float32, int8, ...), not --precision",
+            code=2,
+        )
+    try:
+        return load_exported(folder, compute_type=compute_type, **settings)
+    except ExportError as error:
+        raise fail(str(error), code=1) from None
+    except ValueError as error:
+        raise fail(str(error), code=2) from None
 
 
 def open_translator(checkpoint: Path, **settings: object) -> Translator:
@@ -237,7 +296,7 @@ def write_file(path: Path, text: str) -> None:
         raise fail(f"{path}: cannot write ({error.strerror})", code=1) from None
 
 
-def interactive(translator: Translator) -> None:
+def interactive(translator: Translator | CT2Translator) -> None:
     """Translate each line as it is typed, until end of input (Ctrl-D)."""
     err_console.print("Type a sentence and press Enter; Ctrl-D to quit.")
     while True:

@@ -1,0 +1,418 @@
+"""CTranslate2: export a Transformer checkpoint, and translate with the exported folder.
+
+:func:`export_checkpoint` maps every weight of the project's :class:`Transformer` onto
+``ctranslate2.specs.TransformerSpec`` (pre/post-norm, sinusoidal or learned positions,
+ReLU/GELU, tied or untied output, joint or separate vocabularies) and writes a folder that
+CTranslate2 loads directly: ``model.bin`` and its vocabularies, the SentencePiece model(s) and
+``seq2seq_attn.json`` (the decode settings and where the weights came from).
+
+:class:`CT2Translator` translates with such a folder and keeps the project's search rules
+around CTranslate2's: GNMT's length penalty (CTranslate2's is ``length ** alpha``) by rescoring
+the ``beam`` finished hypotheses it returns unpenalised, and one output limit per sentence
+(CTranslate2 takes one per batch) by batching sentences of equal limit together.
+
+``ctranslate2`` is an optional dependency: it is imported only when a function here needs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .batching import length_batches
+from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, model_from_checkpoint
+from .config import DecodeConfig
+from .decoding import Hypothesis, SearchOptions, length_penalty, output_limits
+from .evaluate import encode_sources, search_options
+from .tokenizer import BOS_ID, EOS_ID, UNK_ID, Tokenizer
+
+if TYPE_CHECKING:
+    import ctranslate2
+
+    from .models.transformer import Transformer
+
+INFO_FILE = "seq2seq_attn.json"
+"""The file that marks a folder as exported by this project (format, decode settings)."""
+FORMAT_VERSION = 1
+QUANTIZATIONS = (
+    "none", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
+    "bfloat16", "float32",
+)  # fmt: skip
+"""``--quantization`` choices: ``none`` keeps float32 weights; the others are CTranslate2's."""
+LAYER_NORM_EPSILON = 1e-5  # torch.nn.LayerNorm's default, which the project's models use
+
+
+class ExportError(ValueError):
+    """A checkpoint or folder that cannot be exported or loaded; the message says why and how
+    to fix it."""
+
+
+def import_ctranslate2():
+    """The ``ctranslate2`` module, or an :class:`ExportError` saying how to install it."""
+    try:
+        import ctranslate2
+    except ImportError:
+        raise ExportError(
+            "CTranslate2 is not installed: pip install 'seq2seq-attn[ctranslate2]' (or "
+            "pip install ctranslate2; make install includes it)"
+        ) from None
+    return ctranslate2
+
+
+# ---- export ---------------------------------------------------------------------------------
+
+
+def transformer_spec(model: Transformer, tokenizer: Tokenizer):
+    """The ``TransformerSpec`` holding every weight of ``model`` (fp32, on the CPU)."""
+    ctranslate2 = import_ctranslate2()
+    specs = ctranslate2.specs
+    section = model.config.transformer
+    activation = {"relu": specs.Activation.RELU, "gelu": specs.Activation.GELU}
+    spec = specs.TransformerSpec.from_config(
+        (section.encoder_layers, section.decoder_layers),
+        section.num_heads,
+        pre_norm=section.pre_norm,
+        activation=activation[section.activation],
+    )
+    encoder, decoder = spec.encoder, spec.decoder
+    _set_embeddings(encoder.embeddings[0], model.src_embed.weight)
+    _set_embeddings(decoder.embeddings, model.tgt_embed.weight)
+    encoder.scale_embeddings = decoder.scale_embeddings = True  # times sqrt(d_model), as ours
+    encoder.position_encodings.encodings = _positions(model.src_positions)
+    decoder.position_encodings.encodings = _positions(model.tgt_positions)
+    for layer_spec, layer in zip(encoder.layer, model.encoder_layers, strict=True):
+        _set_self_attention(layer_spec.self_attention, layer.self_attn, layer.attn_block.norm)
+        _set_feed_forward(layer_spec.ffn, layer.feed_forward, layer.ff_block.norm)
+    for layer_spec, layer in zip(decoder.layer, model.decoder_layers, strict=True):
+        _set_self_attention(layer_spec.self_attention, layer.self_attn, layer.self_block.norm)
+        _set_cross_attention(layer_spec.attention, layer.cross_attn, layer.cross_block.norm)
+        _set_feed_forward(layer_spec.ffn, layer.feed_forward, layer.ff_block.norm)
+    if section.pre_norm:  # post-norm stacks have no final norm, in either implementation
+        _set_layer_norm(encoder.layer_norm, model.encoder_norm)
+        _set_layer_norm(decoder.layer_norm, model.decoder_norm)
+    _set_linear(decoder.projection, model.output)
+
+    spec.config.add_source_eos = True  # our sources end in EOS, with no BOS
+    spec.config.add_source_bos = False
+    spec.config.decoder_start_token = tokenizer.tgt_pieces([BOS_ID])[0]
+    spec.config.bos_token = tokenizer.tgt_pieces([BOS_ID])[0]
+    spec.config.eos_token = tokenizer.tgt_pieces([EOS_ID])[0]
+    spec.config.unk_token = tokenizer.tgt_pieces([UNK_ID])[0]
+    spec.config.layer_norm_epsilon = LAYER_NORM_EPSILON
+    # One token per SentencePiece id, so CTranslate2's ids are the project's ids.
+    spec.register_source_vocabulary(tokenizer.src_pieces(range(tokenizer.src_vocab_size)))
+    spec.register_target_vocabulary(tokenizer.tgt_pieces(range(tokenizer.tgt_vocab_size)))
+    return spec
+
+
+def _weight(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous fp32 CPU copy, detached from the model."""
+    return tensor.detach().to("cpu", torch.float32).contiguous().clone()
+
+
+def _set_embeddings(spec, weight: torch.Tensor) -> None:
+    """An ``EmbeddingsSpec`` from a ``(V, D)`` table."""
+    spec.weight = _weight(weight)
+
+
+def _positions(encoding) -> torch.Tensor:
+    """The project's own ``(max_positions, D)`` position table (learned or sinusoidal), row 0
+    for the first token; CTranslate2's own table would differ (``[sin | cos]``, from 1)."""
+    return _weight(encoding(encoding.max_positions))
+
+
+def _set_linear(spec, linears: torch.nn.Linear | Sequence[torch.nn.Linear]) -> None:
+    """A ``LinearSpec`` from one linear layer, or several stacked on the output axis."""
+    layers = [linears] if isinstance(linears, torch.nn.Linear) else list(linears)
+    spec.weight = _weight(torch.cat([layer.weight for layer in layers]))
+    if layers[0].bias is not None:
+        spec.bias = _weight(torch.cat([layer.bias for layer in layers]))
+
+
+def _set_layer_norm(spec, norm: torch.nn.LayerNorm) -> None:
+    """A ``LayerNormSpec`` (gamma, beta)."""
+    spec.gamma = _weight(norm.weight)
+    spec.beta = _weight(norm.bias)
+
+
+def _set_self_attention(spec, attention, norm: torch.nn.LayerNorm) -> None:
+    """Self-attention: ``linear[0]`` is the fused q/k/v projection, ``linear[1]`` the output."""
+    _set_linear(spec.linear[0], (attention.q_proj, attention.k_proj, attention.v_proj))
+    _set_linear(spec.linear[1], attention.out_proj)
+    _set_layer_norm(spec.layer_norm, norm)
+
+
+def _set_cross_attention(spec, attention, norm: torch.nn.LayerNorm) -> None:
+    """Cross-attention: ``linear[0]`` q, ``linear[1]`` the fused k/v, ``linear[2]`` output."""
+    _set_linear(spec.linear[0], attention.q_proj)
+    _set_linear(spec.linear[1], (attention.k_proj, attention.v_proj))
+    _set_linear(spec.linear[2], attention.out_proj)
+    _set_layer_norm(spec.layer_norm, norm)
+
+
+def _set_feed_forward(spec, feed_forward, norm: torch.nn.LayerNorm) -> None:
+    """The feed-forward block and the layer norm of its residual."""
+    _set_linear(spec.linear_0, feed_forward.linear1)
+    _set_linear(spec.linear_1, feed_forward.linear2)
+    _set_layer_norm(spec.layer_norm, norm)
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    output_dir: str | Path,
+    quantization: str = "none",
+    force: bool = False,
+) -> Path:
+    """Write a CTranslate2 model folder for a Transformer checkpoint (or a run directory's
+    ``best.pt``, else ``last.pt``) and return its path.
+
+    The folder is built beside ``output_dir`` and renamed into place when complete, so an
+    interrupted export leaves nothing half-written; an existing non-empty ``output_dir`` is
+    replaced only with ``force``. Raises :class:`ExportError` for an RNN checkpoint, an unknown
+    quantization or an occupied folder, ``CheckpointError`` for a missing or damaged checkpoint.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ExportError(
+            f"--quantization {quantization!r} is not known; choose one of "
+            f"{', '.join(QUANTIZATIONS)}"
+        )
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ExportError(f"{output_dir}: exists and is not a folder; choose another -o")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
+        raise ExportError(
+            f"{output_dir}: the folder is not empty; choose another -o or pass --force to "
+            "replace it"
+        )
+    path = find_checkpoint(Path(checkpoint))
+    model, tokenizer, config = model_from_checkpoint(load_checkpoint(path, mmap=True), path)
+    if config.model.family != "transformer":
+        raise ExportError(
+            f"{path}: an RNN checkpoint ({config.model.rnn.decoder} attention) cannot be exported: "
+            "CTranslate2 has no RNN decoder; translate it with attn-translate CHECKPOINT instead"
+        )
+    spec = transformer_spec(model, tokenizer)
+    spec.validate()
+    spec.optimize(quantization=None if quantization == "none" else quantization)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        spec.save(str(staging))
+        tokenizer.save(staging)
+        info = {
+            "format": FORMAT_VERSION,
+            "checkpoint": str(path),
+            "quantization": quantization,
+            "max_positions": model.max_positions,
+            "decode": dataclasses.asdict(config.decode),
+            "joint_vocabulary": tokenizer.joint,
+        }
+        (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        staging.chmod(0o755)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+# ---- translation ----------------------------------------------------------------------------
+
+
+def is_exported(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by :func:`export_checkpoint`."""
+    path = Path(path)
+    return (path / INFO_FILE).is_file() and (path / "model.bin").is_file()
+
+
+def read_info(directory: Path) -> dict:
+    """The folder's ``seq2seq_attn.json``, checked; :class:`ExportError` names what is wrong."""
+    info_path = directory / INFO_FILE
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ExportError(
+            f"{info_path}: cannot read it ({error}); export the model again"
+        ) from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT_VERSION:
+        raise ExportError(
+            f"{info_path}: format {info.get('format') if isinstance(info, dict) else None!r} "
+            f"is not {FORMAT_VERSION}; export the model again with this version's attn-export"
+        )
+    return info
+
+
+@dataclass
+class CT2Translator:
+    """An exported folder ready to translate with CTranslate2, with the project's search rules
+    (see the module docstring); the same ``n_best`` / ``translate`` / ``detokenize`` as
+    :class:`~seq2seq_attn.evaluate.Translator`."""
+
+    engine: ctranslate2.Translator
+    tokenizer: Tokenizer
+    options: SearchOptions
+    max_positions: int | None
+    compute_type: str
+    max_tokens: int = 4096  # source token slots per batch
+    max_sentences: int | None = None  # sentences per batch (None: as many as fit)
+
+    def n_best(self, src_texts: Sequence[str]) -> list[list[Hypothesis]]:
+        """The ``options.n_best`` hypotheses of each input, best first, in input order; a blank
+        line gets one empty hypothesis."""
+        src_ids = encode_sources(self.tokenizer, src_texts, self.max_positions)
+        outputs = [[Hypothesis(tokens=[], log_prob=0.0, score=0.0)] for _ in src_ids]
+        nonempty = [index for index, ids in enumerate(src_ids) if ids]
+        lengths = [len(src_ids[i]) + 1 for i in nonempty]  # EOS included, as the model sees
+        limits = output_limits(
+            torch.tensor(lengths).unsqueeze(1) > torch.arange(max(lengths, default=1)),
+            self.options, self.max_positions,
+        ).tolist()  # fmt: skip
+        for rows in length_batches(lengths, self.max_tokens, self.max_sentences):
+            for group in _equal_runs(rows, limits):
+                indices = [nonempty[row] for row in group]
+                found = self._search([src_ids[i] for i in indices], limits[group[0]])
+                for index, hypotheses in zip(indices, found, strict=True):
+                    outputs[index] = hypotheses
+        return outputs
+
+    def _search(self, sources: list[list[int]], limit: int) -> list[list[Hypothesis]]:
+        """One CTranslate2 call for sentences that share the output ``limit`` (EOS included).
+
+        CTranslate2 stops a hypothesis at its length limit without an EOS, where ours forces
+        the EOS and counts its log-probability: such hypotheses are scored again with it."""
+        options, tokenizer = self.options, self.tokenizer
+        beam, eos = options.beam_size, tokenizer.tgt_pieces([EOS_ID])[0]
+        source_pieces = [tokenizer.src_pieces(ids) for ids in sources]
+        results = self.engine.translate_batch(
+            source_pieces,
+            beam_size=beam,
+            num_hypotheses=beam,
+            length_penalty=0.0,  # raw log-probabilities; GNMT's penalty is applied below
+            patience=1.0,  # like ours: a sentence is done with `beam` finished hypotheses
+            max_input_length=0,  # sources are already cut to max_positions
+            max_decoding_length=limit - 1,  # tokens before the EOS
+            min_decoding_length=options.min_length,
+            return_scores=True,
+            return_end_token=True,
+        )
+        found = [  # per sentence: [pieces, log-probability] of each finished hypothesis
+            [[pieces, float(score)] for pieces, score in zip(r.hypotheses, r.scores, strict=True)]
+            for r in results
+        ]
+        cut = [  # (sentence, hypothesis) pairs that reached the limit: no EOS at their end
+            (row, rank)
+            for row, hypotheses in enumerate(found)
+            for rank, (pieces, _) in enumerate(hypotheses)
+            if pieces[-1:] != [eos]
+        ]
+        if cut:  # add the forced EOS's log-probability, as our search does
+            rescored = self.engine.score_batch(
+                [source_pieces[row] for row, _ in cut], [found[row][rank][0] for row, rank in cut]
+            )
+            for (row, rank), result in zip(cut, rescored, strict=True):
+                found[row][rank][1] = float(sum(result.log_probs))
+        outputs = []
+        for hypotheses in found:
+            ranked = []
+            for pieces, log_prob in hypotheses:
+                tokens = tokenizer.tgt_ids(pieces[:-1] if pieces[-1:] == [eos] else pieces)
+                penalty = length_penalty(len(tokens) + 1, options.length_penalty)
+                ranked.append(Hypothesis(tokens, log_prob, log_prob / penalty))
+            ranked.sort(key=lambda hypothesis: -hypothesis.score)
+            outputs.append(ranked[: options.n_best])
+        return outputs
+
+    def translate(self, src_texts: Sequence[str]) -> list[Hypothesis]:
+        """The best hypothesis of each input, in input order."""
+        return [hypotheses[0] for hypotheses in self.n_best(src_texts)]
+
+    def detokenize(self, hypotheses: Sequence[Hypothesis]) -> list[str]:
+        """The target text of each hypothesis."""
+        return self.tokenizer.decode_tgt([hypothesis.tokens for hypothesis in hypotheses])
+
+    def score(
+        self, src_texts: Sequence[str], tgt_ids: Sequence[Sequence[int]]
+    ) -> list[list[float]]:
+        """Teacher-forced log-probabilities of each target token and the final EOS."""
+        src_ids = encode_sources(self.tokenizer, src_texts, self.max_positions)
+        results = self.engine.score_batch(
+            [self.tokenizer.src_pieces(ids) for ids in src_ids],
+            [self.tokenizer.tgt_pieces(ids) for ids in tgt_ids],
+        )
+        return [list(result.log_probs) for result in results]
+
+
+def _equal_runs(rows: list[int], limits: list[int]) -> list[list[int]]:
+    """``rows`` cut into runs whose ``limits`` are equal, each run in its original order."""
+    by_limit: dict[int, list[int]] = {}
+    for row in rows:
+        by_limit.setdefault(limits[row], []).append(row)
+    return list(by_limit.values())
+
+
+def load_exported(
+    directory: str | Path,
+    *,
+    device: str = "auto",
+    compute_type: str | None = None,
+    beam_size: int | None = None,
+    length_penalty: float | None = None,
+    max_length_ratio: float | None = None,
+    n_best: int = 1,
+    max_tokens: int = 4096,
+    max_sentences: int | None = None,
+    threads: int | None = None,
+) -> CT2Translator:
+    """An exported folder loaded for translation with its decode settings (the keyword
+    arguments that are not None override them). ``compute_type`` None keeps the exported
+    one; ``threads`` defaults to torch's thread count (``OMP_NUM_THREADS``).
+
+    Raises :class:`ExportError` for a folder that cannot be loaded, ``ValueError`` for an
+    impossible setting (device, compute type)."""
+    ctranslate2 = import_ctranslate2()
+    directory = Path(directory)
+    info = read_info(directory)
+    decode = DecodeConfig(**info["decode"])
+    changes = {"beam_size": beam_size, "length_penalty": length_penalty,
+               "max_length_ratio": max_length_ratio}  # fmt: skip
+    decode = dataclasses.replace(
+        decode, **{key: value for key, value in changes.items() if value is not None}
+    )
+    options = dataclasses.replace(search_options(decode), n_best=n_best)
+    if device == "auto":
+        device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: use auto, cpu or cuda")
+    supported = sorted(ctranslate2.get_supported_compute_types(device))
+    if compute_type not in (None, "default", "auto", *supported):
+        raise ValueError(
+            f"--compute-type {compute_type!r} is not available on {device} here; choose one of "
+            f"{', '.join(supported)} (or leave it out to keep the exported type)"
+        )
+    try:
+        engine = ctranslate2.Translator(
+            str(directory),
+            device=device,
+            compute_type=compute_type or "default",
+            intra_threads=threads or torch.get_num_threads(),
+        )
+    except (RuntimeError, ValueError) as error:
+        raise ExportError(f"{directory}: CTranslate2 cannot load it: {error}") from None
+    try:
+        tokenizer = Tokenizer.load(directory)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{directory}: its SentencePiece model(s): {error}") from None
+    return CT2Translator(
+        engine, tokenizer, options, info.get("max_positions"), engine.compute_type, max_tokens,
+        max_sentences,
+    )  # fmt: skip
