@@ -87,6 +87,15 @@ def translate_command(
             metavar="[INPUT]", help="Source text, one sentence a line \\[default: stdin]."
         ),
     ] = None,
+    ensemble: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="CHECKPOINT",
+            help="Another checkpoint or run directory to ensemble with (repeatable): decode "
+            "with the average of the models' log-probabilities. They must share the first "
+            "model's tokenizer; decode settings and attention output come from the first model.",
+        ),
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write translations here \\[stdout].")
     ] = None,
@@ -112,7 +121,11 @@ def translate_command(
         bool, typer.Option("--json", help="Print the scores as one JSON object.")
     ] = False,
     attention: Annotated[
-        Path | None, typer.Option(help="Write tokens and attention weights to this JSON file.")
+        Path | None,
+        typer.Option(
+            help="Write tokens and attention weights to this JSON file (an ensemble's first "
+            "model's)."
+        ),
     ] = None,
     attention_layer: Annotated[int, typer.Option(help="Decoder layer to show (-1 = last).")] = -1,
     attention_head: Annotated[
@@ -137,7 +150,7 @@ def translate_command(
     translations go to a file (-o), else to stderr.
     """
     translator = open_translator(
-        checkpoint, device=device, precision=precision, beam_size=beam,
+        checkpoint, ensemble or [], device=device, precision=precision, beam_size=beam,
         length_penalty=length_penalty, max_length_ratio=max_length_ratio, n_best=n_best,
         max_tokens=batch_tokens,
     )  # fmt: skip
@@ -149,6 +162,10 @@ def translate_command(
     best = translator.detokenize([hypotheses[0] for hypotheses in found])
     write_output(output, format_output(found, best, translator.tokenizer, n_best))
     if attention is not None or show_attention or plot_attention_file is not None:
+        if ensemble:
+            err_console.print(
+                f"attention: from the ensemble's first model ({checkpoint})", highlight=False
+            )
         records = [
             translator.attention(index, line, hypotheses[0], layer=attention_layer,
                                  head=attention_head)
@@ -168,16 +185,17 @@ def translate_command(
         print_scores(scores, json_scores, console if output is not None else err_console)
 
 
-def open_translator(checkpoint: Path, **settings: object) -> Translator:
-    """The checkpoint (or run directory) loaded for translation, or a clear exit: 2 for what
-    the user asked wrongly (no checkpoint in a folder, an impossible setting), 1 for a damaged
-    checkpoint."""
+def open_translator(checkpoint: Path, ensemble: list[Path], **settings: object) -> Translator:
+    """The checkpoint (or run directory) loaded for translation, ensembled with those of
+    ``ensemble``, or a clear exit: 2 for what the user asked wrongly (no checkpoint in a
+    folder, an impossible setting, ensemble members with different tokenizers), 1 for a
+    damaged checkpoint."""
     try:
-        path = find_checkpoint(checkpoint)
+        paths = [find_checkpoint(path) for path in (checkpoint, *ensemble)]
     except CheckpointError as error:
         raise fail(str(error), code=2) from None
     try:
-        return load_for_translation(path, **settings)
+        return load_for_translation(paths[0], ensemble=paths[1:], **settings)
     except CheckpointError as error:
         raise fail(str(error), code=1) from None
     except (ConfigError, ValueError) as error:
