@@ -24,6 +24,7 @@ from .config import Config, DataConfig, DecodeConfig
 from .decoding import Hypothesis, SearchOptions, Seq2Seq, beam_search, greedy_search
 from .device import Precision, resolve_device, resolve_precision
 from .metrics import Score, corpus_scores
+from .models.ensemble import Ensemble
 from .tokenizer import BOS_ID, EOS_ID, Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -280,6 +281,7 @@ class Translator:
 def load_for_translation(
     checkpoint: str | Path,
     *,
+    ensemble: Sequence[str | Path] = (),
     device: str = "auto",
     precision: str = "fp32",
     beam_size: int | None = None,
@@ -293,11 +295,17 @@ def load_for_translation(
     translation with the run's ``decode`` settings; the keyword arguments that are not None
     override them (``beam_size=1``: greedy). ``precision``: fp32, bf16, fp16 (CUDA) or auto.
 
+    ``ensemble``: more checkpoints or run directories; the model is then an
+    :class:`~seq2seq_attn.models.ensemble.Ensemble` of all of them (averaged log-probabilities),
+    with the first checkpoint's decode settings and attention, on one device and precision.
+
     Raises ``CheckpointError`` for a missing or damaged checkpoint and ``ConfigError`` (a
-    ``ValueError``) for an impossible setting, each naming what is wrong.
+    ``ValueError``) for an impossible setting, each naming what is wrong; ``ValueError`` naming
+    both checkpoints for an ensemble member with another tokenizer than the first model's.
     """
-    path = find_checkpoint(Path(checkpoint))
-    model, tokenizer, config = model_from_checkpoint(load_checkpoint(path, mmap=True), path)
+    path, model, tokenizer, config = _load_model(checkpoint)
+    if ensemble:
+        model = _load_ensemble(path, model, tokenizer, ensemble)
     changes = {"beam_size": beam_size, "length_penalty": length_penalty,
                "max_length_ratio": max_length_ratio}  # fmt: skip
     decode = dataclasses.replace(
@@ -309,3 +317,52 @@ def load_for_translation(
         model.to(run_device), tokenizer, config, options, run_device,
         resolve_precision(precision, run_device), max_tokens, max_sentences,
     )  # fmt: skip
+
+
+def _load_model(checkpoint: str | Path) -> tuple[Path, Seq2Seq, Tokenizer, Config]:
+    """The checkpoint file a path names, and its model (eval mode, CPU), tokenizer and config."""
+    path = find_checkpoint(Path(checkpoint))
+    return path, *model_from_checkpoint(load_checkpoint(path, mmap=True), path)
+
+
+def _load_ensemble(
+    first: Path, model: Seq2Seq, tokenizer: Tokenizer, others: Sequence[str | Path]
+) -> Ensemble:
+    """``model`` (loaded from ``first``) and the models of ``others`` as one ensemble, each
+    checked to have ``tokenizer``."""
+    members = [model]
+    for other in others:
+        path, member, member_tokenizer, _ = _load_model(other)
+        check_same_tokenizer(first, tokenizer, path, member_tokenizer)
+        members.append(member)
+    logger.info(
+        "ensemble of %d models (%s and %s); decode settings and attention come from the first",
+        len(members), first, ", ".join(str(other) for other in others),
+    )  # fmt: skip
+    return Ensemble(members)
+
+
+def check_same_tokenizer(
+    first: Path, first_tokenizer: Tokenizer, other: Path, other_tokenizer: Tokenizer
+) -> None:
+    """Raise ``ValueError`` naming both checkpoints and the side (target, then source) whose
+    SentencePiece models differ: ensemble members must tokenize exactly alike."""
+    pairs = {
+        "target": (_tgt_model_bytes(first_tokenizer), _tgt_model_bytes(other_tokenizer)),
+        "source": (first_tokenizer.src_model, other_tokenizer.src_model),
+    }
+    for side, (first_model, other_model) in pairs.items():
+        if first_model != other_model:
+            unsupported = (
+                "" if side == "target" else "different source tokenizers are not supported; "
+            )
+            raise ValueError(
+                f"cannot ensemble {first} and {other}: their {side} tokenizers (SentencePiece "
+                f"models) differ; {unsupported}ensemble models trained with the same tokenizer "
+                "(runs on the same training data with the same tokenizer section share it)"
+            )
+
+
+def _tgt_model_bytes(tokenizer: Tokenizer) -> bytes:
+    """The target side's SentencePiece model (the one joint model when ``joint``)."""
+    return tokenizer.src_model if tokenizer.tgt_model is None else tokenizer.tgt_model

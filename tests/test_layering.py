@@ -20,8 +20,8 @@ PACKAGE = "seq2seq_attn"
 
 UPSTREAM_OF_TRAIN = {
     "config", "fileio", "tokenizer", "batching", "data", "attention", "models", "models.common",
-    "models.rnn", "models.transformer", "decoding", "metrics", "device", "checkpoint", "rundir",
-    "evaluate", "optim", "distributed",
+    "models.rnn", "models.transformer", "models.ensemble", "decoding", "metrics", "device",
+    "checkpoint", "rundir", "evaluate", "optim", "distributed",
 }  # fmt: skip
 
 CLI_MODULES = {"cli", "cli.console", "cli.train_cmd", "cli.translate_cmd", "cli.export_cmd"}
@@ -41,7 +41,11 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "models.common": ({"attention"}, {"torch"}),
     "models.rnn": ({"config", "attention", "models.common"}, {"torch"}),
     "models.transformer": ({"config", "attention", "models.common"}, {"torch"}),
-    "models": ({"config", "models.common", "models.rnn", "models.transformer"}, {"torch"}),
+    "models.ensemble": ({"models.common"}, {"torch"}),
+    "models": (
+        {"config", "models.common", "models.rnn", "models.transformer", "models.ensemble"},
+        {"torch"},
+    ),
     "decoding": ({"models.common"}, {"torch"}),
     "metrics": (set(), {"sacrebleu"}),
     "device": ({"config"}, {"torch"}),
@@ -54,6 +58,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
             "models.common",
             "models.rnn",
             "models.transformer",
+            "models.ensemble",
         },
         {"torch"},
     ),
@@ -66,6 +71,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
             "batching",
             "data",
             "tokenizer",
+            "models.ensemble",
             "decoding",
             "metrics",
             "device",

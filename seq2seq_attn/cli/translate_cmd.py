@@ -93,6 +93,15 @@ def translate_command(
             metavar="[INPUT]", help="Source text, one sentence a line \\[default: stdin]."
         ),
     ] = None,
+    ensemble: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="CHECKPOINT",
+            help="Another checkpoint or run directory to ensemble with (repeatable): decode "
+            "with the average of the models' log-probabilities. They must share the first "
+            "model's tokenizer; decode settings and attention output come from the first model.",
+        ),
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write translations here \\[stdout].")
     ] = None,
@@ -118,7 +127,11 @@ def translate_command(
         bool, typer.Option("--json", help="Print the scores as one JSON object.")
     ] = False,
     attention: Annotated[
-        Path | None, typer.Option(help="Write tokens and attention weights to this JSON file.")
+        Path | None,
+        typer.Option(
+            help="Write tokens and attention weights to this JSON file (an ensemble's first "
+            "model's)."
+        ),
     ] = None,
     attention_layer: Annotated[int, typer.Option(help="Decoder layer to show (-1 = last).")] = -1,
     attention_head: Annotated[
@@ -162,6 +175,12 @@ def translate_command(
         "max_tokens": batch_tokens,
     }
     if is_exported(checkpoint):
+        if ensemble:
+            raise fail(
+                f"{checkpoint} is a CTranslate2 folder: --ensemble needs .pt checkpoints (or run "
+                "directories) for every model",
+                code=2,
+            )
         translator = open_exported(checkpoint, precision, compute_type, wants_attention, settings)
     else:
         if compute_type is not None:
@@ -170,7 +189,9 @@ def translate_command(
                 "--precision",
                 code=2,
             )
-        translator = open_translator(checkpoint, precision=precision or "fp32", **settings)
+        translator = open_translator(
+            checkpoint, ensemble or [], precision=precision or "fp32", **settings
+        )
     if input_file is None and sys.stdin.isatty():
         interactive(translator)
         return
@@ -179,6 +200,10 @@ def translate_command(
     best = translator.detokenize([hypotheses[0] for hypotheses in found])
     write_output(output, format_output(found, best, translator.tokenizer, n_best))
     if wants_attention:
+        if ensemble:
+            err_console.print(
+                f"attention: from the ensemble's first model ({checkpoint})", highlight=False
+            )
         records = [
             translator.attention(index, line, hypotheses[0], layer=attention_layer,
                                  head=attention_head)
@@ -227,16 +252,17 @@ def open_exported(
         raise fail(str(error), code=2) from None
 
 
-def open_translator(checkpoint: Path, **settings: object) -> Translator:
-    """The checkpoint (or run directory) loaded for translation, or a clear exit: 2 for what
-    the user asked wrongly (no checkpoint in a folder, an impossible setting), 1 for a damaged
-    checkpoint."""
+def open_translator(checkpoint: Path, ensemble: list[Path], **settings: object) -> Translator:
+    """The checkpoint (or run directory) loaded for translation, ensembled with those of
+    ``ensemble``, or a clear exit: 2 for what the user asked wrongly (no checkpoint in a
+    folder, an impossible setting, ensemble members with different tokenizers), 1 for a
+    damaged checkpoint."""
     try:
-        path = find_checkpoint(checkpoint)
+        paths = [find_checkpoint(path) for path in (checkpoint, *ensemble)]
     except CheckpointError as error:
         raise fail(str(error), code=2) from None
     try:
-        return load_for_translation(path, **settings)
+        return load_for_translation(paths[0], ensemble=paths[1:], **settings)
     except CheckpointError as error:
         raise fail(str(error), code=1) from None
     except (ConfigError, ValueError) as error:

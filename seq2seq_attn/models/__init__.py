@@ -1,13 +1,15 @@
-"""Model families and :func:`build_model`, the one place that chooses between them."""
+"""Model families, :func:`build_model` (the one place that chooses between them) and the
+:class:`Ensemble` of several trained models."""
 
 from __future__ import annotations
 
 from ..config import ModelConfig
 from .common import DecoderState, EncoderOutput, Seq2Seq
+from .ensemble import Ensemble
 from .rnn import RNNSeq2Seq
 from .transformer import Transformer
 
-__all__ = ["DecoderState", "EncoderOutput", "Seq2Seq", "build_model"]
+__all__ = ["DecoderState", "EncoderOutput", "Ensemble", "Seq2Seq", "build_model"]
 
 
 def build_model(
