@@ -217,6 +217,11 @@ def softmax_attention(
     return used @ value, weights
 
 
+DECODING_QUERIES = 16
+"""Most query positions for which inference on the CPU skips the fused attention kernel (one
+decoding step: one query per beam of a sentence)."""
+
+
 def scaled_dot_product_attention(
     query: Tensor,
     key: Tensor,
@@ -227,9 +232,11 @@ def scaled_dot_product_attention(
 ) -> tuple[Tensor, Tensor | None]:
     """Scaled dot-product attention ``softmax(q k^T / sqrt(d)) v`` (Vaswani et al., 2017).
 
-    Without weights it runs torch's fused ``F.scaled_dot_product_attention``; with weights the
-    explicit path (:func:`softmax_attention`). Both agree, including rows whose keys are all
-    masked, which give a zero context.
+    Without weights it runs torch's fused ``F.scaled_dot_product_attention``; with weights, or
+    for a decoding step on the CPU (at most :data:`DECODING_QUERIES` query positions and no
+    gradient, where the fused kernel is several times slower than two batched matmuls), the
+    explicit path (:func:`softmax_attention`'s, softmax in fp32). Both agree, including rows
+    whose keys are all masked, which give a zero context.
 
     Args:
         query: ``(..., Tq, D)``; key: ``(..., Tk, D)``; value: ``(..., Tk, Dv)``.
@@ -242,6 +249,11 @@ def scaled_dot_product_attention(
     """
     if need_weights:
         return softmax_attention(scaled_dot_product_scores(query, key), value, mask, dropout_p)
+    few_queries = query.size(-2) <= DECODING_QUERIES and not torch.is_grad_enabled()
+    if few_queries and query.device.type == "cpu" and dropout_p == 0.0:
+        scores = scaled_dot_product_scores(query, key).float()  # (..., Tq, Tk)
+        weights = masked_softmax(scores, mask).to(value.dtype)
+        return weights @ value, None
     context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_p)
     return context, None
 

@@ -76,7 +76,7 @@ def step_log_probs(
     ``options.min_length`` tokens; also returns the new state and the attention ``(N, S)``
     (``None`` unless ``options.return_attention``)."""
     logits, state, attention = model.decode_step(prev_tokens, state, options.return_attention)
-    log_probs = logits.float().log_softmax(dim=-1)  # (N, V)
+    log_probs = logits.log_softmax(dim=-1, dtype=torch.float32)  # (N, V)
     if step < options.min_length:
         log_probs[:, eos_id] = -math.inf
     return log_probs, state, attention
@@ -90,7 +90,7 @@ def force_eos(log_probs: Tensor, rows: Tensor, eos_id: int) -> None:
         log_probs[rows, eos_id] = eos_scores
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: under it autocast recasts every weight at every step
 def greedy_search(
     model: Seq2Seq,
     src: Tensor,
@@ -162,7 +162,7 @@ class _Beams:
     state: object
 
 
-@torch.inference_mode()
+@torch.no_grad()  # (see greedy_search)
 def beam_search(
     model: Seq2Seq,
     src: Tensor,
@@ -183,7 +183,6 @@ def beam_search(
     beam_size, device = options.beam_size, src.device
     batch = src.size(0)
     limits = output_limits(src_mask, options, model.max_positions)  # (B,)
-    encoder_output = model.encode(src, src_mask).repeat_interleave(beam_size)
     scores = torch.full((batch, beam_size), -math.inf, device=device)
     scores[:, 0] = 0.0  # all beams start identical: let only the first one expand
     beams = _Beams(
@@ -196,7 +195,7 @@ def beam_search(
             else None
         ),
         prev_tokens=torch.full((batch * beam_size,), bos_id, dtype=torch.long, device=device),
-        state=model.init_state(encoder_output),
+        state=model.init_state(model.encode(src, src_mask), beam_size),
     )
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for step in range(int(limits.max())):
@@ -224,7 +223,8 @@ def _beam_step(
     at_limit = limits[beams.sentences] == step + 1  # (N,)
     force_eos(log_probs, at_limit.repeat_interleave(beam_size), eos_id)
     vocab = log_probs.size(-1)
-    candidates = (beams.scores.view(-1, 1) + log_probs).view(num_sentences, beam_size * vocab)
+    # In place: a fresh (N * K, V) tensor per step costs more than the addition itself.
+    candidates = log_probs.add_(beams.scores.view(-1, 1)).view(num_sentences, beam_size * vocab)
     top_scores, top_ids = candidates.topk(2 * beam_size, dim=1)  # (N, 2K)
     top_beams, top_tokens = top_ids // vocab, top_ids % vocab
     from_rows = (

@@ -87,8 +87,15 @@ class Seq2Seq(nn.Module, ABC):
         """Run the encoder over a padded source batch."""
 
     @abstractmethod
-    def init_state(self, encoder_output: EncoderOutput) -> DecoderState:
-        """The decoder state before the first target token (nothing decoded yet)."""
+    def init_state(self, encoder_output: EncoderOutput, beams: int = 1) -> DecoderState:
+        """The decoder state before the first target token (nothing decoded yet), with
+        ``beams`` rows per sentence (each sentence's rows next to each other: ``B * beams``).
+
+        The state's :meth:`~DecoderState.select` may then assume that a selection keeps each
+        sentence's rows together (as beam search's does: ``beams`` rows taken from one
+        sentence's rows, for the sentences that remain), so that what is the same for every
+        beam (the Transformer's cross-attention keys and values) is kept once per sentence.
+        """
 
     @abstractmethod
     def decode_step(

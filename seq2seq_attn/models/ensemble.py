@@ -69,13 +69,13 @@ class Ensemble(Seq2Seq):
         """Every member's encoder over ``src`` ``(B, S)``."""
         return EnsembleEncoderOutput.of([member.encode(src, src_mask) for member in self.members])
 
-    def init_state(self, encoder_output: EncoderOutput) -> EnsembleState:
+    def init_state(self, encoder_output: EncoderOutput, beams: int = 1) -> EnsembleState:
         """Every member's first decoder state, from its own encoder output."""
         if not isinstance(encoder_output, EnsembleEncoderOutput):
             raise TypeError("Ensemble.init_state needs the output of Ensemble.encode")
         return EnsembleState(
             [
-                member.init_state(output)
+                member.init_state(output, beams)
                 for member, output in zip(self.members, encoder_output.members, strict=True)
             ]
         )

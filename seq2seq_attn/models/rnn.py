@@ -290,8 +290,10 @@ class RNNSeq2Seq(Seq2Seq):
         """``src`` ``(B, S)`` -> states ``(B, S, H)`` and the final states."""
         return self.encoder(src, src_mask)
 
-    def init_state(self, encoder_output: EncoderOutput) -> RNNState:
-        """Bridged first decoder state and the projected keys."""
+    def init_state(self, encoder_output: EncoderOutput, beams: int = 1) -> RNNState:
+        """Bridged first decoder state and the projected keys, ``beams`` rows per sentence."""
+        if beams > 1:
+            encoder_output = encoder_output.repeat_interleave(beams)
         return self.decoder.init_state(encoder_output)
 
     def decode_step(

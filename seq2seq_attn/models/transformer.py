@@ -96,6 +96,7 @@ class DecoderLayer(nn.Module):
         cross_mask: Tensor,
         caches: tuple[KVCache, KVCache] | None = None,
         need_weights: bool = False,
+        beams: int = 1,
     ) -> tuple[Tensor, Tensor | None]:
         """One decoder layer.
 
@@ -106,6 +107,9 @@ class DecoderLayer(nn.Module):
             cross_mask: ``(B, 1, S)``, True at real source tokens.
             caches: ``(self-attention cache, cross-attention cache)`` for incremental decoding.
             need_weights: also return the cross-attention weights.
+            beams: rows of ``x`` per sentence: ``memory``, ``cross_mask`` and the
+                cross-attention cache hold one row per sentence (``B / beams``), and each
+                sentence's beams attend to it as that many more query positions.
 
         Returns:
             ``(x (B, T, D), cross-attention weights (B, H, T, S) or None)``.
@@ -116,10 +120,16 @@ class DecoderLayer(nn.Module):
 
         def cross(h: Tensor) -> Tensor:
             nonlocal weights
+            rows, length, dim = h.shape
+            grouped = h.reshape(rows // beams, beams * length, dim)  # (B / beams, beams * T, D)
             out, weights = self.cross_attn(
-                h, memory, memory, cross_mask, need_weights=need_weights, cache=cross_cache
+                grouped, memory, memory, cross_mask, need_weights=need_weights, cache=cross_cache
             )
-            return out
+            if weights is not None:  # (B / beams, H, beams * T, S) -> (B, H, T, S)
+                sentences, heads, _, src_len = weights.shape
+                weights = weights.view(sentences, heads, beams, length, src_len).transpose(1, 2)
+                weights = weights.reshape(rows, heads, length, src_len)
+            return out.reshape(rows, length, dim)
 
         x = self.cross_block(x, cross)
         return self.ff_block(x, self.feed_forward), weights
@@ -127,20 +137,36 @@ class DecoderLayer(nn.Module):
 
 @dataclass
 class TransformerState:
-    """Incremental decoding state: per-layer caches, the source mask and the step count."""
+    """Incremental decoding state: per-layer caches, the source mask and the step count.
+
+    ``B`` rows hold ``B / beams`` sentences; what every beam of a sentence shares (the encoder
+    projections and the source mask) is kept once per sentence.
+    """
 
     self_caches: list[KVCache]  # growing, each (B, H, t, Dh)
-    cross_caches: list[KVCache]  # static encoder projections, each (B, H, S, Dh)
-    src_mask: Tensor  # (B, S)
+    cross_caches: list[KVCache]  # static encoder projections, each (B / beams, H, S, Dh)
+    src_mask: Tensor  # (B / beams, S)
     position: int = 0  # target tokens decoded so far
+    beams: int = 1  # rows per sentence
 
     def select(self, batch_indices: Tensor) -> TransformerState:
-        """A new state holding rows ``batch_indices`` of every cache and of the mask."""
+        """A new state holding rows ``batch_indices`` ``(B',)``: each group of ``beams`` rows
+        taken from one sentence's rows (see :meth:`Transformer.init_state`). The per-sentence
+        tensors are re-indexed only when the sentences change (some finished)."""
+        sentences = batch_indices[:: self.beams] // self.beams  # (B' / beams,)
+        cross_caches, src_mask = self.cross_caches, self.src_mask
+        unchanged = sentences.numel() == src_mask.size(0) and bool(
+            (sentences == torch.arange(sentences.numel(), device=sentences.device)).all()
+        )
+        if not unchanged:
+            cross_caches = [select_cache(c, sentences) for c in cross_caches]
+            src_mask = src_mask.index_select(0, sentences)
         return TransformerState(
             self_caches=[select_cache(c, batch_indices) for c in self.self_caches],
-            cross_caches=[select_cache(c, batch_indices) for c in self.cross_caches],
-            src_mask=self.src_mask.index_select(0, batch_indices),
+            cross_caches=cross_caches,
+            src_mask=src_mask,
             position=self.position,
+            beams=self.beams,
         )
 
 
@@ -231,13 +257,15 @@ class Transformer(Seq2Seq):
         _, weights = self._decode(tgt_in, self.encode(src, src_mask), need_weights=True)
         return torch.stack([w for w in weights if w is not None], dim=1)
 
-    def init_state(self, encoder_output: EncoderOutput) -> TransformerState:
-        """Project the encoder states once into every layer's static cross-attention cache."""
+    def init_state(self, encoder_output: EncoderOutput, beams: int = 1) -> TransformerState:
+        """Project the encoder states once into every layer's static cross-attention cache,
+        one row per sentence whatever ``beams`` (the rows of the decoder per sentence)."""
         memory = encoder_output.states  # (B, S, D)
         return TransformerState(
             self_caches=[KVCache(static=False) for _ in self.decoder_layers],
             cross_caches=[layer.cross_attn.memory_cache(memory) for layer in self.decoder_layers],
             src_mask=encoder_output.mask,
+            beams=beams,
         )
 
     def decode_step(
@@ -247,12 +275,12 @@ class Transformer(Seq2Seq):
         x = self._embed(
             self.tgt_embed, self.tgt_positions, prev_tokens.unsqueeze(1), state.position
         )
-        cross_mask = state.src_mask.unsqueeze(1)  # (B, 1, S)
+        cross_mask = state.src_mask.unsqueeze(1)  # (B / beams, 1, S)
         last = len(self.decoder_layers) - 1
         for index, layer in enumerate(self.decoder_layers):
             caches = (state.self_caches[index], state.cross_caches[index])
             wanted = need_attention and index == last
-            x, weights = layer(x, None, None, cross_mask, caches, need_weights=wanted)
+            x, weights = layer(x, None, None, cross_mask, caches, wanted, state.beams)
         logits = self.output(self.decoder_norm(x)).squeeze(1)  # (B, V)
         state.position += 1
         if weights is None:
