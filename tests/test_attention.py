@@ -168,6 +168,24 @@ def test_scaled_dot_product_attention_equals_torch(mask_kind):
     assert weights.shape == (3, 2, 6, 6)
 
 
+@pytest.mark.parametrize("queries", [1, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decoding_step_attention_equals_torch(queries, dtype):
+    # Without gradients and with few queries (a decoding step) the explicit path runs; it must
+    # agree with torch's kernel, fully masked rows included (zero context).
+    torch.manual_seed(0)
+    q = torch.randn(4, 2, queries, 8).to(dtype)
+    k, v = torch.randn(4, 2, 7, 8).to(dtype), torch.randn(4, 2, 7, 8).to(dtype)
+    mask = padding_mask(torch.tensor([7, 3, 1, 0]), 7)[:, None, None, :]  # (B, 1, 1, S)
+    with torch.no_grad():
+        context, weights = scaled_dot_product_attention(q, k, v, mask)
+        expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    assert weights is None and context.dtype == dtype
+    expected[3] = 0.0  # torch gives NaN where every key is masked; ours a zero context
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(context.float(), expected, atol=tolerance, rtol=0)
+
+
 def test_softmax_attention_dropout_changes_context_not_weights():
     torch.manual_seed(0)
     scores, v = torch.randn(2, 4, 5), torch.randn(2, 5, 3)

@@ -361,3 +361,25 @@ def test_decode_step_without_attention_gives_the_same_logits(kind):
     if kind.startswith("transformer"):
         assert maybe is None  # no weights asked: the fused kernel path
     torch.testing.assert_close(without, with_weights, atol=ATOL, rtol=0)
+
+
+@kinds
+def test_a_state_for_beams_equals_repeated_rows_and_survives_finished_sentences(kind):
+    # init_state(beams=K) keeps what every beam shares once per sentence; decoding from it must
+    # equal decoding from K copies of each row, also after a selection drops a sentence and
+    # reorders beams within the others (what beam search does).
+    model = make(kind)
+    src, src_mask, tgt_in, _ = padded_batch()
+    encoder_output = model.encode(src, src_mask)
+    grouped = model.init_state(encoder_output, beams=2)
+    repeated = model.init_state(encoder_output.repeat_interleave(2))
+    prev = tgt_in[:, 0].repeat_interleave(2)  # (6,)
+    logits, grouped, _ = model.decode_step(prev, grouped, True)
+    expected, repeated, _ = model.decode_step(prev, repeated, True)
+    torch.testing.assert_close(logits, expected, atol=ATOL, rtol=0)
+    rows = torch.tensor([1, 1, 4, 5])  # sentence 0: its beam 1 twice; sentence 1 dropped
+    prev = tgt_in[rows // 2, 1]
+    logits, _, attention = model.decode_step(prev, grouped.select(rows), True)
+    expected, _, expected_attention = model.decode_step(prev, repeated.select(rows), True)
+    torch.testing.assert_close(logits, expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(attention, expected_attention, atol=ATOL, rtol=0)
