@@ -1,75 +1,133 @@
-"""Translation speed of trained checkpoints: sentences/s and target tokens/s.
+"""Translation speed and BLEU: our search (fp32, bf16) against CTranslate2 (fp32, int8).
 
-For every checkpoint, beam size (1 = greedy), precision and batch size (sentences per batch,
-sorted by length), translate the same source file through the library's own ``translate`` and
-print one table row. Rows of one checkpoint run back to back, so compare ratios within a run.
+One Transformer checkpoint is exported to CTranslate2 twice (float32 and int8 weights, into
+``--export-dir``), then every system translates the same source file with the same beam and the
+same number of threads, in ``--rounds`` interleaved rounds:
 
-    python scripts/bench_translate.py runs/m30k-tf/best.pt runs/m30k-rnn/best.pt \\
-        --source data/multi30k/test_2016_flickr.de
+- decode-only: the model already loaded in this process; the clock runs over
+  ``translate(lines)`` alone;
+- whole process: ``attn-translate MODEL SOURCE -o FILE``, from starting Python to the written
+  file (imports, loading, tokenization, search, detokenization).
+
+The table gives the median sentences/s of each, and BLEU / lowercased BLEU (sacreBLEU 13a) of
+the output against ``--ref``; every round must produce the same output.
+
+    python scripts/bench_translate.py runs/multi30k-de-en/transformer/best.pt \\
+        --source data/multi30k/test_2016_flickr.de --ref data/multi30k/test_2016_flickr.en
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import itertools
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from seq2seq_attn.device import resolve_precision
-from seq2seq_attn.evaluate import Translator, load_for_translation, search_options
+from seq2seq_attn.ct2 import export_checkpoint, load_exported
+from seq2seq_attn.evaluate import load_for_translation
 from seq2seq_attn.fileio import read_lines
+from seq2seq_attn.metrics import corpus_scores
+
+ATTN_TRANSLATE = Path(sys.executable).with_name("attn-translate")
 
 
-def measure(
-    translator: Translator, lines: list[str], beam: int, precision: str, batch: int
-) -> tuple[float, int]:
-    """(seconds, target tokens) to translate ``lines`` in batches of ``batch`` sentences."""
-    setting = dataclasses.replace(
-        translator,
-        options=search_options(translator.config.decode, beam_size=beam),
-        precision=resolve_precision(precision, translator.device),
-        max_tokens=1 << 30,
-        max_sentences=batch,
-    )
+@dataclass
+class System:
+    """One way of translating: its name, the model path and options ``attn-translate`` takes,
+    and what was measured."""
+
+    name: str
+    model: Path
+    options: list[str]
+    decode_seconds: list[float] = field(default_factory=list)
+    process_seconds: list[float] = field(default_factory=list)
+    outputs: set[tuple[str, ...]] = field(default_factory=set)
+
+    def load(self, beam: int, threads: int):
+        """The translator, loaded in this process."""
+        if self.options[:1] == ["--compute-type"]:
+            return load_exported(self.model, device="cpu", beam_size=beam, threads=threads)
+        return load_for_translation(
+            self.model, device="cpu", precision=self.options[1], beam_size=beam
+        )
+
+
+def decode_only(system: System, lines: list[str], beam: int, threads: int) -> None:
+    """Time ``translate(lines)`` with the model already loaded."""
+    translator = system.load(beam, threads)
+    translator.translate(lines[:8])  # warm up: first calls allocate and pick kernels
     start = time.perf_counter()
-    found = setting.translate(lines)
-    seconds = time.perf_counter() - start
-    return seconds, sum(len(hypothesis.tokens) + 1 for hypothesis in found)
+    found = translator.translate(lines)
+    system.decode_seconds.append(time.perf_counter() - start)
+    system.outputs.add(tuple(translator.detokenize(found)))
+
+
+def whole_process(system: System, source: Path, beam: int, threads: int, out: Path) -> None:
+    """Time ``attn-translate`` from start to written file, on ``threads`` threads."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    command = [str(ATTN_TRANSLATE), str(system.model), str(source), "-o", str(out),
+               "--beam", str(beam), *system.options]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    system.process_seconds.append(time.perf_counter() - start)
+    system.outputs.add(tuple(read_lines(out)))
 
 
 def main() -> None:
-    """Parse options, time every combination and print a Markdown table."""
+    """Export, measure every system in interleaved rounds and print a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoints", type=Path, nargs="+")
+    parser.add_argument("checkpoint", type=Path, help="a Transformer checkpoint or run directory")
     parser.add_argument("--source", type=Path, default=Path("data/multi30k/test_2016_flickr.de"))
-    parser.add_argument("--beams", type=int, nargs="+", default=[5, 1])
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 64])
-    parser.add_argument("--sentences", type=int, default=1000, help="first N source lines")
+    parser.add_argument("--ref", type=Path, default=Path("data/multi30k/test_2016_flickr.en"))
+    parser.add_argument("--export-dir", type=Path, help="where to export [a temporary folder]")
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    lines = read_lines(args.source)[: args.sentences]
-    print(f"torch {torch.__version__}, {args.threads} threads, {len(lines)} sentences of "
-          f"{args.source}\n")  # fmt: skip
-    print("| checkpoint | params | beam | precision | batch | sentences/s | target tokens/s |")
-    print("| --- | ---: | ---: | --- | ---: | ---: | ---: |")
-    for path in args.checkpoints:
-        translator = load_for_translation(path, device="cpu")
-        measure(translator, lines[:16], 1, "fp32", 16)  # warm up
-        for beam, precision, batch in itertools.product(
-            args.beams, args.precisions, args.batch_sizes
-        ):
-            seconds, tokens = measure(translator, lines, beam, precision, batch)
-            params = translator.model.num_parameters()
-            print(
-                f"| {path} | {params:,} | {beam} | {precision} | {batch} | "
-                f"{len(lines) / seconds:.1f} | {tokens / seconds:,.0f} |",
-                flush=True,
-            )
+    lines, references = read_lines(args.source), read_lines(args.ref)
+    with tempfile.TemporaryDirectory() as scratch:
+        export_dir = args.export_dir or Path(scratch)
+        folders = {
+            kind: export_checkpoint(args.checkpoint, export_dir / f"ct2-{kind}", kind, force=True)
+            for kind in ("float32", "int8")
+        }
+        systems = [
+            System("attn-translate fp32", args.checkpoint, ["--precision", "fp32"]),
+            System("attn-translate bf16", args.checkpoint, ["--precision", "bf16"]),
+            System("CTranslate2 float32", folders["float32"], ["--compute-type", "float32"]),
+            System("CTranslate2 int8", folders["int8"], ["--compute-type", "int8"]),
+        ]
+        for round_number in range(1, args.rounds + 1):
+            for system in systems:
+                decode_only(system, lines, args.beam, args.threads)
+                whole_process(system, args.source, args.beam, args.threads,
+                              Path(scratch) / "out.txt")  # fmt: skip
+            print(f"round {round_number} of {args.rounds} done", file=sys.stderr, flush=True)
+    print(f"{len(lines)} sentences of {args.source}, beam {args.beam}, {args.threads} thread(s), "
+          f"torch {torch.__version__}, median of {args.rounds} interleaved rounds\n")  # fmt: skip
+    print("| system | BLEU | BLEU lc | decode-only sentences/s | whole process sentences/s "
+          "| decode-only vs CTranslate2 float32 |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    reference_speed = len(lines) / statistics.median(systems[2].decode_seconds)
+    for system in systems:
+        if len(system.outputs) != 1:
+            raise SystemExit(f"{system.name}: the rounds translated differently")
+        output = list(next(iter(system.outputs)))
+        bleu = corpus_scores(output, references, ["bleu"])["bleu"].score
+        bleu_lc = corpus_scores(output, references, ["bleu"], lowercase=True)["bleu"].score
+        decode_speed = len(lines) / statistics.median(system.decode_seconds)
+        process_speed = len(lines) / statistics.median(system.process_seconds)
+        print(f"| {system.name} | {bleu:.2f} | {bleu_lc:.2f} "
+              f"| {decode_speed:.1f} | {process_speed:.1f} "
+              f"| {decode_speed / reference_speed:.2f}x |")  # fmt: skip
 
 
 if __name__ == "__main__":
