@@ -19,7 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from seq2seq_attn.checkpoint import load_checkpoint
-from seq2seq_attn.cli import train_app, translate_app
+from seq2seq_attn.cli import export_app, train_app, translate_app
 from seq2seq_attn.cli.train_cmd import StopOnSignal
 
 runner = CliRunner()
@@ -64,7 +64,11 @@ def help_panels(output: str) -> dict[str, list[list[str]]]:
     return panels
 
 
-@pytest.mark.parametrize("app", [train_app, translate_app], ids=["attn-train", "attn-translate"])
+@pytest.mark.parametrize(
+    "app",
+    [train_app, translate_app, export_app],
+    ids=["attn-train", "attn-translate", "attn-export"],
+)
 def test_help_describes_the_command(app):
     command = typer.main.get_command(app)
     result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}, terminal_width=200)
@@ -99,11 +103,21 @@ def test_help_describes_the_command(app):
             assert " ".join(parameter.help.replace("\\[", "[").split()) in flat, parameter.name
 
 
-@pytest.mark.parametrize("script", ["attn-train", "attn-translate"])
-def test_console_scripts_are_installed(script):
-    result = subprocess.run([SCRIPTS / script, "--help"], capture_output=True, text=True)
+@pytest.mark.parametrize(
+    ("script", "app"),
+    [("attn-train", train_app), ("attn-translate", translate_app), ("attn-export", export_app)],
+)
+def test_console_scripts_are_installed(script, app):
+    result = subprocess.run(
+        [SCRIPTS / script, "--help"], capture_output=True, text=True, env={**os.environ,
+        "COLUMNS": "200"},
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "Usage" in result.stdout
+    usage = result.stdout.lstrip().splitlines()[0]
+    assert usage.startswith(f"Usage: {script} "), usage  # the installed script, by its name
+    command = typer.main.get_command(app)  # and the command it is installed for
+    first_line = inspect.getdoc(command.callback).splitlines()[0]
+    assert " ".join(first_line.split()) in " ".join(result.stdout.replace("│", " ").split())
 
 
 @pytest.mark.parametrize("family", ["transformer", "rnn"])

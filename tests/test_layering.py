@@ -24,7 +24,14 @@ UPSTREAM_OF_TRAIN = {
     "checkpoint", "rundir", "evaluate", "optim", "distributed",
 }  # fmt: skip
 
-CLI_MODULES = {"cli", "cli.console", "cli.train_cmd", "cli.translate_cmd", "cli.export_cmd"}
+CLI_MODULES = {
+    "cli",
+    "cli.console",
+    "cli.train_cmd",
+    "cli.translate_cmd",
+    "cli.export_cmd",
+    "cli.progress",
+}
 CLI_PACKAGES = {"torch", "typer", "rich"}
 
 # module -> (project modules it may import, third-party packages it may import)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from seq2seq_attn.config import config_from_plain
+from seq2seq_attn.config import config_from_plain, to_yaml
 from seq2seq_attn.train import train
 
 HEAVY = (
@@ -74,6 +74,29 @@ def test_translating_a_line_imports_no_training_library(checkpoint, tmp_path):
     assert json.loads((tmp_path / "attention.json").read_text())[0]["index"] == 0  # it ran
 
 
-def test_the_probe_sees_heavy_imports():
-    """attn-train does need HF datasets and the loop: the probe must notice them."""
-    assert {"datasets", "seq2seq_attn.train"} <= set(run_probe("attn-train", "--help")["heavy"])
+def test_help_imports_no_training_library():
+    for command in ("attn-train", "attn-translate", "attn-export"):
+        assert run_probe(command, "--help")["heavy"] == [], command
+
+
+def test_the_probe_sees_heavy_imports(corpus, tmp_path):
+    """Training does need HF datasets and the loop: the probe must notice them."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        to_yaml(
+            config_from_plain(
+                {
+                    "data": {"src_lang": "src", "tgt_lang": "tgt", "train": str(corpus / "train"),
+                             "dev": "", "test": "", "max_tokens": 256, "max_length": 40,
+                             "cache_dir": str(corpus / "cache")},
+                    "tokenizer": {"vocab_size": 64},
+                    "model": {"max_positions": 48, "transformer": {"d_model": 16, "num_heads": 2,
+                              "encoder_layers": 1, "decoder_layers": 1, "ff_size": 32}},
+                    "train": {"max_steps": 1, "precision": "fp32", "device": "cpu"},
+                }
+            )
+        )
+    )  # fmt: skip
+    found = run_probe("attn-train", str(config), "--run-dir", str(tmp_path / "run"))
+    assert {"datasets", "seq2seq_attn.train"} <= set(found["heavy"])
+    assert (tmp_path / "run" / "last.pt").is_file()  # it trained
