@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .batching import length_batches
-from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, model_from_checkpoint
+from .checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from .config import DecodeConfig
 from .decoding import Hypothesis, SearchOptions, length_penalty, output_limits
 from .evaluate import encode_sources, search_options
@@ -185,14 +186,8 @@ def export_checkpoint(
             f"{', '.join(QUANTIZATIONS)}"
         )
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ExportError(f"{output_dir}: exists and is not a folder; choose another -o")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
-        raise ExportError(
-            f"{output_dir}: the folder is not empty; choose another -o or pass --force to "
-            "replace it"
-        )
     path = find_checkpoint(Path(checkpoint))
+    _check_output_dir(output_dir, path, force)
     model, tokenizer, config = model_from_checkpoint(load_checkpoint(path, mmap=True), path)
     if config.model.family != "transformer":
         raise ExportError(
@@ -203,7 +198,7 @@ def export_checkpoint(
     spec.validate()
     spec.optimize(quantization=None if quantization == "none" else quantization)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.new-", dir=output_dir.parent))
     try:
         spec.save(str(staging))
         tokenizer.save(staging)
@@ -216,14 +211,55 @@ def export_checkpoint(
             "joint_vocabulary": tokenizer.joint,
         }
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        staging.chmod(0o755)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
+        _replace_folder(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
+
+
+def _check_output_dir(output_dir: Path, checkpoint: Path, force: bool) -> None:
+    """Refuse an ``output_dir`` whose files an export would destroy: a file, the checkpoint's
+    own folder, or a non-empty folder (with ``force``: one written by attn-export is replaced)."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ExportError(f"{output_dir}: exists and is not a folder; choose another -o")
+    if output_dir.resolve() in checkpoint.resolve().parents:
+        raise ExportError(
+            f"{output_dir}: holds the checkpoint {checkpoint}; choose another -o (a new folder)"
+        )
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return
+    if not force:
+        raise ExportError(
+            f"{output_dir}: the folder is not empty; choose another -o, or pass --force to "
+            "replace an earlier export"
+        )
+    if not is_exported(output_dir):
+        raise ExportError(
+            f"{output_dir}: not a folder written by attn-export, so --force will not replace "
+            "it; choose another -o"
+        )
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Move the complete folder ``new`` to ``target``; an earlier ``target`` is set aside
+    first and deleted only once the new one is in place."""
+    new.chmod(0o777 & ~_umask())
+    if not target.exists():
+        new.rename(target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    old.rmdir()
+    target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old)
+
+
+def _umask() -> int:
+    """The process's file creation mask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ---- translation ----------------------------------------------------------------------------
@@ -249,6 +285,13 @@ def read_info(directory: Path) -> dict:
             f"{info_path}: format {info.get('format') if isinstance(info, dict) else None!r} "
             f"is not {FORMAT_VERSION}; export the model again with this version's attn-export"
         )
+    try:
+        DecodeConfig(**info["decode"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ExportError(
+            f"{info_path}: no valid decode settings ({error}); export the model again with "
+            "attn-export"
+        ) from None
     return info
 
 
@@ -277,10 +320,14 @@ class CT2Translator:
             torch.tensor(lengths).unsqueeze(1) > torch.arange(max(lengths, default=1)),
             self.options, self.max_positions,
         ).tolist()  # fmt: skip
-        for rows in length_batches(lengths, self.max_tokens, self.max_sentences):
-            for group in _equal_runs(rows, limits):
-                indices = [nonempty[row] for row in group]
-                found = self._search([src_ids[i] for i in indices], limits[group[0]])
+        by_limit: dict[int, list[int]] = {}  # CTranslate2 takes one length limit per call
+        for row, limit in enumerate(limits):
+            by_limit.setdefault(limit, []).append(row)
+        for limit, rows in by_limit.items():
+            group_lengths = [lengths[row] for row in rows]
+            for batch in length_batches(group_lengths, self.max_tokens, self.max_sentences):
+                indices = [nonempty[rows[position]] for position in batch]
+                found = self._search([src_ids[i] for i in indices], limit)
                 for index, hypotheses in zip(indices, found, strict=True):
                     outputs[index] = hypotheses
         return outputs
@@ -352,14 +399,6 @@ class CT2Translator:
         return [list(result.log_probs) for result in results]
 
 
-def _equal_runs(rows: list[int], limits: list[int]) -> list[list[int]]:
-    """``rows`` cut into runs whose ``limits`` are equal, each run in its original order."""
-    by_limit: dict[int, list[int]] = {}
-    for row in rows:
-        by_limit.setdefault(limits[row], []).append(row)
-    return list(by_limit.values())
-
-
 def load_exported(
     directory: str | Path,
     *,
@@ -389,10 +428,17 @@ def load_exported(
         decode, **{key: value for key, value in changes.items() if value is not None}
     )
     options = dataclasses.replace(search_options(decode), n_best=n_best)
+    gpus = ctranslate2.get_cuda_device_count()
+    requested = device
     if device == "auto":
-        device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device!r}: use auto, cpu or cuda")
+        device = "cuda" if gpus > 0 else "cpu"
+    device, _, index = device.partition(":")
+    if device not in ("cpu", "cuda") or (index and not index.isdigit()):
+        raise ValueError(f"--device {requested}: use auto, cpu, cuda or cuda:N")
+    if device == "cuda" and int(index or 0) >= gpus:
+        raise ValueError(
+            f"--device {requested}: CTranslate2 sees {gpus} CUDA GPU(s) here; use cpu or auto"
+        )
     supported = sorted(ctranslate2.get_supported_compute_types(device))
     if compute_type not in (None, "default", "auto", *supported):
         raise ValueError(
@@ -403,6 +449,7 @@ def load_exported(
         engine = ctranslate2.Translator(
             str(directory),
             device=device,
+            device_index=int(index or 0),
             compute_type=compute_type or "default",
             intra_threads=threads or torch.get_num_threads(),
         )
@@ -410,8 +457,11 @@ def load_exported(
         raise ExportError(f"{directory}: CTranslate2 cannot load it: {error}") from None
     try:
         tokenizer = Tokenizer.load(directory)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{directory}: its SentencePiece model(s): {error}") from None
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ExportError(
+            f"{directory}: its SentencePiece model(s) cannot be read ({error}); export the "
+            "model again with attn-export"
+        ) from None
     return CT2Translator(
         engine, tokenizer, options, info.get("max_positions"), engine.compute_type, max_tokens,
         max_sentences,

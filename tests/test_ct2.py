@@ -166,12 +166,39 @@ def test_export_refuses_what_it_cannot_do(tokenizers, tmp_path):
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "keep.txt").write_text("precious")
-    with pytest.raises(ExportError, match="not empty; choose another -o or pass --force"):
+    with pytest.raises(ExportError, match="not empty; choose another -o, or pass --force"):
         export_checkpoint(checkpoint, occupied)
+    with pytest.raises(ExportError, match="not a folder written by attn-export, so --force"):
+        export_checkpoint(checkpoint, occupied, force=True)
     assert (occupied / "keep.txt").read_text() == "precious"
-    export_checkpoint(checkpoint, occupied, force=True)
-    assert is_exported(occupied) and not (occupied / "keep.txt").exists()
+    with pytest.raises(ExportError, match="holds the checkpoint"):  # a run dir: never -o
+        export_checkpoint(checkpoint, tmp_path, force=True)
+    assert checkpoint.is_file()
+
+    earlier = export_checkpoint(checkpoint, tmp_path / "ct2")
+    with pytest.raises(ExportError, match="pass --force to replace an earlier export"):
+        export_checkpoint(checkpoint, earlier, quantization="int8")
+    export_checkpoint(checkpoint, earlier, quantization="int8", force=True)
+    assert json.loads((earlier / "seq2seq_attn.json").read_text())["quantization"] == "int8"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_damaged_folder_says_to_export_again(tokenizers, corpus, tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "model.pt", tokenizers[True], {})
+    for damage in ("tokenizer", "decode settings"):
+        folder = export_checkpoint(checkpoint, tmp_path / damage)
+        if damage == "tokenizer":
+            (folder / "src.model").unlink()
+        else:
+            info = json.loads((folder / "seq2seq_attn.json").read_text())
+            del info["decode"]
+            (folder / "seq2seq_attn.json").write_text(json.dumps(info))
+        with pytest.raises(ExportError, match="export the model again"):
+            load_exported(folder, device="cpu")
+        result = cli("translate_app", folder, tmp_path / "model.pt")
+        assert result.exit_code == 1 and "export the model again" in " ".join(
+            result.output.split()
+        )
 
 
 def cli(app_name: str, *arguments):
@@ -218,6 +245,9 @@ def test_the_cli_exports_and_translates_like_the_checkpoint(tokenizers, corpus, 
         (("{folder}", "--precision", "bf16"), "with --compute-type"),
         (("{folder}", "--compute-type", "int4"), "'int4' is not available on cpu"),
         (("{checkpoint}", "--compute-type", "int8"), "for folders written by attn-export"),
+        (("{folder}", "--device", "cuda:7"), "CTranslate2 sees"),
+        (("{checkpoint}", "--ensemble", "{folder}"), "ensembles need .pt checkpoints"),
+        (("{folder}", "--ensemble", "{checkpoint}"), "--ensemble needs .pt checkpoints"),
     ],
 )
 def test_translate_options_that_need_the_other_kind_of_model(

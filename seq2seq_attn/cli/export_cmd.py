@@ -24,7 +24,10 @@ def export_command(
         Path, typer.Argument(metavar="CHECKPOINT", help="A .pt checkpoint or a run directory.")
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="The model folder to write (must not exist).")
+        Path,
+        typer.Option(
+            "--output", "-o", help="The model folder to write (new or empty; see --force)."
+        ),
     ],
     quantization: Annotated[
         str,
@@ -33,7 +36,7 @@ def export_command(
         ),
     ] = "none",
     force: Annotated[
-        bool, typer.Option(help="Replace OUTPUT when it is a non-empty folder.")
+        bool, typer.Option(help="Replace OUTPUT when it holds an earlier attn-export folder.")
     ] = False,
 ) -> None:
     """Write a CTranslate2 model folder: model.bin and vocabularies, the SentencePiece

@@ -257,6 +257,20 @@ def open_translator(checkpoint: Path, ensemble: list[Path], **settings: object) 
     ``ensemble``, or a clear exit: 2 for what the user asked wrongly (no checkpoint in a
     folder, an impossible setting, ensemble members with different tokenizers), 1 for a
     damaged checkpoint."""
+    for path in ensemble:
+        if is_exported(path):
+            raise fail(
+                f"--ensemble {path}: a CTranslate2 folder (attn-export); ensembles need .pt "
+                "checkpoints or run directories",
+                code=2,
+            )
+    for path in (checkpoint, *ensemble):
+        if (path / "model.bin").is_file():
+            raise fail(
+                f"{path}: a CTranslate2 model without seq2seq_attn.json; attn-translate reads "
+                "folders written by attn-export (export the checkpoint again) or .pt checkpoints",
+                code=2,
+            )
     try:
         paths = [find_checkpoint(path) for path in (checkpoint, *ensemble)]
     except CheckpointError as error:
