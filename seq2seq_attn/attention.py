@@ -218,8 +218,8 @@ def softmax_attention(
 
 
 DECODING_QUERIES = 16
-"""Most query positions for which inference on the CPU skips the fused attention kernel (one
-decoding step: one query per beam of a sentence)."""
+"""Most query positions for which attention without gradients on the CPU skips the fused kernel
+(a decoding step has one query per beam of a sentence)."""
 
 
 def scaled_dot_product_attention(
@@ -233,10 +233,11 @@ def scaled_dot_product_attention(
     """Scaled dot-product attention ``softmax(q k^T / sqrt(d)) v`` (Vaswani et al., 2017).
 
     Without weights it runs torch's fused ``F.scaled_dot_product_attention``; with weights, or
-    for a decoding step on the CPU (at most :data:`DECODING_QUERIES` query positions and no
-    gradient, where the fused kernel is several times slower than two batched matmuls), the
-    explicit path (:func:`softmax_attention`'s, softmax in fp32). Both agree, including rows
-    whose keys are all masked, which give a zero context.
+    on the CPU without gradients for at most :data:`DECODING_QUERIES` query positions (a
+    decoding step, also a short sentence's encoder or validation pass: there the fused kernel
+    is several times slower than two batched matmuls), the explicit path
+    (:func:`softmax_attention`'s, softmax in fp32). Both agree, including rows whose keys are
+    all masked, which give a zero context.
 
     Args:
         query: ``(..., Tq, D)``; key: ``(..., Tk, D)``; value: ``(..., Tk, Dv)``.

@@ -196,9 +196,7 @@ def test_a_damaged_folder_says_to_export_again(tokenizers, corpus, tmp_path):
         with pytest.raises(ExportError, match="export the model again"):
             load_exported(folder, device="cpu")
         result = cli("translate_app", folder, tmp_path / "model.pt")
-        assert result.exit_code == 1 and "export the model again" in " ".join(
-            result.output.split()
-        )
+        assert result.exit_code == 1 and "export the model again" in " ".join(result.output.split())
 
 
 def cli(app_name: str, *arguments):

@@ -383,3 +383,13 @@ def test_a_state_for_beams_equals_repeated_rows_and_survives_finished_sentences(
     expected, _, expected_attention = model.decode_step(prev, repeated.select(rows), True)
     torch.testing.assert_close(logits, expected, atol=ATOL, rtol=0)
     torch.testing.assert_close(attention, expected_attention, atol=ATOL, rtol=0)
+
+
+def test_a_state_for_beams_refuses_selections_that_split_groups():
+    model = make("transformer-pre")
+    src, src_mask, _, _ = padded_batch()
+    state = model.init_state(model.encode(src, src_mask), beams=2)
+    with pytest.raises(ValueError, match="from one sentence's rows"):
+        state.select(torch.tensor([0, 2]))  # one beam of sentence 0, one of sentence 1
+    with pytest.raises(ValueError, match="whole number of groups of 2 beams"):
+        state.select(torch.tensor([0, 1, 2]))

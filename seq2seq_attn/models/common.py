@@ -66,8 +66,9 @@ class DecoderState(Protocol):
 
     def select(self: StateT, batch_indices: Tensor) -> StateT:
         """A new state holding batch rows ``batch_indices`` (``(B',)`` long, repeats allowed)
-        in that order; every tensor is index-selected on its batch axis, ``self`` is left as
-        it was."""
+        in that order; ``self`` is left as it was. A state built with ``beams > 1`` (see
+        :meth:`Seq2Seq.init_state`) takes whole groups: each ``beams`` consecutive indices
+        from one sentence's rows."""
         ...
 
 

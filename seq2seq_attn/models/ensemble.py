@@ -43,7 +43,7 @@ class EnsembleState:
     members: list[DecoderState]
 
     def select(self, batch_indices: Tensor) -> EnsembleState:
-        """Rows ``batch_indices`` (``(B',)`` long, repeats allowed) of every member's state."""
+        """Rows ``batch_indices`` of every member's state (see ``DecoderState.select``)."""
         return EnsembleState([member.select(batch_indices) for member in self.members])
 
 

@@ -153,12 +153,24 @@ class TransformerState:
         """A new state holding rows ``batch_indices`` ``(B',)``: each group of ``beams`` rows
         taken from one sentence's rows (see :meth:`Transformer.init_state`). The per-sentence
         tensors are re-indexed only when the sentences change (some finished)."""
-        sentences = batch_indices[:: self.beams] // self.beams  # (B' / beams,)
+        if batch_indices.numel() % self.beams:
+            raise ValueError(
+                f"select: {batch_indices.numel()} rows is not a whole number of groups of "
+                f"{self.beams} beams"
+            )
+        groups = batch_indices.view(-1, self.beams) // self.beams  # (B' / beams, beams)
+        sentences = groups[:, 0]  # (B' / beams,) the sentence of each group
         cross_caches, src_mask = self.cross_caches, self.src_mask
-        unchanged = sentences.numel() == src_mask.size(0) and bool(
-            (sentences == torch.arange(sentences.numel(), device=sentences.device)).all()
-        )
-        if not unchanged:
+        same_sentences = torch.arange(sentences.numel(), device=sentences.device)
+        grouped, unchanged = torch.stack(
+            [(groups == sentences.unsqueeze(1)).all(), (sentences == same_sentences).all()]
+        ).tolist()  # one host sync for both checks
+        if not grouped:
+            raise ValueError(
+                "select: each group of beams must come from one sentence's rows (beam search's "
+                "selections do); build the state with beams=1 to select rows freely"
+            )
+        if not (unchanged and sentences.numel() == src_mask.size(0)):
             cross_caches = [select_cache(c, sentences) for c in cross_caches]
             src_mask = src_mask.index_select(0, sentences)
         return TransformerState(
