@@ -113,10 +113,12 @@ def main() -> None:
             print(f"round {round_number} of {args.rounds} done", file=sys.stderr, flush=True)
     print(f"{len(lines)} sentences of {args.source}, beam {args.beam}, {args.threads} thread(s), "
           f"torch {torch.__version__}, median of {args.rounds} interleaved rounds\n")  # fmt: skip
-    print("| system | BLEU | BLEU lc | decode-only sentences/s | whole process sentences/s "
+    print("| system | BLEU | BLEU lc | lines equal to attn-translate fp32 "
+          "| decode-only sentences/s | whole process sentences/s "
           "| decode-only vs CTranslate2 float32 |")  # fmt: skip
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     reference_speed = len(lines) / statistics.median(systems[2].decode_seconds)
+    reference_output = next(iter(systems[0].outputs))
     for system in systems:
         if len(system.outputs) != 1:
             raise SystemExit(f"{system.name}: the rounds translated differently")
@@ -125,7 +127,8 @@ def main() -> None:
         bleu_lc = corpus_scores(output, references, ["bleu"], lowercase=True)["bleu"].score
         decode_speed = len(lines) / statistics.median(system.decode_seconds)
         process_speed = len(lines) / statistics.median(system.process_seconds)
-        print(f"| {system.name} | {bleu:.2f} | {bleu_lc:.2f} "
+        equal = sum(mine == ours for mine, ours in zip(output, reference_output, strict=True))
+        print(f"| {system.name} | {bleu:.2f} | {bleu_lc:.2f} | {equal} / {len(lines)} "
               f"| {decode_speed:.1f} | {process_speed:.1f} "
               f"| {decode_speed / reference_speed:.2f}x |")  # fmt: skip
 
