@@ -9,8 +9,10 @@ same number of threads, in ``--rounds`` interleaved rounds:
 - whole process: ``attn-translate MODEL SOURCE -o FILE``, from starting Python to the written
   file (imports, loading, tokenization, search, detokenization).
 
-The table gives the median sentences/s of each, and BLEU / lowercased BLEU (sacreBLEU 13a) of
-the output against ``--ref``; every round must produce the same output.
+The table gives the median sentences/s of each, BLEU / lowercased BLEU (sacreBLEU 13a) of the
+output against ``--ref`` and how many lines equal our fp32 search's; every round must produce the
+same output. A last row, decode-only, runs CTranslate2's own search on the float32 folder (its
+``L ** alpha`` length penalty, one length limit for all lines): what our rules around it change.
 
     python scripts/bench_translate.py runs/multi30k-de-en/transformer/best.pt \\
         --source data/multi30k/test_2016_flickr.de --ref data/multi30k/test_2016_flickr.en
@@ -53,7 +55,10 @@ class System:
     def load(self, beam: int, threads: int):
         """The translator, loaded in this process."""
         if self.options[:1] == ["--compute-type"]:
-            return load_exported(self.model, device="cpu", beam_size=beam, threads=threads)
+            return load_exported(
+                self.model, device="cpu", compute_type=self.options[1], beam_size=beam,
+                threads=threads,
+            )  # fmt: skip
         return load_for_translation(
             self.model, device="cpu", precision=self.options[1], beam_size=beam
         )
@@ -67,6 +72,23 @@ def decode_only(system: System, lines: list[str], beam: int, threads: int) -> No
     found = translator.translate(lines)
     system.decode_seconds.append(time.perf_counter() - start)
     system.outputs.add(tuple(translator.detokenize(found)))
+
+
+def own_search(system: System, lines: list[str], beam: int, threads: int) -> None:
+    """Time CTranslate2's own search, as the README's plain snippet runs it: its length penalty
+    ``L ** alpha`` with the model's alpha and one length limit (the model's) for all lines."""
+    translator = load_exported(system.model, device="cpu", threads=threads)
+    limit, tokenizer = translator.max_positions, translator.tokenizer
+    alpha = translator.options.length_penalty
+    pieces = [tokenizer.src_pieces(ids[: limit - 1]) for ids in tokenizer.encode_src(lines)]
+    settings = {"beam_size": beam, "length_penalty": alpha, "max_decoding_length": limit - 1,
+                "max_batch_size": 4096, "batch_type": "tokens"}  # fmt: skip
+    translator.engine.translate_batch(pieces[:8], **settings)  # warm up
+    start = time.perf_counter()
+    results = translator.engine.translate_batch(pieces, **settings)
+    system.decode_seconds.append(time.perf_counter() - start)
+    found = [tokenizer.tgt_ids(result.hypotheses[0]) for result in results]
+    system.outputs.add(tuple(tokenizer.decode_tgt(found)))
 
 
 def whole_process(system: System, source: Path, beam: int, threads: int, out: Path) -> None:
@@ -105,11 +127,13 @@ def main() -> None:
             System("CTranslate2 float32", folders["float32"], ["--compute-type", "float32"]),
             System("CTranslate2 int8", folders["int8"], ["--compute-type", "int8"]),
         ]
+        plain = System("CTranslate2 float32, its own search", folders["float32"], [])
         for round_number in range(1, args.rounds + 1):
             for system in systems:
                 decode_only(system, lines, args.beam, args.threads)
                 whole_process(system, args.source, args.beam, args.threads,
                               Path(scratch) / "out.txt")  # fmt: skip
+            own_search(plain, lines, args.beam, args.threads)
             print(f"round {round_number} of {args.rounds} done", file=sys.stderr, flush=True)
     print(f"{len(lines)} sentences of {args.source}, beam {args.beam}, {args.threads} thread(s), "
           f"torch {torch.__version__}, median of {args.rounds} interleaved rounds\n")  # fmt: skip
@@ -119,17 +143,21 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     reference_speed = len(lines) / statistics.median(systems[2].decode_seconds)
     reference_output = next(iter(systems[0].outputs))
-    for system in systems:
+    for system in [*systems, plain]:
         if len(system.outputs) != 1:
             raise SystemExit(f"{system.name}: the rounds translated differently")
         output = list(next(iter(system.outputs)))
         bleu = corpus_scores(output, references, ["bleu"])["bleu"].score
         bleu_lc = corpus_scores(output, references, ["bleu"], lowercase=True)["bleu"].score
         decode_speed = len(lines) / statistics.median(system.decode_seconds)
-        process_speed = len(lines) / statistics.median(system.process_seconds)
+        process_speed = (
+            f"{len(lines) / statistics.median(system.process_seconds):.1f}"
+            if system.process_seconds
+            else "-"
+        )
         equal = sum(mine == ours for mine, ours in zip(output, reference_output, strict=True))
         print(f"| {system.name} | {bleu:.2f} | {bleu_lc:.2f} | {equal} / {len(lines)} "
-              f"| {decode_speed:.1f} | {process_speed:.1f} "
+              f"| {decode_speed:.1f} | {process_speed} "
               f"| {decode_speed / reference_speed:.2f}x |")  # fmt: skip
 
 
