@@ -32,7 +32,7 @@ from .batching import length_batches
 from .checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from .config import DecodeConfig
 from .decoding import Hypothesis, SearchOptions, length_penalty, output_limits
-from .evaluate import encode_sources, search_options
+from .evaluate import encode_sources, overridden_options
 from .tokenizer import BOS_ID, EOS_ID, UNK_ID, Tokenizer
 
 if TYPE_CHECKING:
@@ -421,13 +421,9 @@ def load_exported(
     ctranslate2 = import_ctranslate2()
     directory = Path(directory)
     info = read_info(directory)
-    decode = DecodeConfig(**info["decode"])
-    changes = {"beam_size": beam_size, "length_penalty": length_penalty,
-               "max_length_ratio": max_length_ratio}  # fmt: skip
-    decode = dataclasses.replace(
-        decode, **{key: value for key, value in changes.items() if value is not None}
+    options = overridden_options(
+        DecodeConfig(**info["decode"]), beam_size, length_penalty, max_length_ratio, n_best
     )
-    options = dataclasses.replace(search_options(decode), n_best=n_best)
     gpus = ctranslate2.get_cuda_device_count()
     requested = device
     if device == "auto":

@@ -52,6 +52,23 @@ def search_options(decode: DecodeConfig, beam_size: int | None = None) -> Search
     )
 
 
+def overridden_options(
+    decode: DecodeConfig,
+    beam_size: int | None,
+    length_penalty: float | None,
+    max_length_ratio: float | None,
+    n_best: int,
+) -> SearchOptions:
+    """The ``decode`` section as :class:`SearchOptions`, with the settings that are not None
+    in its place (what ``attn-translate``'s options override) and ``n_best``."""
+    changes = {"beam_size": beam_size, "length_penalty": length_penalty,
+               "max_length_ratio": max_length_ratio}  # fmt: skip
+    decode = dataclasses.replace(
+        decode, **{key: value for key, value in changes.items() if value is not None}
+    )
+    return dataclasses.replace(search_options(decode), n_best=n_best)
+
+
 def encode_sources(
     tokenizer: Tokenizer, src_texts: Sequence[str], max_positions: int | None
 ) -> list[list[int]]:
@@ -306,12 +323,7 @@ def load_for_translation(
     path, model, tokenizer, config = _load_model(checkpoint)
     if ensemble:
         model = _load_ensemble(path, model, tokenizer, ensemble)
-    changes = {"beam_size": beam_size, "length_penalty": length_penalty,
-               "max_length_ratio": max_length_ratio}  # fmt: skip
-    decode = dataclasses.replace(
-        config.decode, **{key: value for key, value in changes.items() if value is not None}
-    )
-    options = dataclasses.replace(search_options(decode), n_best=n_best)
+    options = overridden_options(config.decode, beam_size, length_penalty, max_length_ratio, n_best)
     run_device = resolve_device(device)
     return Translator(
         model.to(run_device), tokenizer, config, options, run_device,

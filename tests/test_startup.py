@@ -36,11 +36,9 @@ print(json.dumps({"target": command.value, "heavy": loaded}), file=sys.stderr)
 """
 
 
-@pytest.fixture(scope="module")
-def checkpoint(corpus, tmp_path_factory) -> Path:
-    """A tiny Transformer after two steps (what matters here is what loading it imports)."""
-    directory = tmp_path_factory.mktemp("startup") / "run"
-    config = config_from_plain(
+def tiny_config(corpus: Path, steps: int):
+    """A tiny Transformer config on the toy corpus slice, trained for ``steps`` steps."""
+    return config_from_plain(
         {
             "data": {"src_lang": "src", "tgt_lang": "tgt", "train": str(corpus / "train"),
                      "dev": "", "test": "", "max_tokens": 256, "max_length": 40,
@@ -48,10 +46,16 @@ def checkpoint(corpus, tmp_path_factory) -> Path:
             "tokenizer": {"vocab_size": 64},
             "model": {"max_positions": 48, "transformer": {"d_model": 16, "num_heads": 2,
                       "encoder_layers": 1, "decoder_layers": 1, "ff_size": 32}},
-            "train": {"max_steps": 2, "precision": "fp32", "device": "cpu"},
+            "train": {"max_steps": steps, "precision": "fp32", "device": "cpu"},
         }
     )  # fmt: skip
-    return train(config, directory).last_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(corpus, tmp_path_factory) -> Path:
+    """A tiny Transformer after two steps (what matters here is what loading it imports)."""
+    directory = tmp_path_factory.mktemp("startup") / "run"
+    return train(tiny_config(corpus, steps=2), directory).last_checkpoint
 
 
 def run_probe(command: str, *arguments: str, stdin: str = "") -> dict:
@@ -82,21 +86,7 @@ def test_help_imports_no_training_library():
 def test_the_probe_sees_heavy_imports(corpus, tmp_path):
     """Training does need HF datasets and the loop: the probe must notice them."""
     config = tmp_path / "tiny.yaml"
-    config.write_text(
-        to_yaml(
-            config_from_plain(
-                {
-                    "data": {"src_lang": "src", "tgt_lang": "tgt", "train": str(corpus / "train"),
-                             "dev": "", "test": "", "max_tokens": 256, "max_length": 40,
-                             "cache_dir": str(corpus / "cache")},
-                    "tokenizer": {"vocab_size": 64},
-                    "model": {"max_positions": 48, "transformer": {"d_model": 16, "num_heads": 2,
-                              "encoder_layers": 1, "decoder_layers": 1, "ff_size": 32}},
-                    "train": {"max_steps": 1, "precision": "fp32", "device": "cpu"},
-                }
-            )
-        )
-    )  # fmt: skip
+    config.write_text(to_yaml(tiny_config(corpus, steps=1)))
     found = run_probe("attn-train", str(config), "--run-dir", str(tmp_path / "run"))
     assert {"datasets", "seq2seq_attn.train"} <= set(found["heavy"])
     assert (tmp_path / "run" / "last.pt").is_file()  # it trained
