@@ -1,8 +1,10 @@
-"""Start-up cost: ``attn-translate`` must not import what only training needs.
+"""Start-up cost: ``attn-translate`` must not import what only training (or only an exported
+folder) needs, nor any command's ``--help``.
 
 HF datasets (with pandas, pyarrow and an HTTP client) and matplotlib once cost about a third of
-a one-line translation's start-up. A fresh interpreter runs a command's entry point for real
-and reports which of them ended up in ``sys.modules``.
+a one-line translation's start-up; CTranslate2 is imported only for an exported folder. A
+fresh interpreter runs a command's entry point for real and reports which of them ended up in
+``sys.modules``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from seq2seq_attn.train import train
 
 HEAVY = (
     "datasets", "pandas", "pyarrow", "requests", "aiohttp", "httpx", "huggingface_hub", "fsspec",
-    "matplotlib", "seq2seq_attn.data", "seq2seq_attn.train",
+    "matplotlib", "seq2seq_attn.data", "seq2seq_attn.train", "ctranslate2",
 )  # fmt: skip
 
 PROBE = """
