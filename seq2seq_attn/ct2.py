@@ -84,8 +84,8 @@ def transformer_spec(model: Transformer, tokenizer: Tokenizer):
         activation=activation[section.activation],
     )
     encoder, decoder = spec.encoder, spec.decoder
-    _set_embeddings(encoder.embeddings[0], model.src_embed.weight)
-    _set_embeddings(decoder.embeddings, model.tgt_embed.weight)
+    encoder.embeddings[0].weight = _weight(model.src_embed.weight)
+    decoder.embeddings.weight = _weight(model.tgt_embed.weight)
     encoder.scale_embeddings = decoder.scale_embeddings = True  # times sqrt(d_model), as ours
     encoder.position_encodings.encodings = _positions(model.src_positions)
     decoder.position_encodings.encodings = _positions(model.tgt_positions)
@@ -117,11 +117,6 @@ def transformer_spec(model: Transformer, tokenizer: Tokenizer):
 def _weight(tensor: torch.Tensor) -> torch.Tensor:
     """A contiguous fp32 CPU copy, detached from the model."""
     return tensor.detach().to("cpu", torch.float32).contiguous().clone()
-
-
-def _set_embeddings(spec, weight: torch.Tensor) -> None:
-    """An ``EmbeddingsSpec`` from a ``(V, D)`` table."""
-    spec.weight = _weight(weight)
 
 
 def _positions(encoding) -> torch.Tensor:
