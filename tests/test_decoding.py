@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from seq2seq_attn import decoding
 from seq2seq_attn.config import ModelConfig, RNNConfig, TransformerConfig
 from seq2seq_attn.decoding import (
     SearchOptions,
@@ -36,6 +37,9 @@ KINDS = {
     ),
 }
 kinds = pytest.mark.parametrize("kind", list(KINDS))
+# Log-probabilities scored at once: the default (one chunk here), one row or sentence, and
+# 2 rows (greedy) or 2 sentences of 3 beams (beam search) per chunk.
+chunk_sizes = pytest.mark.parametrize("chunk_elements", [decoding.CHUNK_ELEMENTS, 1, 28, 84])
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -94,8 +98,12 @@ def reference_beam_search(model, src, src_mask, options: SearchOptions) -> list:
 
 
 @kinds
+@chunk_sizes
 @pytest.mark.parametrize("length_penalty_alpha", [0.0, 0.6])
-def test_beam_search_equals_uncached_reference(kind, length_penalty_alpha):
+def test_beam_search_equals_uncached_reference(
+    kind, chunk_elements, length_penalty_alpha, monkeypatch
+):
+    monkeypatch.setattr(decoding, "CHUNK_ELEMENTS", chunk_elements)
     model = make(kind)
     options = SearchOptions(
         beam_size=3, n_best=3, length_penalty=length_penalty_alpha, max_length_offset=4,
@@ -116,7 +124,9 @@ def test_beam_search_equals_uncached_reference(kind, length_penalty_alpha):
 
 
 @kinds
-def test_greedy_equals_uncached_argmax_and_beam_one(kind):
+@chunk_sizes
+def test_greedy_equals_uncached_argmax_and_beam_one(kind, chunk_elements, monkeypatch):
+    monkeypatch.setattr(decoding, "CHUNK_ELEMENTS", chunk_elements)
     model = make(kind, seed=1)
     src, src_mask = source_batch([6, 2, 4, 5], seed=1)
     options = SearchOptions(beam_size=1, max_length_ratio=1.5, max_length_offset=3)
