@@ -361,7 +361,9 @@ class MultiHeadAttention(nn.Module):
         """A filled static (cross-attention) cache of ``memory`` ``(B, S, D)``: its keys and
         values are projected once here and reused at every decoding step."""
         key, value = self._fused_linear(memory, (self.k_proj, self.v_proj)).chunk(2, dim=-1)
-        return KVCache(static=True, key=self._split_heads(key), value=self._split_heads(value))
+        # Contiguous once here: batched matmuls would copy these head-split views every step.
+        key, value = self._split_heads(key).contiguous(), self._split_heads(value).contiguous()
+        return KVCache(static=True, key=key, value=value)
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Input projections, split into heads: three ``(B, H, T, Dh)`` tensors."""

@@ -16,6 +16,7 @@ from seq2seq_attn.decoding import (
     beam_search,
     greedy_search,
     length_penalty,
+    top_k,
 )
 from seq2seq_attn.models import Seq2Seq, build_model
 
@@ -196,6 +197,32 @@ def test_length_limits_are_respected(kind):
             for hypothesis in hypotheses if isinstance(hypotheses, list) else [hypotheses]:
                 assert 4 <= len(hypothesis.tokens) + 1 <= 6
                 assert EOS not in hypothesis.tokens
+
+
+@pytest.mark.parametrize("length", [7, 64, 640, 40_000, 40_001, 39_999])
+@pytest.mark.parametrize("k", [1, 10])
+def test_top_k_equals_torch_topk(length, k):
+    generator = torch.Generator().manual_seed(length + k)
+    values = torch.randn(13, length, generator=generator)
+    values[:3, : length // 2] = -math.inf  # banned tokens, rows at their length limit
+    values[3] = -math.inf
+    values[3, -1] = 0.0  # one finite value, in the last (maybe shorter) block
+    k = min(k, length)
+    expected_values, expected_indices = values.topk(k, dim=1)
+    found_values, found_indices = top_k(values, k)
+    assert torch.equal(found_values, expected_values)
+    finite = expected_values.isfinite()  # which -inf entries come back is arbitrary
+    assert torch.equal(found_indices[finite], expected_indices[finite])
+    assert torch.equal(values.gather(1, found_indices)[finite], found_values[finite])
+    assert int(found_indices.min()) >= 0 and int(found_indices.max()) < length
+
+
+def test_top_k_breaks_ties_between_equal_values_only():
+    values = torch.randint(0, 20, (50, 1000), generator=torch.Generator().manual_seed(0)).float()
+    found_values, found_indices = top_k(values, 10)
+    assert torch.equal(found_values, values.topk(10, dim=1).values)
+    assert torch.equal(values.gather(1, found_indices), found_values)
+    assert all(len(set(row)) == 10 for row in found_indices.tolist())
 
 
 def test_search_options_are_checked():
