@@ -14,6 +14,7 @@ from torch import nn
 from seq2seq_attn.attention import MultiHeadAttention
 from seq2seq_attn.config import ConfigError, ModelConfig, RNNConfig, TransformerConfig
 from seq2seq_attn.models import Seq2Seq, build_model
+from seq2seq_attn.models.common import Dropout
 
 SRC_VOCAB, TGT_VOCAB = 23, 19
 ATOL = 1e-5
@@ -393,3 +394,40 @@ def test_a_state_for_beams_refuses_selections_that_split_groups():
         state.select(torch.tensor([0, 2]))  # one beam of sentence 0, one of sentence 1
     with pytest.raises(ValueError, match="whole number of groups of 2 beams"):
         state.select(torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_zeroes_a_fraction_p_and_keeps_the_expectation(p, dtype):
+    torch.manual_seed(0)
+    dropout = Dropout(p).train()
+    x = torch.ones(1000, 1000, dtype=dtype, requires_grad=True)
+    out = dropout(x)
+    assert out.dtype == dtype
+    dropped = float((out.detach() == 0).float().mean())
+    assert dropped == pytest.approx(p, abs=0.003)
+    kept_value = float(out.detach()[out != 0][0])
+    assert kept_value == pytest.approx(1 / (1 - p), rel=1e-2 if dtype == torch.bfloat16 else 1e-4)
+    assert float(out.detach().float().mean()) == pytest.approx(1.0, abs=0.01)
+    weights = torch.randn(1000, 1000, dtype=dtype)
+    (out * weights).sum().backward()  # the gradient uses the forward pass's mask and scale
+    torch.testing.assert_close(x.grad, (out * weights).detach())
+
+
+def test_dropout_is_the_identity_in_eval_mode_and_reproducible_from_the_seed():
+    x = torch.randn(64, 33)
+    assert Dropout(0.3).eval()(x) is x
+    assert Dropout(0.0).train()(x) is x
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+    torch.manual_seed(5)
+    first = Dropout(0.3).train()(x)
+    torch.manual_seed(5)
+    assert torch.equal(Dropout(0.3).train()(x), first)
+    assert not torch.equal(Dropout(0.3).train()(x), first)
+
+
+@pytest.mark.parametrize("kind", ["bahdanau", "transformer-pre"])
+def test_models_use_the_projects_dropout(kind):
+    model = build_model(KINDS[kind], SRC_VOCAB, TGT_VOCAB)
+    assert not any(isinstance(module, nn.Dropout) for module in model.modules())
+    assert any(isinstance(module, Dropout) for module in model.modules())

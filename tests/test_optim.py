@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from seq2seq_attn import optim
 from seq2seq_attn.config import ConfigError, ModelConfig, TrainConfig, TransformerConfig
 from seq2seq_attn.data import collate
 from seq2seq_attn.device import Precision, cpu_has_fast_bf16, resolve_precision
@@ -21,7 +22,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
-def test_loss_matches_torch_cross_entropy(smoothing):
+# the default (one chunk here), one row of logits per chunk, 4 rows (of 15) per chunk
+@pytest.mark.parametrize("chunk_elements", [optim.LOSS_CHUNK_ELEMENTS, 1, 4 * VOCAB])
+def test_loss_matches_torch_cross_entropy(smoothing, chunk_elements, monkeypatch):
+    monkeypatch.setattr(optim, "LOSS_CHUNK_ELEMENTS", chunk_elements)
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 5, VOCAB, generator=generator, requires_grad=True)
     target = torch.randint(4, VOCAB, (3, 5), generator=generator)
@@ -38,6 +42,34 @@ def test_loss_matches_torch_cross_entropy(smoothing):
     (grad,) = torch.autograd.grad(loss_sum, logits)
     (expected_grad,) = torch.autograd.grad(expected, logits)
     torch.testing.assert_close(grad, expected_grad)
+
+
+def test_loss_of_bf16_logits_is_fp32_and_its_gradient_bf16():
+    generator = torch.Generator().manual_seed(1)
+    logits = (4 * torch.randn(4, 6, VOCAB, generator=generator)).bfloat16().requires_grad_()
+    target = torch.randint(4, VOCAB, (4, 6), generator=generator)
+    target[1, 2:] = 0
+    loss_sum, nll_sum = label_smoothed_loss(logits, target, 0.1)
+    reference = logits.float().view(-1, VOCAB)
+    expected = F.cross_entropy(
+        reference, target.view(-1), ignore_index=0, label_smoothing=0.1, reduction="sum"
+    )
+    assert loss_sum.dtype == nll_sum.dtype == torch.float32
+    torch.testing.assert_close(loss_sum, expected)
+    (0.5 * loss_sum).backward()
+    (expected_grad,) = torch.autograd.grad(0.5 * expected, logits)
+    assert logits.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.grad, expected_grad)
+
+
+def test_loss_without_gradients_and_nll_is_not_differentiable():
+    logits = torch.randn(2, 3, VOCAB, requires_grad=True)
+    target = torch.randint(4, VOCAB, (2, 3))
+    with torch.no_grad():
+        loss_sum, _ = label_smoothed_loss(logits, target, 0.1)
+    assert not loss_sum.requires_grad
+    torch.testing.assert_close(loss_sum, label_smoothed_loss(logits, target, 0.1)[0].detach())
+    assert not label_smoothed_loss(logits, target, 0.1)[1].requires_grad
 
 
 def schedule(**options) -> Schedule:

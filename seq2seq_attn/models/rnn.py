@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..attention import build_score, softmax_attention
 from ..config import ModelConfig, RNNConfig
-from .common import Embeddings, EncoderOutput, Seq2Seq, select_rows
+from .common import Dropout, Embeddings, EncoderOutput, Seq2Seq, select_rows
 
 
 class RNNEncoder(nn.Module):
@@ -30,7 +30,7 @@ class RNNEncoder(nn.Module):
     def __init__(self, section: RNNConfig, dropout: float, embed: Embeddings) -> None:
         super().__init__()
         self.embed = embed
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         directions = 2 if section.bidirectional else 1
         rnn_class = nn.LSTM if section.cell == "lstm" else nn.GRU
         self.rnn = rnn_class(
@@ -86,7 +86,7 @@ class DecoderRNN(nn.Module):
         self.hidden_projs = nn.ModuleList(
             nn.Linear(hidden, gates) for _ in range(section.decoder_layers)
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(
         self, ahead_gates: Tensor, step_input: Tensor, hidden: Tensor, cell: Tensor | None
@@ -163,7 +163,7 @@ class AttentionDecoder(nn.Module, ABC):
         super().__init__()
         self.num_layers, self.hidden_size = section.decoder_layers, section.hidden_size
         self.embed = embed
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         hidden = section.hidden_size
         num_states = 2 if section.cell == "lstm" else 1
         self.bridge = nn.Linear(num_states * hidden, num_states * section.decoder_layers * hidden)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..attention import KVCache, MultiHeadAttention, causal_mask
 from ..config import ModelConfig, TransformerConfig
-from .common import Embeddings, EncoderOutput, PositionalEncoding, Seq2Seq
+from .common import Dropout, Embeddings, EncoderOutput, PositionalEncoding, Seq2Seq
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 
@@ -29,7 +29,7 @@ class FeedForward(nn.Module):
         self.linear1 = nn.Linear(section.d_model, section.ff_size)
         self.linear2 = nn.Linear(section.ff_size, section.d_model)
         self.activation = ACTIVATIONS[section.activation]
-        self.dropout = nn.Dropout(section.activation_dropout)
+        self.dropout = Dropout(section.activation_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, T, D) -> (B, T, D)``."""
@@ -42,7 +42,7 @@ class Residual(nn.Module):
     def __init__(self, d_model: int, dropout: float, pre_norm: bool) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.pre_norm = pre_norm
 
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
@@ -208,7 +208,7 @@ class Transformer(Seq2Seq):
         self.src_embed = self.tgt_embed if joint else Embeddings(src_vocab_size, d_model, True)
         self.src_positions = PositionalEncoding(d_model, config.max_positions, learned)
         self.tgt_positions = PositionalEncoding(d_model, config.max_positions, learned)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.encoder_layers = nn.ModuleList(
             EncoderLayer(section, dropout) for _ in range(section.encoder_layers)
         )
