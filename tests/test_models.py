@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from seq2seq_attn.attention import MultiHeadAttention
 from seq2seq_attn.config import ConfigError, ModelConfig, RNNConfig, TransformerConfig
@@ -431,3 +432,17 @@ def test_models_use_the_projects_dropout(kind):
     model = build_model(KINDS[kind], SRC_VOCAB, TGT_VOCAB)
     assert not any(isinstance(module, nn.Dropout) for module in model.modules())
     assert any(isinstance(module, Dropout) for module in model.modules())
+
+
+@pytest.mark.parametrize("kind", ["transformer-pre", "transformer-post"])
+def test_linear_flops_per_token_equal_torchs_flop_counter(kind):
+    model = make(kind, joint=False)
+    src = torch.randint(1, SRC_VOCAB, (2, 7))  # no padding: every position counts
+    src_mask, tgt_in = torch.ones_like(src, dtype=torch.bool), torch.randint(1, TGT_VOCAB, (2, 5))
+    with FlopCounterMode(display=False) as counter:
+        model(src, src_mask, tgt_in)
+    counts = counter.get_flop_counts()["Global"]
+    linear = sum(counts.get(op, 0) for op in (torch.ops.aten.mm, torch.ops.aten.addmm))
+    per_source, per_target = model.linear_flops_per_token()
+    assert linear == per_source * src.numel() + per_target * tgt_in.numel()
+    assert make("bahdanau").linear_flops_per_token() is None

@@ -127,6 +127,11 @@ class Seq2Seq(nn.Module, ABC):
         """Teacher-forced attention weights for plots, ``(B, L, H, T, S)``: every decoder
         layer ``L`` and head ``H`` that attends to the source (``L = H = 1`` for an RNN)."""
 
+    def linear_flops_per_token(self) -> tuple[int, int] | None:
+        """Forward FLOPs (two per multiply-add) of the products with weight matrices, per source
+        token and per target token, or ``None`` where a family does not count them."""
+        return None
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameters; a tensor shared by several modules (tied weights) counts once."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

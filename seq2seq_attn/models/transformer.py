@@ -264,6 +264,21 @@ class Transformer(Seq2Seq):
         states, _ = self._decode(tgt_in, self.encode(src, src_mask), need_weights=False)
         return self.output(states)
 
+    def linear_flops_per_token(self) -> tuple[int, int]:
+        """Forward FLOPs of the linear layers per source token (encoder layers, and every
+        decoder layer's cross-attention keys/values) and per target token (decoder layers, output
+        projection). Attention's own products (``q . k``, weights times values) grow with the
+        sentence length and are not counted: about 1% at Multi30k's lengths. A training step
+        costs about three times the forward pass."""
+        section = self.config.transformer
+        d_model, ff_size = section.d_model, section.ff_size
+        encoder_layer = 4 * d_model * d_model + 2 * d_model * ff_size  # q, k, v, out; FFN
+        decoder_layer = 6 * d_model * d_model + 2 * d_model * ff_size  # + cross q, out
+        per_source = section.encoder_layers * encoder_layer
+        per_source += section.decoder_layers * 2 * d_model * d_model  # cross k, v
+        per_target = section.decoder_layers * decoder_layer + d_model * self.output.out_features
+        return 2 * per_source, 2 * per_target
+
     def attention_maps(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """Cross-attention weights of every decoder layer and head, ``(B, L, H, T, S)``."""
         _, weights = self._decode(tgt_in, self.encode(src, src_mask), need_weights=True)
