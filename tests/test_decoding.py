@@ -16,6 +16,7 @@ from seq2seq_attn.decoding import (
     beam_search,
     greedy_search,
     length_penalty,
+    rows_per_chunk,
     top_k,
 )
 from seq2seq_attn.models import Seq2Seq, build_model
@@ -223,6 +224,14 @@ def test_top_k_breaks_ties_between_equal_values_only():
     assert torch.equal(found_values, values.topk(10, dim=1).values)
     assert torch.equal(values.gather(1, found_indices), found_values)
     assert all(len(set(row)) == 10 for row in found_indices.tolist())
+
+
+def test_chunks_hold_whole_sentences_on_the_cpu_and_everything_elsewhere():
+    cpu_logits = torch.empty(1000, 8000)
+    assert rows_per_chunk(cpu_logits, 5) == 65  # 13 sentences of 5 beams in 2^19 values
+    assert rows_per_chunk(cpu_logits, 1) == 65
+    assert rows_per_chunk(torch.empty(7, 10**6), 3) == 3  # at least one sentence
+    assert rows_per_chunk(torch.empty(1000, 8000, device="meta"), 5) == 1000
 
 
 def test_search_options_are_checked():
