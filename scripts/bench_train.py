@@ -113,10 +113,10 @@ def run_once(
     flops = None if per_token is None else 3 * (
         per_token[0] * source_tokens + per_token[1] * target_tokens
     )  # fmt: skip
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the peak's
     return Run(
         (source_tokens + target_tokens) / seconds, target_tokens / seconds,
-        None if flops is None else flops / seconds, matmul_peak(),
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        None if flops is None else flops / seconds, matmul_peak(), peak_rss_mib,
     )  # fmt: skip
 
 

@@ -112,29 +112,26 @@ def scored_chunks(
 def top_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """``values.topk(k, dim=1)`` of ``(n, L)`` values, best first, found through blocks.
 
-    Every row is cut into blocks of :data:`TOP_K_BLOCK` columns; the ``k`` best values lie in
-    the ``k`` blocks with the highest maxima, so one vectorised max per block and a top-k over
-    ``k`` blocks replace the top-k over ``L``: 4x faster for a beam of 5 over 8,000 tokens
-    (``torch.topk`` sorts (value, index) pairs one row at a time). The same values and
-    indices as ``torch.topk`` except how exact ties are broken.
+    Every row is cut into whole blocks of :data:`TOP_K_BLOCK` columns (and a shorter rest); the
+    ``k`` best values lie in the ``k`` whole blocks with the highest maxima or in the rest, so
+    one vectorised max per block and a top-k over those ``k * TOP_K_BLOCK`` (+ rest) columns
+    replace the top-k over ``L``: 4x faster for a beam of 5 over 8,000 tokens (``torch.topk``
+    sorts (value, index) pairs one row at a time). The same values and distinct indices as
+    ``torch.topk``, except how exact ties are broken.
     """
     rows, length = values.shape
     block = TOP_K_BLOCK
-    if -(-length // block) <= k:
-        return values.topk(k, dim=1)
     whole = length // block * block  # columns in whole blocks
+    if whole // block < k:
+        return values.topk(k, dim=1)
     maxima = values[:, :whole].view(rows, -1, block).amax(dim=-1)  # (n, whole / block)
-    if whole < length:  # a last, shorter block
-        maxima = torch.cat([maxima, values[:, whole:].amax(dim=-1, keepdim=True)], dim=1)
     best_blocks = maxima.topk(k, dim=1).indices  # (n, k)
     offsets = torch.arange(block, device=values.device)
     columns = (best_blocks.unsqueeze(-1) * block + offsets).view(rows, k * block)
-    columns = columns.clamp_(max=length - 1)  # (n, k * block)
-    candidates = values.gather(1, columns)
-    if whole < length:  # the shorter block's clamped repeats of the last column
-        repeated = columns.diff(dim=1, prepend=columns[:, :1] - 1) == 0
-        candidates.masked_fill_(repeated, -math.inf)
-    top_values, positions = candidates.topk(k, dim=1)  # (n, k)
+    if whole < length:  # the rest is always a candidate
+        rest = torch.arange(whole, length, device=values.device).expand(rows, -1)
+        columns = torch.cat([columns, rest], dim=1)  # (n, k * block + L - whole)
+    top_values, positions = values.gather(1, columns).topk(k, dim=1)  # (n, k)
     return top_values, columns.gather(1, positions)
 
 

@@ -13,6 +13,7 @@ from typing import NoReturn, Protocol
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .batching import Batch
 from .config import TrainConfig
@@ -59,7 +60,12 @@ class _LabelSmoothedLoss(torch.autograd.Function):
         vocab = logits.size(-1)
         flat_logits, flat_target = logits.reshape(-1, vocab), target.reshape(-1)  # (N, V), (N,)
         keep = flat_target != pad_id  # (N,)
-        grad = torch.empty_like(flat_logits) if ctx.needs_input_grad[0] else None
+        # fp16 gradients are kept in fp32 until the loss scale (GradScaler's) is applied:
+        # rounded first, the small ones would underflow to zero.
+        grad_dtype = torch.float32 if logits.dtype == torch.float16 else logits.dtype
+        grad = None
+        if ctx.needs_input_grad[0]:
+            grad = torch.empty(flat_logits.shape, dtype=grad_dtype, device=logits.device)
         sums = torch.zeros(2, device=logits.device)  # (loss, nll)
         rows_per_chunk = max(1, LOSS_CHUNK_ELEMENTS // vocab)
         for start in range(0, flat_logits.size(0), rows_per_chunk):
@@ -74,16 +80,23 @@ class _LabelSmoothedLoss(torch.autograd.Function):
                 probs = log_probs.exp_().sub_(smoothing / vocab)
                 probs.scatter_add_(1, gold, torch.full_like(kept, smoothing - 1.0))
                 grad[rows] = probs.mul_(kept)
-        ctx.logits_grad = None if grad is None else grad.view_as(logits)
-        loss_sum, nll_sum = sums.unbind()
+        ctx.logits_grad = None if grad is None else grad.view(logits.shape)
+        ctx.logits_dtype = logits.dtype
+        loss_sum, nll_sum = sums[0].clone(), sums[1].clone()
         ctx.mark_non_differentiable(nll_sum)
         return loss_sum, nll_sum
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss: Tensor, grad_nll: Tensor):
-        # In place: the gradient is needed once (a step never backpropagates twice).
+        if ctx.logits_grad is None:
+            raise RuntimeError(
+                "label_smoothed_loss: backward ran twice through one loss (retain_graph); "
+                "compute the loss again instead"
+            )
+        # In place, and given away: the gradient is the size of the logits.
         grad, ctx.logits_grad = ctx.logits_grad.mul_(grad_loss), None
-        return grad, None, None, None
+        return grad.to(ctx.logits_dtype), None, None, None
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -42,6 +42,8 @@ kinds = pytest.mark.parametrize("kind", list(KINDS))
 # Log-probabilities scored at once: the default (one chunk here), one row or sentence, and
 # 2 rows (greedy) or 2 sentences of 3 beams (beam search) per chunk.
 chunk_sizes = pytest.mark.parametrize("chunk_elements", [decoding.CHUNK_ELEMENTS, 1, 28, 84])
+# top_k's blocks: the default (more than this vocabulary: torch.topk) and blocks of 4 columns
+top_k_blocks = pytest.mark.parametrize("top_k_block", [decoding.TOP_K_BLOCK, 4])
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,11 +103,13 @@ def reference_beam_search(model, src, src_mask, options: SearchOptions) -> list:
 
 @kinds
 @chunk_sizes
+@top_k_blocks
 @pytest.mark.parametrize("length_penalty_alpha", [0.0, 0.6])
 def test_beam_search_equals_uncached_reference(
-    kind, chunk_elements, length_penalty_alpha, monkeypatch
+    kind, chunk_elements, top_k_block, length_penalty_alpha, monkeypatch
 ):
     monkeypatch.setattr(decoding, "CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(decoding, "TOP_K_BLOCK", top_k_block)
     model = make(kind)
     options = SearchOptions(
         beam_size=3, n_best=3, length_penalty=length_penalty_alpha, max_length_offset=4,
@@ -127,8 +131,10 @@ def test_beam_search_equals_uncached_reference(
 
 @kinds
 @chunk_sizes
-def test_greedy_equals_uncached_argmax_and_beam_one(kind, chunk_elements, monkeypatch):
+@top_k_blocks
+def test_greedy_equals_uncached_argmax_and_beam_one(kind, chunk_elements, top_k_block, monkeypatch):
     monkeypatch.setattr(decoding, "CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(decoding, "TOP_K_BLOCK", top_k_block)
     model = make(kind, seed=1)
     src, src_mask = source_batch([6, 2, 4, 5], seed=1)
     options = SearchOptions(beam_size=1, max_length_ratio=1.5, max_length_offset=3)
@@ -216,6 +222,7 @@ def test_top_k_equals_torch_topk(length, k):
     assert torch.equal(found_indices[finite], expected_indices[finite])
     assert torch.equal(values.gather(1, found_indices)[finite], found_values[finite])
     assert int(found_indices.min()) >= 0 and int(found_indices.max()) < length
+    assert all(len(set(row)) == k for row in found_indices.tolist())  # -inf slots too
 
 
 def test_top_k_breaks_ties_between_equal_values_only():

@@ -62,6 +62,35 @@ def test_loss_of_bf16_logits_is_fp32_and_its_gradient_bf16():
     torch.testing.assert_close(logits.grad, expected_grad)
 
 
+def test_fp16_logit_gradients_are_scaled_before_they_are_rounded():
+    generator = torch.Generator().manual_seed(2)
+    logits = (4 * torch.randn(8, 8, 400, generator=generator)).half().requires_grad_()
+    target = torch.randint(4, 400, (8, 8), generator=generator)
+    loss_sum, _ = label_smoothed_loss(logits, target, 0.0)
+    scale = 2.0**16 / 64  # a GradScaler's scale over the step's target tokens
+    (loss_sum * scale).backward()
+    reference = logits.detach().float().requires_grad_()
+    expected = F.cross_entropy(reference.view(-1, 400), target.view(-1), reduction="sum")
+    (expected * scale).backward()
+    assert logits.grad.dtype == torch.float16
+    torch.testing.assert_close(logits.grad, reference.grad.half())
+    assert int((logits.grad == 0).sum()) == int((reference.grad.half() == 0).sum())
+
+
+def test_loss_backward_runs_once_and_the_outputs_are_independent():
+    logits = torch.randn(2, 3, VOCAB, requires_grad=True)
+    target = torch.randint(4, VOCAB, (2, 3))
+    loss_sum, nll_sum = label_smoothed_loss(logits, target, 0.1)
+    nll_sum.div_(6)  # the NLL is reported as a mean: the loss must not change with it
+    loss_sum.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss_sum.backward()
+    with pytest.raises(RuntimeError):  # no second-order gradients
+        torch.autograd.grad(label_smoothed_loss(logits, target, 0.1)[0], logits, create_graph=True)[
+            0
+        ].sum().backward()
+
+
 def test_loss_without_gradients_and_nll_is_not_differentiable():
     logits = torch.randn(2, 3, VOCAB, requires_grad=True)
     target = torch.randint(4, VOCAB, (2, 3))
