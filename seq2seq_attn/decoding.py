@@ -115,7 +115,7 @@ def top_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
     Every row is cut into whole blocks of :data:`TOP_K_BLOCK` columns (and a shorter rest); the
     ``k`` best values lie in the ``k`` whole blocks with the highest maxima or in the rest, so
     one vectorised max per block and a top-k over those ``k * TOP_K_BLOCK`` (+ rest) columns
-    replace the top-k over ``L``: 4x faster for a beam of 5 over 8,000 tokens (``torch.topk``
+    replace the top-k over ``L``: 3.6x faster for a beam of 5 over 8,000 tokens (``torch.topk``
     sorts (value, index) pairs one row at a time). The same values and distinct indices as
     ``torch.topk``, except how exact ties are broken.
     """

@@ -85,10 +85,12 @@ def test_loss_backward_runs_once_and_the_outputs_are_independent():
     loss_sum.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         loss_sum.backward()
-    with pytest.raises(RuntimeError):  # no second-order gradients
-        torch.autograd.grad(label_smoothed_loss(logits, target, 0.1)[0], logits, create_graph=True)[
-            0
-        ].sum().backward()
+    weight = torch.tensor(2.0, requires_grad=True)  # a gradient that depends on a parameter
+    (grad,) = torch.autograd.grad(
+        weight * label_smoothed_loss(logits, target, 0.1)[0], logits, create_graph=True
+    )
+    with pytest.raises(RuntimeError, match="differentiate twice"):  # no second-order gradients
+        grad.sum().backward()
 
 
 def test_loss_without_gradients_and_nll_is_not_differentiable():
