@@ -1,6 +1,7 @@
 """Prepare Multi30k (task 1, raw) as plain line-aligned files under data/multi30k/.
 
-Sources, in order: ``--from DIR``, else the ``MULTI30K_DIR`` variable, else a download of the
+Sources, in order: ``--from DIR``, else the ``MULTI30K_DIR`` variable, else the shared copy
+beside the repository (``../shared/data/multi30k``) when it exists, else a download of the
 official raw files from github.com/multi30k/dataset; every file is checked against a SHA-256
 (see ``seq2seq_attn.multi30k``, which does the work).
 
@@ -19,7 +20,9 @@ from pathlib import Path
 
 from seq2seq_attn.multi30k import BASE_URL, PrepareError, parse_pair, prepare, source_dir
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "multi30k"
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "data" / "multi30k"
+SHARED_COPY = REPO.parent / "shared" / "data" / "multi30k"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         src, tgt = parse_pair(args.pair)
-        written = prepare(src, tgt, args.out, source_dir(args.source_dir), args.base_url)
+        written = prepare(
+            src, tgt, args.out, source_dir(args.source_dir, fallback=SHARED_COPY), args.base_url
+        )
     except PrepareError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

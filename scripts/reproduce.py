@@ -15,11 +15,14 @@ its ``last.pt``.
 Layout, for PAIR=de-en:
     data/multi30k/{split}.{de,en}                    prepared corpus (seq2seq_attn.multi30k)
     runs/multi30k-de-en/MODEL/                       attn-train run directory (best.pt, last.pt,
-                                                     summary.json, averaged.pt: the mean of the
-                                                     last checkpoints)
+                                                     summary.json, averaged-N.pt: the mean of
+                                                     the last N checkpoints)
     results/multi30k-de-en/MODEL/train.json          training figures, written when it finished
-    results/multi30k-de-en/MODEL/checkpoint.json     best.pt or averaged.pt, chosen on dev BLEU
-    results/multi30k-de-en/MODEL/SPLIT.{hyp,json}    beam-5 translations and their scores
+    results/multi30k-de-en/MODEL/checkpoint.json     best.pt or averaged-N.pt, and the length
+                                                     penalty, chosen on dev BLEU
+    results/multi30k-de-en/MODEL/SPLIT.{hyp,json}    beam-5 translations and their scores (with
+                                                     lowercased BLEU on Moses-tokenized text when
+                                                     the moses extra, sacremoses, is installed)
     results/multi30k-de-en.{md,json}                 the report
     results/multi30k-de-en-MODEL-attention-N.png     heatmaps of test_2016_flickr line N
     results/multi30k-de-en-MODEL-curves.png          dev BLEU and loss against steps and minutes
@@ -50,6 +53,7 @@ from seq2seq_attn.config import ConfigError, load_config
 from seq2seq_attn.device import machine_info
 from seq2seq_attn.evaluate import Translator, load_for_translation
 from seq2seq_attn.fileio import write_text_atomic
+from seq2seq_attn.metrics import Score, corpus_scores
 from seq2seq_attn.multi30k import (
     PrepareError,
     missing_files,
@@ -73,7 +77,8 @@ MODELS = ("transformer", "rnn-bahdanau", "rnn-luong")
 DEFAULT_MODELS = ("transformer", "rnn-bahdanau")
 BEAM_SIZE = 5
 BATCH_SENTENCES = 64  # sentences per beam-search batch (the fastest setting on a 2-core CPU)
-AVERAGE_LAST = 4  # checkpoint averaging: how many of the run's last checkpoints
+AVERAGE_LAST = (5, 10)  # checkpoint averaging: the candidates' numbers of last checkpoints
+LENGTH_PENALTIES = (0.6, 1.0, 1.5, 2.0, 2.5, 3.0)  # tried on the dev set with the beam
 HEATMAP_SPLIT, HEATMAP_SENTENCES, HEATMAP_MAX_WORDS = "test_2016_flickr", 2, 12
 SHARED_COPY = REPO.parent / "shared" / "data" / "multi30k"
 
@@ -295,11 +300,16 @@ def training_figures(run_dir: Path) -> dict:
 # ---- checkpoint choice and translation ------------------------------------------------------
 
 
-def translator_for(checkpoint: Path, precision: str, beam_size: int = BEAM_SIZE) -> Translator:
-    """``checkpoint`` ready to translate with ``beam_size`` (1: greedy) under ``precision``."""
+def translator_for(
+    checkpoint: Path, precision: str, beam_size: int = BEAM_SIZE,
+    length_penalty: float | None = None,
+) -> Translator:  # fmt: skip
+    """``checkpoint`` ready to translate with ``beam_size`` (1: greedy) under ``precision``;
+    ``length_penalty`` None keeps the run's own (``decode.length_penalty``)."""
     return load_for_translation(
-        checkpoint, precision=precision, beam_size=beam_size, max_sentences=BATCH_SENTENCES
-    )
+        checkpoint, precision=precision, beam_size=beam_size, length_penalty=length_penalty,
+        max_sentences=BATCH_SENTENCES,
+    )  # fmt: skip
 
 
 def translate_lines(translator: Translator, sources: list[str]) -> list[str]:
@@ -311,27 +321,48 @@ def choose_checkpoint(
     model_name: str, run_dir: Path, work_dir: Path, data_dir: Path, src: str, tgt: str,
     precision: str,
 ) -> dict:  # fmt: skip
-    """The checkpoint that translates the test sets, chosen on the dev set only: ``best.pt``
-    (best validation) or ``averaged.pt`` (the mean of the run's last checkpoints), whichever
-    has the higher greedy dev BLEU. Kept in ``work_dir/checkpoint.json``."""
+    """The checkpoint and length penalty that translate the test sets, chosen on the dev set
+    only. The checkpoint: ``best.pt`` (best validation) or ``averaged-N.pt`` (the mean of the
+    run's last N checkpoints, N in :data:`AVERAGE_LAST` or all it has when fewer), whichever
+    has the highest greedy dev BLEU. Then the length penalty of :data:`LENGTH_PENALTIES` with
+    the highest beam dev BLEU (ties: the smaller one). Kept in ``work_dir/checkpoint.json``."""
     choice_file = work_dir / "checkpoint.json"
     if choice_file.is_file():
-        return read_json(choice_file)
+        choice = read_json(choice_file)
+        if "length_penalty" not in choice:
+            raise ReproduceError(
+                f"{choice_file}: written by an older make reproduce (no length penalty); delete "
+                f"{work_dir} and run again (the training is kept and not redone)"
+            )
+        return choice
     candidates = {"best.pt": run_dir / "best.pt"}
-    recent = recent_checkpoints(run_dir, AVERAGE_LAST)
-    if len(recent) > 1:
-        candidates["averaged.pt"] = run_dir / "averaged.pt"
-        save_checkpoint(average_checkpoints(list(recent.values())), candidates["averaged.pt"])
+    averaged_steps: dict[str, list[int]] = {}
+    for count in AVERAGE_LAST:
+        recent = recent_checkpoints(run_dir, count)
+        name = f"averaged-{len(recent)}.pt"
+        if len(recent) > 1 and name not in candidates:
+            candidates[name] = run_dir / name
+            averaged_steps[name] = list(recent)
+            save_checkpoint(average_checkpoints(list(recent.values())), candidates[name])
     sources, references = read_split(data_dir, "val", src, tgt)
     dev_bleu = {}
     for name, path in candidates.items():
         hypotheses = translate_lines(translator_for(path, precision, beam_size=1), sources)
         dev_bleu[name] = score_test_set(hypotheses, references)["bleu"]
         log(f"{model_name}: {name} greedy dev BLEU {dev_bleu[name]:.2f}")
+    chosen = max(dev_bleu, key=lambda name: dev_bleu[name])
+    beam_bleu = {}
+    for penalty in LENGTH_PENALTIES:
+        translator = translator_for(run_dir / chosen, precision, length_penalty=penalty)
+        hypotheses = translate_lines(translator, sources)
+        beam_bleu[penalty] = score_test_set(hypotheses, references)["bleu"]
+        log(f"{model_name}: {chosen}, length penalty {penalty}: dev BLEU {beam_bleu[penalty]:.2f}")
     choice = {
-        "checkpoint": max(dev_bleu, key=lambda name: dev_bleu[name]),
+        "checkpoint": chosen,
         "dev_bleu_greedy": dev_bleu,
-        "averaged_steps": list(recent) if len(recent) > 1 else [],
+        "averaged_steps": averaged_steps,
+        "length_penalty": max(beam_bleu, key=lambda penalty: beam_bleu[penalty]),
+        "dev_bleu_beam": {str(penalty): bleu for penalty, bleu in beam_bleu.items()},
     }
     write_json(choice_file, choice)
     return choice
@@ -339,7 +370,7 @@ def choose_checkpoint(
 
 def translate_tests(
     model_name: str, checkpoint: Path, work_dir: Path, data_dir: Path, src: str, tgt: str,
-    precision: str,
+    precision: str, length_penalty: float,
 ) -> dict:  # fmt: skip
     """Beam-5 translations of every test split (kept as ``SPLIT.hyp``) with their sacreBLEU
     scores (kept as ``SPLIT.json``); splits done earlier are read back, not translated again."""
@@ -350,7 +381,9 @@ def translate_tests(
         if scores_file.is_file():
             results[split] = read_json(scores_file)
             continue
-        translator = translator or translator_for(checkpoint, precision)
+        translator = translator or translator_for(
+            checkpoint, precision, length_penalty=length_penalty
+        )
         sources, references = read_split(data_dir, split, src, tgt)
         log(f"{model_name}: translating {split} ({len(sources)} sentences, beam {BEAM_SIZE})")
         started = time.perf_counter()
@@ -358,6 +391,10 @@ def translate_tests(
         seconds = time.perf_counter() - started
         write_text_atomic(work_dir / f"{split}.hyp", "".join(line + "\n" for line in hypotheses))
         scores = score_test_set(hypotheses, references)
+        moses = moses_lowercased_bleu(hypotheses, references, tgt)
+        if moses is not None:
+            scores["bleu_lc_moses"] = moses.score
+            scores["signatures"]["bleu_lc_moses"] = f"sacremoses -l {tgt} | {moses.signature}"
         results[split] = {
             **scores,
             "sentences": len(sources),
@@ -372,6 +409,24 @@ def translate_tests(
     return results
 
 
+def moses_lowercased_bleu(hypotheses: list[str], references: list[str], lang: str) -> Score | None:
+    """Lowercased BLEU on Moses-tokenized hypotheses and references (sacremoses' tokenizer for
+    ``lang``, no XML escaping; then sacreBLEU ``-lc -tok none``), the way papers that score
+    Moses-tokenized Multi30k report it; None when the ``moses`` extra is not installed."""
+    try:
+        from sacremoses import MosesTokenizer
+    except ImportError:
+        return None
+    tokenizer = MosesTokenizer(lang=lang)
+
+    def tokenized(lines: list[str]) -> list[str]:
+        return [tokenizer.tokenize(line, escape=False, return_str=True) for line in lines]
+
+    return corpus_scores(
+        tokenized(hypotheses), tokenized(references), ("bleu",), lowercase=True, tokenize="none"
+    )["bleu"]
+
+
 # ---- pictures -------------------------------------------------------------------------------
 
 
@@ -382,7 +437,7 @@ def up_to_date(paths: list[Path], since: float) -> bool:
 
 def plot_heatmaps(
     model_name: str, checkpoint: Path, data_dir: Path, pair: tuple[str, str], results_dir: Path,
-    stem: str, precision: str, chosen_at: float,
+    stem: str, precision: str, length_penalty: float, chosen_at: float,
 ) -> list[str]:  # fmt: skip
     """PNG cross-attention heatmaps of the beam-5 translations of the first short
     test_2016_flickr sentences (Transformer: last decoder layer, mean of the heads); returns
@@ -394,7 +449,7 @@ def plot_heatmaps(
     names = [f"{stem}-{model_name}-attention-{index + 1}.png" for index in lines]
     if up_to_date([results_dir / name for name in names], chosen_at):
         return names
-    translator = translator_for(checkpoint, precision)
+    translator = translator_for(checkpoint, precision, length_penalty=length_penalty)
     found = translator.translate([sources[index] for index in lines])
     for index, hypothesis, name in zip(lines, found, names, strict=True):
         record = translator.attention(index + 1, sources[index], hypothesis)
@@ -487,11 +542,15 @@ def reproduce_model(
     figures = train_model(name, config, run_dir, work_dir, data_overrides + args.overrides)
     choice = choose_checkpoint(name, run_dir, work_dir, args.data, src, tgt, args.precision)
     checkpoint = run_dir / choice["checkpoint"]
-    tests = translate_tests(name, checkpoint, work_dir, args.data, src, tgt, args.precision)
+    penalty = choice["length_penalty"]
+    tests = translate_tests(
+        name, checkpoint, work_dir, args.data, src, tgt, args.precision, penalty
+    )
     chosen_at = (work_dir / "checkpoint.json").stat().st_mtime
     pictures = plot_heatmaps(
-        name, checkpoint, args.data, (src, tgt), args.results, stem, args.precision, chosen_at
-    )
+        name, checkpoint, args.data, (src, tgt), args.results, stem, args.precision, penalty,
+        chosen_at,
+    )  # fmt: skip
     trained_at = (work_dir / "train.json").stat().st_mtime
     curves = plot_curves(name, run_dir, args.results, stem, trained_at)
     return {

@@ -98,8 +98,8 @@ def markdown_report(report: dict) -> str:
         "",
         "| model | params | steps (budget) | train min | precision train / translate "
         "| train tgt tokens/s | best dev BLEU (step) | test2016 BLEU | test2016 BLEU lc "
-        "| published lc | beam-5 sentences/s |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| test2016 BLEU lc, Moses-tokenized | published lc | beam-5 sentences/s |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, model in report["models"].items():
         test2016 = model["tests"].get("test_2016_flickr", {})
@@ -110,18 +110,19 @@ def markdown_report(report: dict) -> str:
             f"{guard} | {model['train_minutes']:.1f} | {model['precision']} / "
             f"{model['translate_precision']} | {model['train_tokens_per_s']:,.0f} "
             f"| {model['best_dev_bleu']:.2f} ({model['best_step']}) | {_score(test2016, 'bleu')} "
-            f"| {_score(test2016, 'bleu_lc')} "
+            f"| {_score(test2016, 'bleu_lc')} | {_score(test2016, 'bleu_lc_moses')} "
             f"| {'' if anchor is None else format(anchor['bleu_lc'], '.1f')} "
             f"| {_rate(model['translate_sentences_per_s'])} |"
         )
-    lines += ["", "## Test sets (beam 5)", "", "| model | test set | BLEU | BLEU lc | chrF |",
-              "|---|---|---:|---:|---:|"]  # fmt: skip
+    lines += ["", "## Test sets (beam 5)", "",
+              "| model | test set | BLEU | BLEU lc | BLEU lc, Moses-tokenized | chrF |",
+              "|---|---|---:|---:|---:|---:|"]  # fmt: skip
     signatures: dict[str, str] = {}
     for name, model in report["models"].items():
         for split, scores in model["tests"].items():
             lines.append(
                 f"| {name} | {split} | {scores['bleu']:.2f} | {scores['bleu_lc']:.2f} "
-                f"| {scores['chrf']:.2f} |"
+                f"| {_score(scores, 'bleu_lc_moses')} | {scores['chrf']:.2f} |"
             )
             signatures.update(scores["signatures"])
     lines += ["", "sacreBLEU signatures:", ""]
@@ -158,12 +159,14 @@ def training_line(name: str, model: dict) -> str:
     """One model's training story: steps, budget, why it stopped, precision, checkpoint."""
     choice = model["checkpoint"]
     dev = ", ".join(f"{n} {b:.2f}" for n, b in choice["dev_bleu_greedy"].items())
-    steps = ", ".join(map(str, choice["averaged_steps"]))
     averaged = (
-        f"averaged.pt is the mean of the checkpoints of steps {steps}"
-        if steps
-        else "no averaged.pt: the run has a single checkpoint"
+        "; ".join(
+            f"{name} is the mean of the checkpoints of steps {', '.join(map(str, steps))}"
+            for name, steps in choice["averaged_steps"].items()
+        )
+        or "no averaged checkpoint: the run has a single one"
     )
+    penalties = ", ".join(f"{p} {b:.2f}" for p, b in choice["dev_bleu_beam"].items())
     guard = f"time guard {model['max_minutes']} min" if model["max_minutes"] else "no time guard"
     return (
         f"- {name}: {model['steps']} steps ({model['epochs']} epochs) in "
@@ -171,7 +174,8 @@ def training_line(name: str, model: dict) -> str:
         f"{model['max_steps']} steps, {guard}; stopped by "
         f"{STOP_WORDS.get(model['stop_reason'], model['stop_reason'])}. The test sets are "
         f"translated by `{choice['checkpoint']}`, chosen on greedy dev BLEU ({dev}; "
-        f"{averaged}), in {model['translate_precision']}."
+        f"{averaged}), in {model['translate_precision']}, with length penalty "
+        f"{choice['length_penalty']}, chosen on beam dev BLEU ({penalties})."
     )
 
 

@@ -31,6 +31,7 @@ def corpus_scores(
     references: Sequence[str],
     metrics: Sequence[str] = ("bleu", "chrf"),
     lowercase: bool = False,
+    tokenize: str = "13a",
 ) -> dict[str, Score]:
     """Score detokenized ``hypotheses`` against one ``references`` stream, line by line.
 
@@ -40,6 +41,8 @@ def corpus_scores(
         metrics: any of :data:`METRICS`.
         lowercase: case-insensitive BLEU (sacreBLEU ``-lc``). chrF and TER keep sacreBLEU's
             defaults (chrF cased, TER case-insensitive), as the command line does.
+        tokenize: BLEU's tokenizer (sacreBLEU ``-tok``): ``13a`` (the default) for detokenized
+            text, ``none`` for text tokenized already (for example by Moses).
 
     Returns:
         ``{metric name: Score}`` in the order asked.
@@ -53,7 +56,7 @@ def corpus_scores(
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
     scorers = {
-        "bleu": BLEU(lowercase=lowercase),
+        "bleu": BLEU(lowercase=lowercase, tokenize=tokenize),
         "chrf": CHRF(),
         "ter": TER(),
     }

@@ -44,7 +44,8 @@ def model_figures(stop_reason: str, steps: int) -> dict:
                   "train_tokens_per_s": 3300.0, "best_dev_bleu": 40.2, "best_step": steps,
                   "precision": "bf16"},
         "checkpoint": {"checkpoint": "best.pt", "dev_bleu_greedy": {"best.pt": 40.2},
-                       "averaged_steps": []},
+                       "averaged_steps": {}, "length_penalty": 0.8,
+                       "dev_bleu_beam": {"0.6": 40.5, "0.8": 40.9}},
         "tests": {"test_2016_flickr": {**scores, "sentences": 1, "seconds": 0.5,
                                        "precision": "fp32"}},
         "pictures": ["p-1.png"],
@@ -68,6 +69,7 @@ def test_the_report_flags_the_time_guard_and_names_the_precisions():
     assert "| 1234 (2700) (time guard) |" in rows["rnn-bahdanau"]
     assert "| bf16 / fp32 |" in rows["transformer"]
     assert "stopped by its step budget" in markdown
+    assert "with length penalty 0.8, chosen on beam dev BLEU (0.6 40.50, 0.8 40.90)" in markdown
     assert "WARNING: before its step budget, so this figure depends on the machine" in markdown
     assert report["models"]["transformer"]["anchor"]["bleu_lc"] == 36.5
     assert report["models"]["transformer"]["translate_sentences_per_s"] == pytest.approx(2.0)

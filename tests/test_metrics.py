@@ -58,20 +58,25 @@ def sacrebleu_cli(hyp_file: Path, ref_file: Path, *flags: str) -> list[dict]:
     return json.loads(result.stdout)
 
 
-@pytest.mark.parametrize("lowercase", [False, True])
-def test_scores_and_signatures_equal_the_sacrebleu_command_line(tmp_path, lowercase):
+@pytest.mark.parametrize(("lowercase", "tokenize"), [(False, "13a"), (True, "13a"), (True, "none")])
+def test_scores_and_signatures_equal_the_sacrebleu_command_line(tmp_path, lowercase, tokenize):
     hypotheses, references = noisy_corpus(seed=3)
     hyp_file, ref_file = tmp_path / "hyp.txt", tmp_path / "ref.txt"
     hyp_file.write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
     ref_file.write_text("\n".join(references) + "\n", encoding="utf-8")
-    expected = sacrebleu_cli(hyp_file, ref_file, *(["-lc"] if lowercase else []))
-    ours = corpus_scores(hypotheses, references, ("bleu", "chrf", "ter"), lowercase=lowercase)
+    flags = ["-tok", tokenize, *(["-lc"] if lowercase else [])]
+    expected = sacrebleu_cli(hyp_file, ref_file, *flags)
+    metrics = ("bleu", "chrf", "ter")
+    ours = corpus_scores(hypotheses, references, metrics, lowercase=lowercase, tokenize=tokenize)
     assert [score.name for score in ours.values()] == [entry["name"] for entry in expected]
     for score, entry in zip(ours.values(), expected, strict=True):
         assert score.score == pytest.approx(entry["score"], abs=0.05)  # CLI rounds to 1 decimal
         assert score.signature == entry["signature"]
     assert 0 < ours["bleu"].score < 100
     assert ours["bleu"].text.startswith("BLEU = ")
+    if tokenize == "none":  # ".," stays one token, so the score is not the 13a one
+        default = corpus_scores(hypotheses, references, ("bleu",), lowercase=lowercase)["bleu"]
+        assert abs(default.score - ours["bleu"].score) > 0.1
 
 
 def test_lowercase_bleu_ignores_case():

@@ -75,6 +75,13 @@ def test_the_environment_variable_is_the_second_choice(tmp_path, fake_release, m
     )
 
 
+def test_the_script_falls_back_to_the_shared_copy(tmp_path, fake_release, monkeypatch):
+    monkeypatch.delenv("MULTI30K_DIR", raising=False)
+    monkeypatch.setattr(script, "SHARED_COPY", write_release(tmp_path / "shared"))
+    assert script.main(["--pair", "de-en", "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "val.en").read_bytes() == fake_text("val.en")
+
+
 def test_download_through_an_opener_checks_every_file(tmp_path, fake_release):
     requested = []
 

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 pytest.importorskip("matplotlib", reason="the report's pictures need the plot extra")
 
 ROOT = Path(__file__).resolve().parent.parent
+HAVE_SACREMOSES = importlib.util.find_spec("sacremoses") is not None
 TOY = ROOT / "data" / "toy"
 SCRIPT = ROOT / "scripts" / "reproduce.py"
 SPLITS = {  # Multi30k split -> (toy split, lines)
@@ -124,12 +125,15 @@ def test_the_report_holds_the_runs_figures(workspace):
         best = max(validations, key=lambda record: record["bleu"])
         assert (model["best_dev_bleu"], model["best_step"]) == (best["bleu"], best["step"])
         choice = model["checkpoint"]  # chosen on dev BLEU between best.pt and the average
-        assert set(choice["dev_bleu_greedy"]) == {"best.pt", "averaged.pt"}
+        assert set(choice["dev_bleu_greedy"]) == {"best.pt", "averaged-2.pt"}
         assert choice["checkpoint"] == max(
             choice["dev_bleu_greedy"], key=choice["dev_bleu_greedy"].get
         )
-        assert choice["averaged_steps"] == [10, 20]
-        assert (run_dir / "averaged.pt").is_file()
+        assert choice["averaged_steps"] == {"averaged-2.pt": [10, 20]}
+        assert (run_dir / "averaged-2.pt").is_file()
+        beam_bleu = {float(p): bleu for p, bleu in choice["dev_bleu_beam"].items()}
+        assert sorted(beam_bleu) == sorted(repro.LENGTH_PENALTIES)
+        assert choice["length_penalty"] == max(beam_bleu, key=beam_bleu.get)
         assert set(model["tests"]) == {"test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"}
         test2016 = model["tests"]["test_2016_flickr"]
         row = next(line for line in markdown.splitlines() if line.startswith(f"| {name} | "))
@@ -139,6 +143,7 @@ def test_the_report_holds_the_runs_figures(workspace):
             "20 (20)",
             f"{model['best_dev_bleu']:.2f} ({model['best_step']})",
             "fp32 / fp32",
+            *([f"{test2016['bleu_lc_moses']:.2f}"] if HAVE_SACREMOSES else []),
         ):
             assert figure in row
         assert "(time guard)" not in row
@@ -267,11 +272,37 @@ def test_scores_equal_the_sacrebleu_command_line(workspace, model, split):
     assert scores["chrf"] == pytest.approx(cli("-m", "chrf"), abs=0.01)
 
 
+def test_moses_tokenized_bleu_equals_the_sacremoses_and_sacrebleu_command_lines(tmp_path):
+    pytest.importorskip("sacremoses", reason="the moses extra is not installed")
+    references = ['Ein Mann (mit Hut) geht\'s an: "Straßen-Café"!', "Zwei Hunde, 3.5 km weit."]
+    hypotheses = ['ein Mann mit Hut geht\'s an: "Straßen-Café"', "Zwei Hunde , 3.5 km weit ."]
+    files = {}
+    for name, lines in (("ref", references), ("hyp", hypotheses)):
+        tokenized = subprocess.run(
+            [Path(sys.executable).with_name("sacremoses"), "-l", "de", "-j", "1", "-q",
+             "tokenize"], input="\n".join(lines) + "\n", capture_output=True, text=True,
+            check=True,
+        ).stdout  # fmt: skip
+        files[name] = tmp_path / name
+        files[name].write_text(tokenized, encoding="utf-8")
+    expected = sacrebleu_cli(files["ref"], files["hyp"], "-m", "bleu", "-lc", "-tok", "none")
+    ours = repro.moses_lowercased_bleu(hypotheses, references, "de")
+    assert ours.score == pytest.approx(expected, abs=1e-3)
+    detokenized = repro.score_test_set(hypotheses, references)["bleu_lc"]
+    assert abs(ours.score - detokenized) > 1  # the tokenization is not sacreBLEU's 13a
+
+
+def test_a_checkpoint_choice_of_an_older_script_is_refused(tmp_path):
+    (tmp_path / "checkpoint.json").write_text(json.dumps({"checkpoint": "best.pt"}))
+    with pytest.raises(repro.ReproduceError, match=r"older make reproduce .* delete"):
+        repro.choose_checkpoint("transformer", tmp_path, tmp_path, tmp_path, "de", "en", "fp32")
+
+
 def test_a_second_run_skips_every_finished_step(workspace, capsys):
     results = workspace / "results"
     watched = [
         workspace / "runs" / "multi30k-de-en" / "transformer" / "last.pt",
-        workspace / "runs" / "multi30k-de-en" / "transformer" / "averaged.pt",
+        workspace / "runs" / "multi30k-de-en" / "transformer" / "averaged-2.pt",
         results / "multi30k-de-en" / "rnn-bahdanau" / "test_2016_flickr.hyp",
         *(results / name for name in json.loads((results / "multi30k-de-en.json").read_text())[
             "models"]["transformer"]["attention_pictures"]),
