@@ -325,16 +325,15 @@ def choose_checkpoint(
     only. The checkpoint: ``best.pt`` (best validation) or ``averaged-N.pt`` (the mean of the
     run's last N checkpoints, N in :data:`AVERAGE_LAST` or all it has when fewer), whichever
     has the highest greedy dev BLEU. Then the length penalty of :data:`LENGTH_PENALTIES` with
-    the highest beam dev BLEU (ties: the smaller one). Kept in ``work_dir/checkpoint.json``."""
+    the highest beam dev BLEU (ties: the smaller one). Kept in ``work_dir/checkpoint.json``;
+    one written by an older version of this script (no length penalty) is made again. N is
+    capped by the run's ``train.keep_last``, the checkpoints it keeps."""
     choice_file = work_dir / "checkpoint.json"
     if choice_file.is_file():
         choice = read_json(choice_file)
-        if "length_penalty" not in choice:
-            raise ReproduceError(
-                f"{choice_file}: written by an older make reproduce (no length penalty); delete "
-                f"{work_dir} and run again (the training is kept and not redone)"
-            )
-        return choice
+        if "length_penalty" in choice:
+            return choice
+        log(f"{model_name}: {choice_file} has no length penalty (an older script): choosing again")
     candidates = {"best.pt": run_dir / "best.pt"}
     averaged_steps: dict[str, list[int]] = {}
     for count in AVERAGE_LAST:
@@ -357,11 +356,12 @@ def choose_checkpoint(
         hypotheses = translate_lines(translator, sources)
         beam_bleu[penalty] = score_test_set(hypotheses, references)["bleu"]
         log(f"{model_name}: {chosen}, length penalty {penalty}: dev BLEU {beam_bleu[penalty]:.2f}")
+    top = max(beam_bleu.values())
     choice = {
         "checkpoint": chosen,
         "dev_bleu_greedy": dev_bleu,
         "averaged_steps": averaged_steps,
-        "length_penalty": max(beam_bleu, key=lambda penalty: beam_bleu[penalty]),
+        "length_penalty": min(penalty for penalty, bleu in beam_bleu.items() if bleu == top),
         "dev_bleu_beam": {str(penalty): bleu for penalty, bleu in beam_bleu.items()},
     }
     write_json(choice_file, choice)
@@ -372,15 +372,20 @@ def translate_tests(
     model_name: str, checkpoint: Path, work_dir: Path, data_dir: Path, src: str, tgt: str,
     precision: str, length_penalty: float,
 ) -> dict:  # fmt: skip
-    """Beam-5 translations of every test split (kept as ``SPLIT.hyp``) with their sacreBLEU
-    scores (kept as ``SPLIT.json``); splits done earlier are read back, not translated again."""
+    """Beam-5 translations of every test split by ``checkpoint`` with ``length_penalty`` (kept
+    as ``SPLIT.hyp``) with their sacreBLEU scores (kept as ``SPLIT.json``, which names the
+    checkpoint and penalty); splits done earlier by the same checkpoint and penalty are read
+    back, others translated again."""
     results: dict[str, dict] = {}
     translator = None
+    made_by = {"checkpoint": checkpoint.name, "length_penalty": length_penalty}
     for split in pair_test_splits(src, tgt):
         scores_file = work_dir / f"{split}.json"
         if scores_file.is_file():
-            results[split] = read_json(scores_file)
-            continue
+            earlier = read_json(scores_file)
+            if all(earlier.get(key) == value for key, value in made_by.items()):
+                results[split] = earlier
+                continue
         translator = translator or translator_for(
             checkpoint, precision, length_penalty=length_penalty
         )
@@ -394,9 +399,10 @@ def translate_tests(
         moses = moses_lowercased_bleu(hypotheses, references, tgt)
         if moses is not None:
             scores["bleu_lc_moses"] = moses.score
-            scores["signatures"]["bleu_lc_moses"] = f"sacremoses -l {tgt} | {moses.signature}"
+            scores["signatures"]["bleu_lc_moses"] = moses_signature(tgt, moses.signature)
         results[split] = {
             **scores,
+            **made_by,
             "sentences": len(sources),
             "seconds": seconds,
             "precision": translator.precision.name,
@@ -410,21 +416,35 @@ def translate_tests(
 
 
 def moses_lowercased_bleu(hypotheses: list[str], references: list[str], lang: str) -> Score | None:
-    """Lowercased BLEU on Moses-tokenized hypotheses and references (sacremoses' tokenizer for
-    ``lang``, no XML escaping; then sacreBLEU ``-lc -tok none``), the way papers that score
-    Moses-tokenized Multi30k report it; None when the ``moses`` extra is not installed."""
+    """Lowercased BLEU on Moses-tokenized text: each line lowercased, its punctuation normalized
+    and Moses-tokenized (sacremoses, no XML escaping: it changes no BLEU), then sacreBLEU with
+    ``-lc -tok none``, as the Multi30k release prepares its tokenized files; None when the
+    ``moses`` extra is not installed."""
     try:
-        from sacremoses import MosesTokenizer
+        from sacremoses import MosesPunctNormalizer, MosesTokenizer
     except ImportError:
         return None
-    tokenizer = MosesTokenizer(lang=lang)
+    normalizer, tokenizer = MosesPunctNormalizer(lang=lang), MosesTokenizer(lang=lang)
 
     def tokenized(lines: list[str]) -> list[str]:
-        return [tokenizer.tokenize(line, escape=False, return_str=True) for line in lines]
+        return [
+            tokenizer.tokenize(normalizer.normalize(line.lower()), escape=False, return_str=True)
+            for line in lines
+        ]
 
     return corpus_scores(
         tokenized(hypotheses), tokenized(references), ("bleu",), lowercase=True, tokenize="none"
     )["bleu"]
+
+
+def moses_signature(lang: str, bleu_signature: str) -> str:
+    """How :func:`moses_lowercased_bleu` was computed, for the report."""
+    from importlib.metadata import version
+
+    return (
+        f"lowercase | sacremoses {version('sacremoses')} -l {lang} normalize tokenize | "
+        f"{bleu_signature}"
+    )
 
 
 # ---- pictures -------------------------------------------------------------------------------
@@ -441,8 +461,8 @@ def plot_heatmaps(
 ) -> list[str]:  # fmt: skip
     """PNG cross-attention heatmaps of the beam-5 translations of the first short
     test_2016_flickr sentences (Transformer: last decoder layer, mean of the heads); returns
-    the file names. Pictures older than ``chosen_at`` (when the checkpoint was chosen) are
-    drawn again."""
+    the file names; translated with ``length_penalty``. Pictures older than ``chosen_at`` (when
+    the checkpoint and penalty were chosen) are drawn again."""
     sources = read_split(data_dir, HEATMAP_SPLIT, *pair)[0]
     short = [i for i, line in enumerate(sources) if len(line.split()) <= HEATMAP_MAX_WORDS]
     lines = short[:HEATMAP_SENTENCES]

@@ -56,7 +56,8 @@ def build_report(
 ) -> dict:
     """The JSON report: per model its training figures (``train``), checkpoint choice,
     test scores (``tests``, as :func:`score_test_set` gives them with ``sentences``, ``seconds``
-    and ``precision`` added), attention pictures and learning curves."""
+    and ``precision`` added, and ``bleu_lc_moses`` where the script computed it), attention
+    pictures and learning curves."""
     report_models = {}
     for name, figures in models.items():
         tests = figures["tests"]

@@ -274,14 +274,17 @@ def test_scores_equal_the_sacrebleu_command_line(workspace, model, split):
 
 def test_moses_tokenized_bleu_equals_the_sacremoses_and_sacrebleu_command_lines(tmp_path):
     pytest.importorskip("sacremoses", reason="the moses extra is not installed")
-    references = ['Ein Mann (mit Hut) geht\'s an: "Straßen-Café"!', "Zwei Hunde, 3.5 km weit."]
+    references = [
+        "Ein Mann (mit Hut) geht\u2019s an: \u201eStraßen-Café\u201c!",  # curly quotes: normalized
+        "Zwei Hunde, 3.5 km weit.",
+    ]
     hypotheses = ['ein Mann mit Hut geht\'s an: "Straßen-Café"', "Zwei Hunde , 3.5 km weit ."]
     files = {}
     for name, lines in (("ref", references), ("hyp", hypotheses)):
         tokenized = subprocess.run(
             [Path(sys.executable).with_name("sacremoses"), "-l", "de", "-j", "1", "-q",
-             "tokenize"], input="\n".join(lines) + "\n", capture_output=True, text=True,
-            check=True,
+             "normalize", "tokenize"], input="".join(line.lower() + "\n" for line in lines),
+            capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         files[name] = tmp_path / name
         files[name].write_text(tokenized, encoding="utf-8")
@@ -292,10 +295,51 @@ def test_moses_tokenized_bleu_equals_the_sacremoses_and_sacrebleu_command_lines(
     assert abs(ours.score - detokenized) > 1  # the tokenization is not sacreBLEU's 13a
 
 
-def test_a_checkpoint_choice_of_an_older_script_is_refused(tmp_path):
-    (tmp_path / "checkpoint.json").write_text(json.dumps({"checkpoint": "best.pt"}))
-    with pytest.raises(repro.ReproduceError, match=r"older make reproduce .* delete"):
-        repro.choose_checkpoint("transformer", tmp_path, tmp_path, tmp_path, "de", "en", "fp32")
+def test_the_chosen_length_penalty_translates_and_a_new_choice_translates_again(
+    workspace, tmp_path, monkeypatch
+):
+    base = tmp_path / "copy"
+    shutil.copytree(workspace, base)
+    work = base / "results" / "multi30k-de-en" / "transformer"
+    choice = json.loads((work / "checkpoint.json").read_text())
+    calls = []  # (beam size, length penalty) of every translator the script makes
+    make_translator = repro.translator_for
+
+    def recording(checkpoint, precision, beam_size=repro.BEAM_SIZE, length_penalty=None):
+        calls.append((beam_size, length_penalty))
+        return make_translator(checkpoint, precision, beam_size, length_penalty)
+
+    monkeypatch.setattr(repro, "translator_for", recording)
+    choice["length_penalty"] = 3.5  # a choice of its own, newer than the test translations
+    (work / "checkpoint.json").write_text(json.dumps(choice))
+    assert repro.main(arguments(base, "--models", "transformer")) == 0
+    assert calls == [(5, 3.5), (5, 3.5)]  # the test sets, then the heatmaps
+    for split in ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"):
+        scores = json.loads((work / f"{split}.json").read_text())
+        assert (scores["checkpoint"], scores["length_penalty"]) == (choice["checkpoint"], 3.5)
+    report = (base / "results" / "multi30k-de-en.md").read_text()
+    assert "with length penalty 3.5" in report
+    calls.clear()
+    assert repro.main(arguments(base, "--models", "transformer")) == 0
+    assert calls == []  # nothing changed: nothing translated again
+    del choice["length_penalty"]  # as an older script wrote it: chosen again
+    (work / "checkpoint.json").write_text(json.dumps(choice))
+    assert repro.main(arguments(base, "--models", "transformer")) == 0
+    again = json.loads((work / "checkpoint.json").read_text())
+    assert again["length_penalty"] in repro.LENGTH_PENALTIES
+    assert (1, None) in calls and len([c for c in calls if c[0] == 5]) >= len(
+        repro.LENGTH_PENALTIES
+    )
+
+
+def test_ties_go_to_the_smaller_length_penalty(monkeypatch, tmp_path):
+    monkeypatch.setattr(repro, "LENGTH_PENALTIES", (2.0, 0.5, 1.0))
+    monkeypatch.setattr(repro, "recent_checkpoints", lambda run_dir, count: {})
+    monkeypatch.setattr(repro, "read_split", lambda *args: (["x"], ["y"]))
+    monkeypatch.setattr(repro, "translator_for", lambda *args, **kwargs: None)
+    monkeypatch.setattr(repro, "translate_lines", lambda translator, sources: ["y"])
+    choice = repro.choose_checkpoint("m", tmp_path, tmp_path, tmp_path, "de", "en", "fp32")
+    assert choice["length_penalty"] == 0.5  # every penalty scores the same
 
 
 def test_a_second_run_skips_every_finished_step(workspace, capsys):
