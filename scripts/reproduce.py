@@ -78,7 +78,7 @@ DEFAULT_MODELS = ("transformer", "rnn-bahdanau")
 BEAM_SIZE = 5
 BATCH_SENTENCES = 64  # sentences per beam-search batch (the fastest setting on a 2-core CPU)
 AVERAGE_LAST = (5, 10)  # checkpoint averaging: the candidates' numbers of last checkpoints
-LENGTH_PENALTIES = (0.6, 1.0, 1.5, 2.0, 2.5, 3.0)  # tried on the dev set with the beam
+LENGTH_PENALTIES = (0.6, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)  # tried on the dev set with the beam
 HEATMAP_SPLIT, HEATMAP_SENTENCES, HEATMAP_MAX_WORDS = "test_2016_flickr", 2, 12
 SHARED_COPY = REPO.parent / "shared" / "data" / "multi30k"
 
