@@ -45,6 +45,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 
 from seq2seq_attn.benchmark import build_report, markdown_report, score_test_set
@@ -439,8 +440,6 @@ def moses_lowercased_bleu(hypotheses: list[str], references: list[str], lang: st
 
 def moses_signature(lang: str, bleu_signature: str) -> str:
     """How :func:`moses_lowercased_bleu` was computed, for the report."""
-    from importlib.metadata import version
-
     return (
         f"lowercase | sacremoses {version('sacremoses')} -l {lang} normalize tokenize | "
         f"{bleu_signature}"
