@@ -28,7 +28,8 @@ from pathlib import Path
 import datasets
 
 from seq2seq_attn.config import DataConfig, TokenizerConfig
-from seq2seq_attn.data import iter_step_shares, load_pairs, load_split, make_sampler, texts
+from seq2seq_attn.data import load_pairs, load_split, texts
+from seq2seq_attn.loaders import iter_step_shares, make_sampler
 from seq2seq_attn.tokenizer import Tokenizer, train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent

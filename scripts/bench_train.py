@@ -33,8 +33,9 @@ from pathlib import Path
 import torch
 
 from seq2seq_attn.config import Config, load_config
-from seq2seq_attn.data import iter_batches, load_pairs, load_split, make_sampler, texts
+from seq2seq_attn.data import load_pairs, load_split, texts
 from seq2seq_attn.device import resolve_precision
+from seq2seq_attn.loaders import iter_batches, make_sampler
 from seq2seq_attn.models import build_model
 from seq2seq_attn.optim import Trainer
 from seq2seq_attn.tokenizer import Tokenizer, train_tokenizer
@@ -98,7 +99,9 @@ def run_once(
         config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.joint
     )
     device = torch.device("cpu")
-    trainer = Trainer(model, config.train, resolve_precision(precision, device), device)
+    trainer = Trainer(
+        model, config.train, resolve_precision(precision, device, "--precision"), device
+    )
     group = [next(batches) for _ in range(warmup + steps)]
     for step, batch in enumerate(group[:warmup], start=1):
         trainer.train_step([batch], step)

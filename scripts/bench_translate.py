@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from seq2seq_attn.ct2 import export_checkpoint, load_exported
-from seq2seq_attn.evaluate import load_for_translation
-from seq2seq_attn.fileio import read_lines
+from seq2seq_attn.corpus import read_lines
+from seq2seq_attn.export import export_checkpoint
 from seq2seq_attn.metrics import corpus_scores
+from seq2seq_attn.translation import TranslationSettings, Translator, open_translator
 
 ATTN_TRANSLATE = Path(sys.executable).with_name("attn-translate")
 
@@ -52,16 +52,13 @@ class System:
     process_seconds: list[float] = field(default_factory=list)
     outputs: set[tuple[str, ...]] = field(default_factory=set)
 
-    def load(self, beam: int, threads: int):
-        """The translator, loaded in this process."""
-        if self.options[:1] == ["--compute-type"]:
-            return load_exported(
-                self.model, device="cpu", compute_type=self.options[1], beam_size=beam,
-                threads=threads,
-            )  # fmt: skip
-        return load_for_translation(
-            self.model, device="cpu", precision=self.options[1], beam_size=beam
-        )
+    def load(self, beam: int, threads: int) -> Translator:
+        """The translator, loaded in this process (``options``: ``--precision P`` or
+        ``--compute-type T``)."""
+        option, value = self.options
+        arithmetic = {option.removeprefix("--").replace("-", "_"): value}
+        settings = TranslationSettings(device="cpu", beam_size=beam, threads=threads, **arithmetic)
+        return open_translator(self.model, settings)
 
 
 def decode_only(system: System, lines: list[str], beam: int, threads: int) -> None:
@@ -75,11 +72,12 @@ def decode_only(system: System, lines: list[str], beam: int, threads: int) -> No
 
 
 def own_search(system: System, lines: list[str], beam: int, threads: int) -> None:
-    """Time CTranslate2's own search, as the README's plain snippet runs it: its length penalty
-    ``L ** alpha`` with the model's alpha and one length limit (the model's) for all lines."""
-    translator = load_exported(system.model, device="cpu", threads=threads)
+    """Time CTranslate2's own search, as the plain snippet of docs/ctranslate2.md runs it: its
+    length penalty ``L ** alpha`` with the model's alpha and one length limit (the model's) for
+    all lines."""
+    translator = open_translator(system.model, TranslationSettings(device="cpu", threads=threads))
     limit, tokenizer = translator.max_positions, translator.tokenizer
-    alpha = translator.options.length_penalty
+    alpha = translator.decode.length_penalty
     pieces = [tokenizer.src_pieces(ids[: limit - 1]) for ids in tokenizer.encode_src(lines)]
     settings = {"beam_size": beam, "length_penalty": alpha, "max_decoding_length": limit - 1,
                 "max_batch_size": 4096, "batch_type": "tokens"}  # fmt: skip

@@ -28,7 +28,9 @@ Layout, for PAIR=de-en:
     results/multi30k-de-en-MODEL-curves.png          dev BLEU and loss against steps and minutes
 
 Configs: ``--configs DIR`` holds ``multi30k-PAIR-MODEL.yaml`` for a direction of its own, else
-``multi30k-MODEL.yaml`` for every pair (the languages and files come from ``--pair``).
+``multi30k-MODEL.yaml`` for every pair (the languages and files come from ``--pair``). This
+script prepares, trains and writes the report; :mod:`seq2seq_attn.benchmark_run` chooses,
+translates, scores and draws, by the rules of :mod:`seq2seq_attn.benchmark`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import json
+import logging
 import os
 import shutil
 import signal
@@ -45,42 +47,31 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from importlib.metadata import version
 from pathlib import Path
 
-from seq2seq_attn.benchmark import build_report, markdown_report, score_test_set
-from seq2seq_attn.checkpoint import CheckpointError, average_checkpoints, save_checkpoint
-from seq2seq_attn.config import ConfigError, load_config
+from seq2seq_attn.benchmark import build_report, markdown_report
+from seq2seq_attn.benchmark_run import (
+    BEAM_SIZE,
+    TRAINING_FILE,
+    BenchmarkError,
+    ModelRun,
+    evaluate_run,
+    read_training_figures,
+    training_figures,
+    write_json,
+)
+from seq2seq_attn.checkpoint import CheckpointError
+from seq2seq_attn.config import ConfigError
 from seq2seq_attn.device import machine_info
-from seq2seq_attn.evaluate import Translator, load_for_translation
 from seq2seq_attn.fileio import write_text_atomic
-from seq2seq_attn.metrics import Score, corpus_scores
-from seq2seq_attn.multi30k import (
-    PrepareError,
-    missing_files,
-    pair_test_splits,
-    parse_pair,
-    prepare,
-    read_split,
-    source_dir,
-)
-from seq2seq_attn.plotting import PlottingError, plot_attention, plot_learning_curves
-from seq2seq_attn.rundir import (
-    CONFIG_FILE,
-    RunDirError,
-    read_metrics,
-    read_summary,
-    recent_checkpoints,
-)
+from seq2seq_attn.multi30k import PrepareError, missing_files, parse_pair, prepare, source_dir
+from seq2seq_attn.plotting import PlottingError
+from seq2seq_attn.rundir import LAST_FILE, RunDirError
+from seq2seq_attn.translation import TranslationError
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("transformer", "rnn-bahdanau", "rnn-luong")
 DEFAULT_MODELS = ("transformer", "rnn-bahdanau")
-BEAM_SIZE = 5
-BATCH_SENTENCES = 64  # sentences per beam-search batch (the fastest setting on a 2-core CPU)
-AVERAGE_LAST = (5, 10)  # checkpoint averaging: the candidates' numbers of last checkpoints
-LENGTH_PENALTIES = (0.6, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)  # tried on the dev set with the beam
-HEATMAP_SPLIT, HEATMAP_SENTENCES, HEATMAP_MAX_WORDS = "test_2016_flickr", 2, 12
 SHARED_COPY = REPO.parent / "shared" / "data" / "multi30k"
 
 
@@ -91,21 +82,6 @@ class ReproduceError(RuntimeError):
 def log(message: str) -> None:
     """One progress line of the script itself (the training draws its own progress)."""
     print(f"[reproduce] {message}", flush=True)
-
-
-def write_json(path: Path, value: dict) -> None:
-    """Write ``value`` as indented JSON, atomically."""
-    write_text_atomic(path, json.dumps(value, indent=2) + "\n")
-
-
-def read_json(path: Path) -> dict:
-    """A JSON file this script wrote earlier; a damaged one is named, with the way out."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ReproduceError(
-            f"{path}: damaged ({error}); delete it and run again to redo that step"
-        ) from None
 
 
 def repo_relative(path: Path) -> str:
@@ -222,21 +198,21 @@ def train_model(
 ) -> dict:
     """Train (or resume) one model with ``attn-train`` and return its training figures, which
     are kept in ``work_dir/train.json`` so that a finished training is never run again."""
-    summary_file = work_dir / "train.json"
+    summary_file = work_dir / TRAINING_FILE
     if summary_file.is_file():
         log(f"{model}: trained already ({summary_file}), skipping")
-        return read_training_figures(summary_file)
+        return read_training_figures(work_dir)
     command = [attn_train_command(), str(config), "--run-dir", str(run_dir)]
     for override in overrides:
         command += ["--set", override]
     set_aside_if_untrained(run_dir)
-    if (run_dir / "last.pt").is_file():
-        log(f"{model}: resuming {run_dir} from its last.pt")
+    if (run_dir / LAST_FILE).is_file():
+        log(f"{model}: resuming {run_dir} from its {LAST_FILE}")
         command.append("--resume")
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise ReproduceError(
-            f"{run_dir}: holds checkpoints but no last.pt to resume from; move it away and run "
-            "again to train from scratch"
+            f"{run_dir}: holds checkpoints but no {LAST_FILE} to resume from; move it away and "
+            "run again to train from scratch"
         )
     else:
         log(f"{model}: training {config.name} into {run_dir}")
@@ -246,249 +222,14 @@ def train_model(
     if status != 0:
         raise ReproduceError(f"{model}: attn-train exited with status {status} (see above)")
     figures = training_figures(run_dir)
+    if figures["stop_reason"] == "max_minutes":
+        log(
+            f"{run_dir.name}: the time guard train.max_minutes={figures['max_minutes']} stopped it "
+            f"at step {figures['steps']} of {figures['max_steps']}: its scores depend on this "
+            "machine's speed"
+        )
     write_json(summary_file, figures)
     return figures
-
-
-TRAINING_FIGURES = ("steps", "max_steps", "max_minutes", "stop_reason", "precision")
-
-
-def read_training_figures(summary_file: Path) -> dict:
-    """The figures a finished training left in ``train.json``; one written by an older
-    version of this script (without the step budget) is refused with the way out."""
-    figures = read_json(summary_file)
-    missing = [key for key in TRAINING_FIGURES if key not in figures]
-    if missing:
-        raise ReproduceError(
-            f"{summary_file}: written by an older make reproduce (no {', '.join(missing)}); "
-            f"delete {summary_file.parent} and run again (a finished training is not redone)"
-        )
-    return figures
-
-
-def training_figures(run_dir: Path) -> dict:
-    """The figures of a finished run (its ``summary.json``) and the budget it ran under (its
-    ``config.yaml``)."""
-    summary = read_summary(run_dir)
-    budget = load_config(run_dir / CONFIG_FILE).train
-    if summary.reason == "stopped":
-        raise ReproduceError(f"{run_dir}: its training was stopped; run again to resume it")
-    if summary.best_checkpoint is None:
-        raise ReproduceError(
-            f"{run_dir}: no best.pt, so the run never validated; make reproduce needs a dev set "
-            "(data.dev) to choose its checkpoint"
-        )
-    if summary.reason == "max_minutes":
-        log(
-            f"{run_dir.name}: the time guard train.max_minutes={budget.max_minutes} stopped it at "
-            f"step {summary.step} of {budget.max_steps}: its scores depend on this machine's speed"
-        )
-    return {
-        "params": summary.num_parameters,
-        "steps": summary.step,
-        "epochs": summary.epoch,
-        "max_steps": budget.max_steps,
-        "max_minutes": budget.max_minutes,
-        "stop_reason": summary.reason,
-        "train_minutes": summary.elapsed / 60,
-        "train_tokens_per_s": summary.target_tokens_per_second,
-        "best_dev_bleu": summary.best_bleu,
-        "best_step": summary.best_step,
-        "precision": summary.precision,
-    }
-
-
-# ---- checkpoint choice and translation ------------------------------------------------------
-
-
-def translator_for(
-    checkpoint: Path, precision: str, beam_size: int = BEAM_SIZE,
-    length_penalty: float | None = None,
-) -> Translator:  # fmt: skip
-    """``checkpoint`` ready to translate with ``beam_size`` (1: greedy) under ``precision``;
-    ``length_penalty`` None keeps the run's own (``decode.length_penalty``)."""
-    return load_for_translation(
-        checkpoint, precision=precision, beam_size=beam_size, length_penalty=length_penalty,
-        max_sentences=BATCH_SENTENCES,
-    )  # fmt: skip
-
-
-def translate_lines(translator: Translator, sources: list[str]) -> list[str]:
-    """The detokenized best translation of each source line."""
-    return translator.detokenize(translator.translate(sources))
-
-
-def choose_checkpoint(
-    model_name: str, run_dir: Path, work_dir: Path, data_dir: Path, src: str, tgt: str,
-    precision: str,
-) -> dict:  # fmt: skip
-    """The checkpoint and length penalty that translate the test sets, chosen on the dev set
-    only. The checkpoint: ``best.pt`` (best validation) or ``averaged-N.pt`` (the mean of the
-    run's last N checkpoints, N in :data:`AVERAGE_LAST` or all it has when fewer), whichever
-    has the highest greedy dev BLEU. Then the length penalty of :data:`LENGTH_PENALTIES` with
-    the highest beam dev BLEU (ties: the smaller one). Kept in ``work_dir/checkpoint.json``;
-    one written by an older version of this script (no length penalty) is made again. N is
-    capped by the run's ``train.keep_last``, the checkpoints it keeps."""
-    choice_file = work_dir / "checkpoint.json"
-    if choice_file.is_file():
-        choice = read_json(choice_file)
-        if "length_penalty" in choice:
-            return choice
-        log(f"{model_name}: {choice_file} has no length penalty (an older script): choosing again")
-    candidates = {"best.pt": run_dir / "best.pt"}
-    averaged_steps: dict[str, list[int]] = {}
-    for count in AVERAGE_LAST:
-        recent = recent_checkpoints(run_dir, count)
-        name = f"averaged-{len(recent)}.pt"
-        if len(recent) > 1 and name not in candidates:
-            candidates[name] = run_dir / name
-            averaged_steps[name] = list(recent)
-            save_checkpoint(average_checkpoints(list(recent.values())), candidates[name])
-    sources, references = read_split(data_dir, "val", src, tgt)
-    dev_bleu = {}
-    for name, path in candidates.items():
-        hypotheses = translate_lines(translator_for(path, precision, beam_size=1), sources)
-        dev_bleu[name] = score_test_set(hypotheses, references)["bleu"]
-        log(f"{model_name}: {name} greedy dev BLEU {dev_bleu[name]:.2f}")
-    chosen = max(dev_bleu, key=lambda name: dev_bleu[name])
-    beam_bleu = {}
-    for penalty in LENGTH_PENALTIES:
-        translator = translator_for(run_dir / chosen, precision, length_penalty=penalty)
-        hypotheses = translate_lines(translator, sources)
-        beam_bleu[penalty] = score_test_set(hypotheses, references)["bleu"]
-        log(f"{model_name}: {chosen}, length penalty {penalty}: dev BLEU {beam_bleu[penalty]:.2f}")
-    top = max(beam_bleu.values())
-    choice = {
-        "checkpoint": chosen,
-        "dev_bleu_greedy": dev_bleu,
-        "averaged_steps": averaged_steps,
-        "length_penalty": min(penalty for penalty, bleu in beam_bleu.items() if bleu == top),
-        "dev_bleu_beam": {str(penalty): bleu for penalty, bleu in beam_bleu.items()},
-    }
-    write_json(choice_file, choice)
-    return choice
-
-
-def translate_tests(
-    model_name: str, checkpoint: Path, work_dir: Path, data_dir: Path, src: str, tgt: str,
-    precision: str, length_penalty: float,
-) -> dict:  # fmt: skip
-    """Beam-5 translations of every test split by ``checkpoint`` with ``length_penalty`` (kept
-    as ``SPLIT.hyp``) with their sacreBLEU scores (kept as ``SPLIT.json``, which names the
-    checkpoint and penalty); splits done earlier by the same checkpoint and penalty are read
-    back, others translated again."""
-    results: dict[str, dict] = {}
-    translator = None
-    made_by = {"checkpoint": checkpoint.name, "length_penalty": length_penalty}
-    for split in pair_test_splits(src, tgt):
-        scores_file = work_dir / f"{split}.json"
-        if scores_file.is_file():
-            earlier = read_json(scores_file)
-            if all(earlier.get(key) == value for key, value in made_by.items()):
-                results[split] = earlier
-                continue
-        translator = translator or translator_for(
-            checkpoint, precision, length_penalty=length_penalty
-        )
-        sources, references = read_split(data_dir, split, src, tgt)
-        log(f"{model_name}: translating {split} ({len(sources)} sentences, beam {BEAM_SIZE})")
-        started = time.perf_counter()
-        hypotheses = translate_lines(translator, sources)
-        seconds = time.perf_counter() - started
-        write_text_atomic(work_dir / f"{split}.hyp", "".join(line + "\n" for line in hypotheses))
-        scores = score_test_set(hypotheses, references)
-        moses = moses_lowercased_bleu(hypotheses, references, tgt)
-        if moses is not None:
-            scores["bleu_lc_moses"] = moses.score
-            scores["signatures"]["bleu_lc_moses"] = moses_signature(tgt, moses.signature)
-        results[split] = {
-            **scores,
-            **made_by,
-            "sentences": len(sources),
-            "seconds": seconds,
-            "precision": translator.precision.name,
-        }
-        log(
-            f"{model_name}: {split} BLEU {scores['bleu']:.2f}, lowercased {scores['bleu_lc']:.2f}, "
-            f"chrF {scores['chrf']:.2f} ({len(sources) / seconds:.1f} sentences/s)"
-        )
-        write_json(scores_file, results[split])
-    return results
-
-
-def moses_lowercased_bleu(hypotheses: list[str], references: list[str], lang: str) -> Score | None:
-    """Lowercased BLEU on Moses-tokenized text: each line lowercased, its punctuation normalized
-    and Moses-tokenized (sacremoses, no XML escaping: it changes no BLEU), then sacreBLEU with
-    ``-lc -tok none``, as the Multi30k release prepares its tokenized files; None when the
-    ``moses`` extra is not installed."""
-    try:
-        from sacremoses import MosesPunctNormalizer, MosesTokenizer
-    except ImportError:
-        return None
-    normalizer, tokenizer = MosesPunctNormalizer(lang=lang), MosesTokenizer(lang=lang)
-
-    def tokenized(lines: list[str]) -> list[str]:
-        return [
-            tokenizer.tokenize(normalizer.normalize(line.lower()), escape=False, return_str=True)
-            for line in lines
-        ]
-
-    return corpus_scores(
-        tokenized(hypotheses), tokenized(references), ("bleu",), lowercase=True, tokenize="none"
-    )["bleu"]
-
-
-def moses_signature(lang: str, bleu_signature: str) -> str:
-    """How :func:`moses_lowercased_bleu` was computed, for the report."""
-    return (
-        f"lowercase | sacremoses {version('sacremoses')} -l {lang} normalize tokenize | "
-        f"{bleu_signature}"
-    )
-
-
-# ---- pictures -------------------------------------------------------------------------------
-
-
-def up_to_date(paths: list[Path], since: float) -> bool:
-    """Whether every path exists and was written at or after ``since`` (a file's mtime)."""
-    return all(path.is_file() and path.stat().st_mtime >= since for path in paths)
-
-
-def plot_heatmaps(
-    model_name: str, checkpoint: Path, data_dir: Path, pair: tuple[str, str], results_dir: Path,
-    stem: str, precision: str, length_penalty: float, chosen_at: float,
-) -> list[str]:  # fmt: skip
-    """PNG cross-attention heatmaps of the beam-5 translations of the first short
-    test_2016_flickr sentences (Transformer: last decoder layer, mean of the heads); returns
-    the file names; translated with ``length_penalty``. Pictures older than ``chosen_at`` (when
-    the checkpoint and penalty were chosen) are drawn again."""
-    sources = read_split(data_dir, HEATMAP_SPLIT, *pair)[0]
-    short = [i for i, line in enumerate(sources) if len(line.split()) <= HEATMAP_MAX_WORDS]
-    lines = short[:HEATMAP_SENTENCES]
-    names = [f"{stem}-{model_name}-attention-{index + 1}.png" for index in lines]
-    if up_to_date([results_dir / name for name in names], chosen_at):
-        return names
-    translator = translator_for(checkpoint, precision, length_penalty=length_penalty)
-    found = translator.translate([sources[index] for index in lines])
-    for index, hypothesis, name in zip(lines, found, names, strict=True):
-        record = translator.attention(index + 1, sources[index], hypothesis)
-        plot_attention([record], results_dir / name)
-    log(f"{model_name}: wrote {', '.join(names)}")
-    return names
-
-
-def plot_curves(model_name: str, run_dir: Path, results_dir: Path, stem: str, since: float) -> str:
-    """Dev BLEU and loss against steps and training minutes of one run, as
-    ``STEM-MODEL-curves.png``; drawn again when older than ``since``."""
-    name = f"{stem}-{model_name}-curves.png"
-    if not up_to_date([results_dir / name], since):
-        validations = read_metrics(run_dir, "valid")
-        plot_learning_curves(validations, results_dir / name, f"{stem} {model_name}")
-        log(f"{model_name}: wrote {name}")
-    return name
-
-
-# ---- report ---------------------------------------------------------------------------------
 
 
 # ---- entry point ----------------------------------------------------------------------------
@@ -537,7 +278,7 @@ def reproduce(args: argparse.Namespace) -> Path:
         for key, split in (("train", "train"), ("dev", "val"), ("test", "test_2016_flickr"))
     ]
     # models finished by an earlier run (MODELS=... another time) stay in the report
-    earlier = [m for m in MODELS if (args.results / stem / m / "train.json").is_file()]
+    earlier = [m for m in MODELS if (args.results / stem / m / TRAINING_FILE).is_file()]
     with exclusive(args.runs / stem / ".lock"):
         models = {
             name: reproduce_model(name, args, src, tgt, data_overrides)
@@ -559,39 +300,42 @@ def reproduce_model(
     config = model_config(args.configs, args.pair, name)
     run_dir, work_dir = args.runs / stem / name, args.results / stem / name
     figures = train_model(name, config, run_dir, work_dir, data_overrides + args.overrides)
-    choice = choose_checkpoint(name, run_dir, work_dir, args.data, src, tgt, args.precision)
-    checkpoint = run_dir / choice["checkpoint"]
-    penalty = choice["length_penalty"]
-    tests = translate_tests(
-        name, checkpoint, work_dir, args.data, src, tgt, args.precision, penalty
+    trained_at = (work_dir / TRAINING_FILE).stat().st_mtime
+    run = ModelRun(
+        name, run_dir, work_dir, args.data, (src, tgt), args.precision, args.results, stem
     )
-    chosen_at = (work_dir / "checkpoint.json").stat().st_mtime
-    pictures = plot_heatmaps(
-        name, checkpoint, args.data, (src, tgt), args.results, stem, args.precision, penalty,
-        chosen_at,
-    )  # fmt: skip
-    trained_at = (work_dir / "train.json").stat().st_mtime
-    curves = plot_curves(name, run_dir, args.results, stem, trained_at)
-    return {
-        "train": figures, "checkpoint": choice, "tests": tests, "pictures": pictures,
-        "curves": curves,
-    }  # fmt: skip
+    return {"train": figures, **evaluate_run(run, trained_at)}
+
+
+class PrintProgress(logging.Handler):
+    """The benchmark's progress (its INFO records) printed as this script's own lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log(record.getMessage())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = parse_args(argv)
     started = time.monotonic()
+    progress, handler = logging.getLogger("seq2seq_attn.benchmark_run"), PrintProgress()
+    progress.addHandler(handler)
+    level = progress.level
+    progress.setLevel(logging.INFO)
     try:
         markdown = reproduce(args)
     except (
-        ReproduceError, PrepareError, CheckpointError, ConfigError, RunDirError, PlottingError
+        ReproduceError, BenchmarkError, PrepareError, CheckpointError, ConfigError, RunDirError,
+        PlottingError, TranslationError,
     ) as error:  # fmt: skip
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: run `make reproduce` again to go on from here", file=sys.stderr)
         return 130
+    finally:
+        progress.removeHandler(handler)
+        progress.setLevel(level)
     log(f"done in {(time.monotonic() - started) / 60:.1f} min: {markdown}")
     print(markdown.read_text(encoding="utf-8"))
     return 0

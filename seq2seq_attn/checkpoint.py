@@ -1,4 +1,6 @@
-"""Checkpoint files: atomic writes of plain data and safe loads that never run pickled code.
+"""Checkpoint files: atomic writes of plain data, safe loads that never run pickled code, the
+model and tokenizer rebuilt from a checkpoint alone, and averaging (the file names of a run
+directory come from :mod:`seq2seq_attn.rundir`).
 
 A checkpoint holds only tensors and plain Python data (dict, list, tuple, str, bytes, int, float,
 bool, None), so every load can use ``torch.load(..., weights_only=True)``: a file carrying pickled
@@ -16,6 +18,7 @@ import torch
 from .config import Config, config_from_plain
 from .fileio import write_atomic
 from .models import Seq2Seq, build_model
+from .rundir import BEST_FILE, LAST_FILE, STEP_PATTERN, numbered_checkpoints
 from .tokenizer import Tokenizer
 
 PLAIN_TYPES = (str, bytes, int, float, bool, type(None), torch.Tensor)
@@ -57,10 +60,25 @@ def find_checkpoint(path: Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         return path
-    for name in ("best.pt", "last.pt"):
+    for name in (BEST_FILE, LAST_FILE):
         if (path / name).is_file():
             return path / name
-    raise CheckpointError(f"{path}: a directory without best.pt or last.pt; pass a checkpoint file")
+    raise CheckpointError(
+        f"{path}: a directory without {BEST_FILE} or {LAST_FILE}; pass a checkpoint file"
+    )
+
+
+def recent_checkpoints(run_dir: str | Path, count: int) -> dict[int, Path]:
+    """The last ``count`` checkpoints of a run by step, oldest first (what checkpoint averaging
+    averages): the numbered ones up to the step of ``last.pt`` (a kill between two saves can
+    leave a newer one), then ``last.pt`` itself when no numbered checkpoint holds its step."""
+    run_dir = Path(run_dir)
+    last_step = int(load_checkpoint(run_dir / LAST_FILE)["progress"]["step"])
+    recent = {
+        step: path for step, path in numbered_checkpoints(run_dir).items() if step <= last_step
+    }
+    recent.setdefault(last_step, run_dir / LAST_FILE)
+    return dict(list(recent.items())[-count:])
 
 
 def load_checkpoint(
@@ -101,7 +119,7 @@ def _corrupt(path: Path, error: Exception) -> CheckpointError:
     detail = str(error).split("\n")[0] or type(error).__name__
     return CheckpointError(
         f"{path}: truncated or corrupt checkpoint ({detail}); use another checkpoint of the run "
-        "(last.pt, best.pt or a numbered one)"
+        f"({LAST_FILE}, {BEST_FILE} or a numbered one)"
     )
 
 
@@ -114,7 +132,7 @@ def model_from_checkpoint(
     if missing:
         raise CheckpointError(
             f"{path}: not a seq2seq-attn training checkpoint (no {', '.join(missing)}); use "
-            "last.pt, best.pt or a step-*.pt file of a run directory"
+            f"{LAST_FILE}, {BEST_FILE} or a {STEP_PATTERN} file of a run directory"
         )
     config = config_from_plain(state["config"], f"{path} (its config)")
     tokenizer = Tokenizer.from_state_dict(state["tokenizer"])

@@ -1,10 +1,9 @@
-"""Parallel data: load a corpus as a ``datasets.Dataset``, validate it, tokenize it (cached), and
-cut it into token-bucketed, padded batches.
+"""Parallel data: load a corpus as a ``datasets.Dataset``, validate it and tokenize it (cached).
 
-Flow: :func:`load_pairs` (text columns ``src``/``tgt``) -> :func:`tokenize_pairs` (adds
-``src_ids``/``tgt_ids``/``src_len``/``tgt_len``; drops empty and over-long pairs with a
-:class:`SplitReport`) -> :class:`TokenBatchSampler` (row indices per batch) -> :func:`collate`
-(a :class:`Batch` of tensors). :func:`load_split` runs the first two steps for a configured split.
+Flow: :func:`load_pairs` (text columns ``src``/``tgt``, read by :mod:`~seq2seq_attn.corpus` or
+from the hub) -> :func:`tokenize_pairs` (adds ``src_ids``/``tgt_ids``/``src_len``/``tgt_len``;
+drops empty and over-long pairs with a :class:`SplitReport`). :func:`load_split` runs both for a
+configured split; :mod:`~seq2seq_attn.loaders` cuts the result into batches.
 
 Everything stays in memory-mapped Arrow files under ``DataConfig.cache_dir``; only one batch at
 a time becomes Python lists, so corpora larger than memory work.
@@ -13,40 +12,40 @@ a time becomes Python lists, so corpora larger than memory work.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import datasets
-import torch
 from datasets.exceptions import DatasetGenerationError
 
-from .batching import Batch, BatchList, TokenBatchSampler, collate, rank_share
 from .config import DataConfig
+from .corpus import (
+    MisalignedError,
+    TextFileError,
+    check_parallel_files,
+    header_columns,
+    jsonl_pairs,
+    plain_pairs,
+    tsv_pairs,
+)
 from .tokenizer import Tokenizer
 
 __all__ = [
-    "Batch",
     "DataError",
     "SplitReport",
-    "StepShare",
-    "TokenBatchSampler",
-    "collate",
-    "count_lines",
-    "iter_batches",
-    "iter_step_shares",
+    "disable_progress_bars",
     "load_pairs",
     "load_split",
-    "make_sampler",
     "normalise_columns",
     "texts",
     "tokenize_pairs",
+    "tokenizing_processes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ class SplitReport:
         )
 
 
-# ---- reading files -------------------------------------------------------------------------
+# ---- finding files -------------------------------------------------------------------------
 
 
 def _available(path: Path) -> str:
@@ -105,78 +104,6 @@ def _available(path: Path) -> str:
     names = sorted(p.name for p in parent.iterdir())
     shown = ", ".join(names[:20]) + (f" ... ({len(names)} in all)" if len(names) > 20 else "")
     return f"{parent} holds: {shown or 'nothing'}"
-
-
-def _open_binary(path: Path) -> IO[bytes]:
-    """Open a file for reading bytes, decompressing it when it starts with the gzip magic."""
-    with path.open("rb") as probe:
-        magic = probe.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else path.open("rb")
-
-
-def count_lines(path: str | Path) -> int:
-    """Lines in a (possibly gzipped) text file; a last line without newline counts."""
-    count, last = 0, b"\n"
-    with _open_binary(Path(path)) as handle:
-        while chunk := handle.read(1 << 20):
-            count += chunk.count(b"\n")
-            last = chunk[-1:]
-    return count + (last != b"\n")
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number from 1, text without the line break); invalid UTF-8 is a DataError."""
-    with _open_binary(path) as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                yield number, raw.rstrip(b"\r\n").decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise DataError(
-                    f"{path}:{number}: invalid UTF-8 at byte {error.start} of the line "
-                    f"({raw[max(0, error.start - 8) : error.start + 8]!r}); re-encode the file "
-                    "as UTF-8 (iconv -f LATIN1 -t UTF-8)"
-                ) from None
-
-
-def _read_plain(src_path: str, tgt_path: str) -> Iterator[dict[str, str]]:
-    """Pairs from two line-aligned files (their line counts are checked beforehand)."""
-    for (_, src), (_, tgt) in zip(_lines(Path(src_path)), _lines(Path(tgt_path)), strict=True):
-        yield {"src": src, "tgt": tgt}
-
-
-def _read_tsv(path: str, src_column: str, tgt_column: str) -> Iterator[dict[str, str]]:
-    """Pairs from a TSV file whose first row names the columns."""
-    lines = _lines(Path(path))
-    _, header_line = next(lines)
-    header = header_line.split("\t")
-    src_at, tgt_at = header.index(src_column), header.index(tgt_column)
-    for number, line in lines:
-        fields = line.split("\t")
-        if len(fields) != len(header):
-            raise DataError(
-                f"{path}:{number}: {len(fields)} tab-separated fields, the header has "
-                f"{len(header)} ({header}); remove tabs inside sentences or fix the row"
-            )
-        yield {"src": fields[src_at], "tgt": fields[tgt_at]}
-
-
-def _read_jsonl(path: str, src_column: str, tgt_column: str) -> Iterator[dict[str, str]]:
-    """Pairs from a JSON-lines file, one object per line."""
-    for number, line in _lines(Path(path)):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{number}: invalid JSON ({error.msg}); fix the line") from None
-        missing = [c for c in (src_column, tgt_column) if not isinstance(row, dict) or c not in row]
-        if missing:
-            available = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise DataError(
-                f"{path}:{number}: no column {missing[0]!r}; the row has {available}; "
-                "set data.src_column / data.tgt_column"
-            )
-        yield {"src": str(row[src_column]), "tgt": str(row[tgt_column])}
 
 
 def _resolve(prefix: str, lang: str) -> Path:
@@ -198,17 +125,9 @@ def _existing(path_text: str) -> Path:
 
 def _check_header(path: Path, cfg: DataConfig) -> None:
     """Fail early when a TSV header or the first JSONL row lacks a configured column."""
-    first = next((line for _, line in _lines(path) if line.strip()), None)
-    if first is None:
+    columns = header_columns(path, cfg.kind)
+    if columns is None:
         raise DataError(f"{path}: the file is empty; point data.train/dev/test at a corpus")
-    if cfg.kind == "tsv":
-        columns = first.split("\t")
-    else:
-        try:
-            row = json.loads(first)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}: invalid JSON on the first row ({error.msg})") from None
-        columns = list(row) if isinstance(row, dict) else []
     for key, column in (("data.src_column", cfg.src_column), ("data.tgt_column", cfg.tgt_column)):
         if column not in columns:
             raise DataError(
@@ -220,23 +139,17 @@ def _file_source(cfg: DataConfig, spec: str) -> tuple[Callable[..., Iterator], d
     """Generator, its kwargs and the files it reads for a plain, TSV or JSONL split."""
     if cfg.kind == "plain":
         src_path, tgt_path = _resolve(spec, cfg.src_lang), _resolve(spec, cfg.tgt_lang)
-        src_count, tgt_count = count_lines(src_path), count_lines(tgt_path)
-        if src_count != tgt_count:
+        try:
+            check_parallel_files(src_path, tgt_path)
+        except MisalignedError as error:
             raise DataError(
-                f"{src_path} has {src_count} lines but {tgt_path} has {tgt_count}; "
-                "the files must be line-aligned (one sentence per line, same order)"
-            )
-        return (
-            _read_plain,
-            {"src_path": str(src_path), "tgt_path": str(tgt_path)},
-            [
-                src_path,
-                tgt_path,
-            ],
-        )
+                f"{error}; the files must be line-aligned (one sentence per line, same order)"
+            ) from None
+        kwargs = {"src_path": str(src_path), "tgt_path": str(tgt_path)}
+        return plain_pairs, kwargs, [src_path, tgt_path]
     path = _existing(spec)
     _check_header(path, cfg)
-    reader = _read_tsv if cfg.kind == "tsv" else _read_jsonl
+    reader = tsv_pairs if cfg.kind == "tsv" else jsonl_pairs
     kwargs = {"path": str(path), "src_column": cfg.src_column, "tgt_column": cfg.tgt_column}
     return reader, kwargs, [path]
 
@@ -391,6 +304,14 @@ def load_pairs(cfg: DataConfig, split: str) -> datasets.Dataset:
         raise DataError(f"data.{split} is empty: the corpus has no {split} split; set data.{split}")
     if cfg.kind == "hub":
         return _load_hub(cfg, spec)
+    try:
+        return _load_files(cfg, spec)
+    except TextFileError as error:
+        raise DataError(str(error)) from None
+
+
+def _load_files(cfg: DataConfig, spec: str) -> datasets.Dataset:
+    """The plain, TSV or JSONL files ``spec`` names, read into a text dataset (cached)."""
     reader, kwargs, files = _file_source(cfg, spec)
     large = sum(path.stat().st_size for path in files) >= LARGE_TEXT_BYTES
     try:
@@ -403,7 +324,7 @@ def load_pairs(cfg: DataConfig, split: str) -> datasets.Dataset:
                 fingerprint=_files_fingerprint(cfg.kind, kwargs, files),
             )
     except DatasetGenerationError as error:
-        if isinstance(error.__cause__, DataError):
+        if isinstance(error.__cause__, TextFileError):
             raise error.__cause__ from None
         raise
 
@@ -508,126 +429,6 @@ def load_split(
     )
 
 
-# ---- batches -------------------------------------------------------------------------------
-
-
 def disable_progress_bars() -> None:
     """Silence the datasets library's own progress bars (the CLI draws its own progress)."""
     datasets.disable_progress_bars()
-
-
-def make_sampler(
-    ds: datasets.Dataset, max_tokens: int, *, shuffle: bool = True, seed: int = 0
-) -> TokenBatchSampler:
-    """A :class:`TokenBatchSampler` over a dataset from :func:`tokenize_pairs`."""
-    columns = ds.select_columns(["src_len", "tgt_len"]).with_format("torch")
-    # In chunks: one ds[:] through a filter's indices mapping copies far more than two columns.
-    chunks = list(columns.iter(batch_size=65_536))
-    src_lengths, tgt_lengths = (
-        torch.cat([chunk[name] for chunk in chunks]) if chunks else torch.zeros(0, dtype=torch.long)
-        for name in ("src_len", "tgt_len")
-    )
-    return TokenBatchSampler(src_lengths, tgt_lengths, max_tokens, shuffle=shuffle, seed=seed)
-
-
-class EpochBatches(torch.utils.data.Dataset):
-    """Batches of row indices of a tokenized dataset, collated on request (in a DataLoader
-    worker, or in the calling process)."""
-
-    def __init__(self, ds: datasets.Dataset, batches: Sequence[list[int]]) -> None:
-        self.ids = ds.select_columns(["src_ids", "tgt_ids"])
-        self.batches = batches
-
-    def __len__(self) -> int:
-        """Number of batches."""
-        return len(self.batches)
-
-    def __getitem__(self, index: int) -> Batch:
-        """Batch ``index``, padded; only its rows are read from the Arrow files."""
-        indices = self.batches[index]
-        rows = self.ids[indices]
-        return collate(rows["src_ids"], rows["tgt_ids"], indices)
-
-
-def _as_is(batch: Batch) -> Batch:
-    """The DataLoader's collate function: batches are collated by :class:`EpochBatches`."""
-    return batch
-
-
-def _collated(
-    ds: datasets.Dataset,
-    batches: Sequence[list[int]],
-    num_workers: int,
-    pin_memory: bool,
-    seed: int,
-) -> Iterator[Batch]:
-    """``batches`` (row indices) as padded batches, in order: collated here, or ahead of time in
-    ``num_workers`` DataLoader worker processes. The workers draw their seed from a generator of
-    their own, never from torch's global one (which would shift dropout masks with every new
-    loader)."""
-    epoch_batches = EpochBatches(ds, batches)
-    if num_workers == 0:
-        return (epoch_batches[i] for i in range(len(epoch_batches)))
-    loader = torch.utils.data.DataLoader(
-        epoch_batches, batch_size=None, collate_fn=_as_is, num_workers=num_workers,
-        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
-    return iter(loader)
-
-
-def iter_batches(
-    ds: datasets.Dataset, sampler: TokenBatchSampler, num_workers: int = 0, pin_memory: bool = False
-) -> Iterator[Batch]:
-    """The rest of the sampler's current epoch as padded batches, in its order.
-
-    With ``num_workers`` > 0, DataLoader worker processes collate the batches ahead of time;
-    the sampler still advances only as batches are handed to the caller, so a checkpoint taken
-    between two batches records the batches trained on, not the ones prefetched.
-    """
-    remaining = sampler.batches(sampler.epoch)[sampler.position :]
-    produced = _collated(ds, remaining, num_workers, pin_memory, sampler.seed)
-    for _handed_out, batch in zip(sampler, produced, strict=True):  # the sampler counts them
-        yield batch
-
-
-@dataclass
-class StepShare:
-    """One process's batches for one optimisation step."""
-
-    batches: list[Batch]
-    stand_in: bool  # the batches only keep this process in step: their loss is weighted 0
-
-
-def iter_step_shares(
-    ds: datasets.Dataset,
-    sampler: TokenBatchSampler,
-    accumulate_steps: int,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-) -> Iterator[StepShare]:
-    """The rest of the sampler's current epoch, one optimisation step at a time, for process
-    ``rank`` of ``world_size``.
-
-    Each step takes the next ``accumulate_steps * world_size`` batches of the epoch (the last
-    step of an epoch takes what is left) and :func:`~seq2seq_attn.batching.rank_share` cuts them
-    between the processes, so every process runs the same number of steps per epoch and N
-    processes train on exactly the batches one process accumulating N times as many would.
-    The sampler's position counts the batches of the steps handed out, on every rank alike (a
-    checkpoint records the batches trained on, not the ones prefetched by workers); it moves
-    to the next epoch when the caller asks for a step past the last one.
-    """
-    group_size = accumulate_steps * world_size
-    remaining = sampler.batches(sampler.epoch)[sampler.position :]
-    groups = [
-        remaining[start : start + group_size] for start in range(0, len(remaining), group_size)
-    ]
-    shares = [rank_share(group, rank, world_size) for group in groups]
-    mine = BatchList.joined([share for share, _ in shares])  # no Python list per pair
-    produced = _collated(ds, mine, num_workers, pin_memory, sampler.seed + rank)
-    for group, (share, stand_in) in zip(groups, shares, strict=True):
-        batches = [next(produced) for _ in share]
-        sampler.advance(len(group))
-        yield StepShare(batches, stand_in)
-    sampler.next_epoch()

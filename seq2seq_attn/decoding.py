@@ -1,8 +1,10 @@
 """Batched greedy and beam search over the :class:`~seq2seq_attn.models.common.Seq2Seq` protocol.
 
-Search talks to a model only through ``encode``, ``init_state``, ``decode_step`` and the
-state's ``select``; it never asks which family it holds. All sentences of a batch (and all
-their beams) advance in one tensor, and a sentence leaves the batch as soon as it is finished.
+How to search is the ``decode`` section itself (:class:`~seq2seq_attn.config.DecodeConfig`:
+beam size, n-best, GNMT length penalty, output length limits). Search talks to a model only
+through ``encode``, ``init_state``, ``decode_step`` and the state's ``select``; it never asks
+which family it holds. All sentences of a batch (and all their beams) advance in one tensor,
+and a sentence leaves the batch as soon as it is finished.
 """
 
 from __future__ import annotations
@@ -14,38 +16,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .config import DecodeConfig
 from .models.common import Seq2Seq
 
 CHUNK_ELEMENTS = 1 << 19  # log-probabilities scored at once (2 MiB in fp32)
 TOP_K_BLOCK = 64  # columns per block in :func:`top_k`
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    """How to search.
-
-    Not ``config.DecodeConfig``: search sits below config in the layering (it runs over the
-    model protocol alone), so it keeps this small type; ``evaluate.search_options`` converts.
-    ``max_length_ratio`` and ``max_length_offset`` bound each sentence's output at
-    ``ratio * source length + offset`` tokens (EOS included), never more than ``max_length``
-    nor the model's ``max_positions``. ``length_penalty`` is GNMT's alpha (0 = none).
-    """
-
-    beam_size: int = 5
-    length_penalty: float = 0.0
-    min_length: int = 0
-    max_length: int = 256
-    max_length_ratio: float = 2.0
-    max_length_offset: int = 10
-    n_best: int = 1
-    return_attention: bool = False
-
-    def __post_init__(self) -> None:
-        if self.beam_size < 1 or not 1 <= self.n_best <= self.beam_size:
-            raise ValueError(
-                f"need beam_size >= 1 and 1 <= n_best <= beam_size, got beam_size="
-                f"{self.beam_size}, n_best={self.n_best}"
-            )
 
 
 @dataclass
@@ -65,12 +40,12 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def output_limits(src_mask: Tensor, options: SearchOptions, max_positions: int | None) -> Tensor:
+def output_limits(src_mask: Tensor, decode: DecodeConfig, max_positions: int | None) -> Tensor:
     """``(B,)`` most output tokens (EOS included) each sentence may produce."""
     src_lengths = src_mask.sum(dim=1).float()  # (B,)
-    limits = (src_lengths * options.max_length_ratio).floor().long() + options.max_length_offset
-    cap = options.max_length if max_positions is None else min(options.max_length, max_positions)
-    return limits.clamp(min=options.min_length + 1, max=max(cap, 1))
+    limits = (src_lengths * decode.max_length_ratio).floor().long() + decode.max_length_offset
+    cap = decode.max_length if max_positions is None else min(decode.max_length, max_positions)
+    return limits.clamp(min=decode.min_length + 1, max=max(cap, 1))
 
 
 def rows_per_chunk(logits: Tensor, group: int) -> int:
@@ -87,11 +62,11 @@ def scored_chunks(
     chunk_rows: int,
     step: int,
     eos_id: int,
-    options: SearchOptions,
+    decode: DecodeConfig,
     at_limit: Tensor,
 ) -> Iterator[tuple[slice, Tensor]]:
     """The fp32 log-probabilities of one decoder step's ``logits`` ``(N, V)``, a chunk of rows
-    at a time: ``(rows, log_probs (rows, V))``, EOS banned before ``options.min_length`` tokens
+    at a time: ``(rows, log_probs (rows, V))``, EOS banned before ``decode.min_length`` tokens
     and the only choice of rows marked in ``at_limit`` ``(N,)``.
 
     ``chunk_rows`` (:func:`rows_per_chunk`) keeps the fp32 copy in the CPU's cache; the search
@@ -102,7 +77,7 @@ def scored_chunks(
     for start in range(0, logits.size(0), chunk_rows):
         rows = slice(start, start + chunk_rows)
         log_probs = logits[rows].log_softmax(dim=-1, dtype=torch.float32)  # (rows, V)
-        if step < options.min_length:
+        if step < decode.min_length:
             log_probs[:, eos_id] = -math.inf
         if limited:
             force_eos(log_probs, at_limit[rows], eos_id)
@@ -150,25 +125,26 @@ def greedy_search(
     src_mask: Tensor,
     bos_id: int,
     eos_id: int,
-    options: SearchOptions | None = None,
+    decode: DecodeConfig,
+    return_attention: bool = False,
 ) -> list[Hypothesis]:
     """Most probable next token at every step, for a whole batch at once.
 
     Args:
         src: ``(B, S)`` source ids; src_mask: ``(B, S)``, True at real tokens.
-        options: limits, and whether to keep attention (beam size and n-best are ignored).
+        decode: the length limits and penalty (beam size and n-best are ignored).
+        return_attention: keep each hypothesis's ``(T, S)`` attention.
 
     Returns:
         One :class:`Hypothesis` per sentence, in batch order.
     """
-    options = options or SearchOptions(beam_size=1)
     batch = src.size(0)
-    limits = output_limits(src_mask, options, model.max_positions)  # (B,)
+    limits = output_limits(src_mask, decode, model.max_positions)  # (B,)
     state = model.init_state(model.encode(src, src_mask))
     output = torch.full((batch, int(limits.max())), eos_id, dtype=torch.long, device=src.device)
     attention = (
         src.new_zeros((batch, output.size(1), src.size(1)), dtype=torch.float)
-        if options.return_attention
+        if return_attention
         else None
     )
     lengths = limits.clone()  # tokens produced, EOS included
@@ -177,13 +153,13 @@ def greedy_search(
     prev_tokens = torch.full((batch,), bos_id, dtype=torch.long, device=src.device)
     for step in range(output.size(1)):
         logits, state, step_attention = model.decode_step(
-            prev_tokens, state, options.return_attention
+            prev_tokens, state, return_attention
         )  # (N, V)
         best = torch.empty(logits.size(0), device=logits.device)  # (N,)
         prev_tokens = torch.empty(logits.size(0), dtype=torch.long, device=logits.device)
         at_limit = limits[active] == step + 1
         for rows, log_probs in scored_chunks(
-            logits, rows_per_chunk(logits, 1), step, eos_id, options, at_limit
+            logits, rows_per_chunk(logits, 1), step, eos_id, decode, at_limit
         ):
             best[rows], prev_tokens[rows] = (found.squeeze(1) for found in top_k(log_probs, 1))
         output[active, step] = prev_tokens
@@ -201,7 +177,7 @@ def greedy_search(
         Hypothesis(
             tokens=output[i, : lengths[i] - 1].tolist(),
             log_prob=float(log_prob_sums[i]),
-            score=float(log_prob_sums[i]) / length_penalty(int(lengths[i]), options.length_penalty),
+            score=float(log_prob_sums[i]) / length_penalty(int(lengths[i]), decode.length_penalty),
             attention=None if attention is None else attention[i, : lengths[i]].clone(),
         )
         for i in range(batch)
@@ -227,7 +203,8 @@ def beam_search(
     src_mask: Tensor,
     bos_id: int,
     eos_id: int,
-    options: SearchOptions,
+    decode: DecodeConfig,
+    return_attention: bool = False,
 ) -> list[list[Hypothesis]]:
     """Batched beam search with GNMT length penalty.
 
@@ -236,11 +213,11 @@ def beam_search(
     hypotheses or reaches its length limit, and then leaves the batch.
 
     Returns:
-        Per sentence (batch order), its ``options.n_best`` best hypotheses, best first.
+        Per sentence (batch order), its ``decode.n_best`` best hypotheses, best first.
     """
-    beam_size, device = options.beam_size, src.device
+    beam_size, device = decode.beam_size, src.device
     batch = src.size(0)
-    limits = output_limits(src_mask, options, model.max_positions)  # (B,)
+    limits = output_limits(src_mask, decode, model.max_positions)  # (B,)
     scores = torch.full((batch, beam_size), -math.inf, device=device)
     scores[:, 0] = 0.0  # all beams start identical: let only the first one expand
     beams = _Beams(
@@ -249,7 +226,7 @@ def beam_search(
         tokens=torch.empty((batch * beam_size, 0), dtype=torch.long, device=device),
         attention=(
             torch.empty((batch * beam_size, 0, src.size(1)), device=device)
-            if options.return_attention
+            if return_attention
             else None
         ),
         prev_tokens=torch.full((batch * beam_size,), bos_id, dtype=torch.long, device=device),
@@ -257,10 +234,10 @@ def beam_search(
     )
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for step in range(int(limits.max())):
-        beams = _beam_step(model, beams, step, limits, eos_id, options, finished)
+        beams = _beam_step(model, beams, step, limits, eos_id, decode, finished)
         if beams is None:
             break
-    return [sorted(hyps, key=lambda h: -h.score)[: options.n_best] for hyps in finished]
+    return [sorted(hyps, key=lambda h: -h.score)[: decode.n_best] for hyps in finished]
 
 
 def _beam_step(
@@ -269,14 +246,14 @@ def _beam_step(
     step: int,
     limits: Tensor,
     eos_id: int,
-    options: SearchOptions,
+    decode: DecodeConfig,
     finished: list[list[Hypothesis]],
 ) -> _Beams | None:
     """Advance every live sentence by one token; ``None`` once all are done."""
-    beam_size = options.beam_size
+    beam_size = decode.beam_size
     num_sentences = beams.sentences.numel()
     logits, state, step_attention = model.decode_step(
-        beams.prev_tokens, beams.state, options.return_attention
+        beams.prev_tokens, beams.state, beams.attention is not None
     )  # (N * K, V)
     at_limit = limits[beams.sentences] == step + 1  # (N,)
     vocab = logits.size(-1)
@@ -286,7 +263,7 @@ def _beam_step(
     chunk = rows_per_chunk(logits, beam_size)
     row_scores = beams.scores.view(-1, 1)  # (N * K, 1)
     for rows, log_probs in scored_chunks(
-        logits, chunk, step, eos_id, options, at_limit.repeat_interleave(beam_size)
+        logits, chunk, step, eos_id, decode, at_limit.repeat_interleave(beam_size)
     ):
         candidates = log_probs.add_(row_scores[rows]).view(-1, beam_size * vocab)
         sentences = slice(rows.start // beam_size, rows.start // beam_size + candidates.size(0))
@@ -300,7 +277,7 @@ def _beam_step(
     if attention is not None:
         attention = torch.cat([attention, step_attention.float().unsqueeze(1)], dim=1)
 
-    _finish(beams, top_scores, is_eos, from_rows, attention, step, options, finished)
+    _finish(beams, top_scores, is_eos, from_rows, attention, step, decode, finished)
     done = at_limit | torch.tensor(
         [len(finished[i]) >= beam_size for i in beams.sentences.tolist()], device=at_limit.device
     )
@@ -327,15 +304,15 @@ def _finish(
     from_rows: Tensor,
     attention: Tensor | None,
     step: int,
-    options: SearchOptions,
+    decode: DecodeConfig,
     finished: list[list[Hypothesis]],
 ) -> None:
     """Record the EOS candidates ranked in the top ``K`` of their sentence as finished."""
-    beam_size = options.beam_size
+    beam_size = decode.beam_size
     eos_ranked = is_eos[:, :beam_size] & top_scores[:, :beam_size].isfinite()  # (N, K)
     if not bool(eos_ranked.any()):
         return
-    penalty = length_penalty(step + 1, options.length_penalty)
+    penalty = length_penalty(step + 1, decode.length_penalty)
     for n, rank in eos_ranked.nonzero().tolist():
         sentence = int(beams.sentences[n])
         if len(finished[sentence]) >= beam_size:

@@ -19,12 +19,30 @@ logger = logging.getLogger(__name__)
 CPUINFO = Path("/proc/cpuinfo")  # Linux; elsewhere absent, and the functions fall back
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: invalid value 'cuda'; no CUDA GPU is visible: use cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(name: str, option: str, visible_gpus: int | None = None) -> torch.device:
+    """The device that ``name`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``) means here:
+    ``auto`` -> CUDA when a GPU is visible, else the CPU.
+
+    ``option`` is what the user typed it as (``train.device``, ``--device``): a
+    :class:`ConfigError` names it. ``visible_gpus`` is how many CUDA GPUs the runtime that will
+    use the device sees (default: torch's count).
+    """
+    kind, colon, index = name.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (colon and (kind != "cuda" or not index.isdigit())):
+        raise ConfigError(f"{option}: invalid value {name!r}; use {DEVICE_CHOICES}")
+    gpus = torch.cuda.device_count() if visible_gpus is None else visible_gpus
+    if kind == "auto":
+        return torch.device("cuda" if gpus > 0 else "cpu")
+    if kind == "cuda" and gpus == 0:
+        raise ConfigError(f"{option}: invalid value {name!r}; no CUDA GPU is visible: use cpu")
+    if kind == "cuda" and int(index or 0) >= gpus:
+        raise ConfigError(
+            f"{option}: invalid value {name!r}; {gpus} CUDA GPU(s) are visible here: use cpu, "
+            f"auto or cuda:0 ... cuda:{gpus - 1}"
+        )
     return torch.device(name)
 
 
@@ -93,8 +111,9 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
 
 
-def resolve_precision(name: str, device: torch.device) -> Precision:
-    """``train.precision`` on ``device``: ``auto`` picks bf16 on CUDA with bf16 support and on
+def resolve_precision(name: str, device: torch.device, option: str) -> Precision:
+    """``name`` (what the user typed as ``option``: ``train.precision``, ``--precision``) on
+    ``device``: ``auto`` picks bf16 on CUDA with bf16 support and on
     CPUs with native bf16, fp16 on older GPUs, fp32 otherwise; fp16 needs CUDA."""
     on_cuda = device.type == "cuda"
     if name == "auto":
@@ -104,7 +123,7 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
             name = "bf16" if cpu_has_fast_bf16() else "fp32"
     if name == "fp16" and not on_cuda:
         raise ConfigError(
-            "train.precision: invalid value 'fp16' on the CPU; fp16 needs CUDA: use bf16 or fp32"
+            f"{option}: invalid value 'fp16' on the CPU; fp16 needs CUDA: use bf16 or fp32"
         )
     if name == "bf16" and not on_cuda and not cpu_has_fast_bf16():
         logger.warning("this CPU has no native bf16 (AMX/AVX-512 BF16): bf16 will be slow")

@@ -1,9 +1,13 @@
 """Training in several processes launched by ``torchrun``: the process group from torchrun's
-environment, rank-0 decisions, the few collectives the loop needs, and the DDP wrapper.
+environment, the few collectives training needs, failing together, and the DDP wrapper.
 
 In one process (no torchrun environment) :class:`World` is a single-process stand-in: every
 collective returns its input, and :meth:`World.replicate` returns no wrapper, so the training
 loop runs one code path whatever the number of processes.
+
+Work that one process does for the others (rank 0 trains the tokenizer, validates) is plain code
+inside :meth:`World.together`, followed by a :meth:`World.broadcast` of its result: an exception
+inside the block reaches every process instead of leaving the others waiting.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import logging
 import os
 import socket
 import warnings
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import TypeVar
 
@@ -28,6 +33,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+CACHE_TURNS = 3  # rank 0, then the first process of every other machine, then the rest
 
 
 class DistributedError(RuntimeError):
@@ -72,6 +78,14 @@ class World:
         """Rank 0: the one process that writes files, validates and draws progress."""
         return self.rank == 0
 
+    @property
+    def cache_turn(self) -> int:
+        """This process's turn (of :data:`CACHE_TURNS`) to build or read a shared cache: 0 for
+        rank 0, 1 for the first process of every other machine, 2 for the rest; so that what
+        rank 0 writes is read, not rebuilt, by the others, and a machine that cannot see rank
+        0's files builds its own once."""
+        return 0 if self.is_main else 1 if self.local_rank == 0 else 2
+
     @classmethod
     def from_environment(
         cls, backend: str, device: torch.device, timeout_minutes: float
@@ -95,12 +109,11 @@ class World:
         world.backend, world.distributed = backend, True
         return world, device
 
-    def describe(self) -> str:
-        """The processes and their machines, e.g. ``2 processes (gloo) on vm x2`` (collective:
-        every process must call it)."""
+    def describe(self, hosts: list[str]) -> str:
+        """The processes and their machines (``hosts``: every process's :attr:`host`, gathered),
+        e.g. ``2 processes (gloo) on vm x2``."""
         if not self.distributed:
             return "1 process"
-        hosts = self.gather(self.host)
         machines = ", ".join(f"{host} x{hosts.count(host)}" for host in dict.fromkeys(hosts))
         return f"{self.world_size} processes ({self.backend}) on {machines}"
 
@@ -151,60 +164,32 @@ class World:
     def check(self, error: str | None) -> None:
         """Raise on every process when any process reports an ``error`` (all stop together
         instead of waiting for a process that has failed)."""
-        errors = [(rank, message) for rank, message in enumerate(self.gather(error)) if message]
-        if not errors:
+        self.raise_failures(self.gather(error), error)
+
+    @staticmethod
+    def raise_failures(errors: list[str | None], error: str | None) -> None:
+        """Raise when any of ``errors`` (every process's, gathered in rank order) is set: this
+        process's own ``error`` as it is, else the first failed rank's, named."""
+        failed = [(rank, message) for rank, message in enumerate(errors) if message]
+        if not failed:
             return
         if error is not None:
             raise DistributedError(error)
-        rank, message = errors[0]
+        rank, message = failed[0]
         raise DistributedError(f"rank {rank} failed: {message}")
 
-    def in_turn(self, work: Callable[[], T]) -> T:
-        """Run ``work`` on rank 0 first, then on the first process of every other machine, then
-        on the rest; so that what rank 0 writes (a data cache) is read, not rebuilt, by the
-        others, and a machine that cannot see rank 0's files builds its own once. An exception
-        on any process stops all of them."""
-        stage = 0 if self.is_main else 1 if self.local_rank == 0 else 2
-        return self._turns(work, stage, turns=3)  # type: ignore[return-value]
-
-    def main_only(self, work: Callable[[], T]) -> T | None:
-        """``work()`` on rank 0 (None elsewhere); an exception there stops every process."""
-        return self._turns(work, 0 if self.is_main else 1, turns=1)
-
-    def _turns(self, work: Callable[[], T], stage: int, turns: int) -> T | None:
-        """Run ``work`` in turn ``stage`` of ``turns`` (never when ``stage`` >= ``turns``), all
-        processes agreeing after each turn whether one failed."""
-        result: T | None = None
-        for turn in range(turns if self.distributed else 1):
-            error = None
-            if turn == stage:
-                try:
-                    result = work()
-                except Exception as exc:
-                    if not self.distributed:
-                        raise
-                    error = f"{type(exc).__name__}: {exc}"
-                    self.gather(error)  # tell the others, then fail with the original error
-                    raise
-            self.check(error)
-        return result
-
-    def on_main(self, work: Callable[[], T]) -> T:
-        """Run ``work`` on rank 0 only and hand its (picklable) result to every process; an
-        exception on rank 0 stops all of them."""
-        if not self.distributed:
-            return work()
-        result, error = None, None
-        if self.is_main:
-            try:
-                result = work()
-            except Exception as exc:
-                self.broadcast((None, f"{type(exc).__name__}: {exc}"))
-                raise
-        result, error = self.broadcast((result, error))
-        if error is not None:
-            raise DistributedError(f"rank 0 failed: {error}")
-        return result  # type: ignore[return-value]
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """A block that every process enters, each doing its part (or nothing), and after which
+        all agree whether one failed: an exception inside is raised on its process and reaches
+        the others as a :class:`DistributedError` naming its rank."""
+        try:
+            yield
+        except Exception as exc:
+            if self.distributed:  # tell the others, then fail with the original error
+                self.gather(f"{type(exc).__name__}: {exc}")
+            raise
+        self.check(None)
 
     # ---- the model ---------------------------------------------------------------------------
 

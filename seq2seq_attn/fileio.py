@@ -1,13 +1,15 @@
-"""Atomic file writes: the one helper that every file the project writes goes through.
+"""Atomic writes: the one place every file (and every folder) the project writes goes through.
 
 A write goes to a temporary file in the target's folder, is flushed and fsync'ed, renamed over
 the target and the folder is fsync'ed, so a crash or a kill at any moment leaves the previous
-file or the new one, never a partial file. Standard library only, so every layer may use it.
+file or the new one, never a partial file; :func:`replace_folder` does the same for a folder
+built beside its target. Standard library only, so every layer may use it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -70,30 +72,23 @@ def fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-class TextFileError(ValueError):
-    """A text input that cannot be read: the message names the file (and line) and the problem."""
+def replace_folder(new: Path, target: Path) -> None:
+    """Move the complete folder ``new`` (built beside ``target``) to ``target``, with the
+    permissions a new folder gets; an earlier ``target`` is set aside first and deleted only
+    once the new one is in place, so a crash leaves the old folder or the new one."""
+    new.chmod(0o777 & ~_umask())
+    if not target.exists():
+        new.rename(target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    old.rmdir()
+    target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old)
 
 
-def decode_lines(data: bytes, origin: str) -> list[str]:
-    """UTF-8 ``data`` split into lines as sacreBLEU splits a file: on ``\\n``, a final line end
-    closing the last line, a ``\\r`` before it dropped, blank lines kept. Invalid UTF-8 raises
-    :class:`TextFileError` naming ``origin`` and the line."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise TextFileError(f"{origin}:{line}: not valid UTF-8 ({error.reason})") from None
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line.rstrip("\r") for line in lines]
-
-
-def read_lines(path: str | Path) -> list[str]:
-    """The lines of the UTF-8 text file ``path`` (see :func:`decode_lines`); an unreadable file
-    raises :class:`TextFileError` naming it."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise TextFileError(f"{path}: cannot read ({error.strerror})") from None
-    return decode_lines(data, str(path))
+def _umask() -> int:
+    """The process's file creation mask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,4 +1,5 @@
-"""Corpus-level BLEU, chrF and TER from sacreBLEU, each with its signature.
+"""Corpus-level BLEU, chrF and TER from sacreBLEU, each with its signature, and lowercased BLEU
+on Moses-tokenized text (sacremoses, the optional ``moses`` extra, imported only when used).
 
 Scores are computed on detokenized text, exactly as the ``sacrebleu`` command line computes them,
 so the numbers are comparable with published ones that quote the same signature.
@@ -7,7 +8,8 @@ so the numbers are comparable with published ones that quote the same signature.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from importlib.metadata import version
 
 from sacrebleu.metrics import BLEU, CHRF, TER
 
@@ -67,3 +69,30 @@ def corpus_scores(
         signature = str(scorer.get_signature())
         scores[name] = Score(result.name, result.score, result.format(), signature)
     return scores
+
+
+def moses_lowercased_bleu(
+    hypotheses: Sequence[str], references: Sequence[str], lang: str
+) -> Score | None:
+    """Lowercased BLEU on Moses-tokenized text, as papers on Multi30k often report it: each line
+    lowercased, its punctuation normalized and Moses-tokenized for ``lang`` (sacremoses, no XML
+    escaping: it changes no BLEU), then sacreBLEU with ``-lc -tok none``, as the Multi30k
+    release prepares its tokenized files. The signature names the sacremoses steps before
+    sacreBLEU's own. None when sacremoses (the ``moses`` extra) is not installed."""
+    try:
+        from sacremoses import MosesPunctNormalizer, MosesTokenizer
+    except ImportError:
+        return None
+    normalizer, tokenizer = MosesPunctNormalizer(lang=lang), MosesTokenizer(lang=lang)
+
+    def tokenized(lines: Sequence[str]) -> list[str]:
+        return [
+            tokenizer.tokenize(normalizer.normalize(line.lower()), escape=False, return_str=True)
+            for line in lines
+        ]
+
+    bleu = corpus_scores(
+        tokenized(hypotheses), tokenized(references), ("bleu",), lowercase=True, tokenize="none"
+    )["bleu"]
+    steps = f"lowercase | sacremoses {version('sacremoses')} -l {lang} normalize tokenize"
+    return replace(bleu, signature=f"{steps} | {bleu.signature}")

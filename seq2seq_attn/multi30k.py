@@ -9,7 +9,6 @@ corrupted or different file does not. ``scripts/prepare_multi30k.py`` is its com
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import logging
 import os
@@ -18,7 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from .fileio import TextFileError, read_lines, write_atomic
+from .corpus import (
+    MisalignedError,
+    TextFileError,
+    check_aligned,
+    gunzipped,
+    line_count,
+    read_parallel,
+)
+from .fileio import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +72,9 @@ def parse_pair(pair: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-def _decompressed(data: bytes) -> bytes:
-    """``data`` itself, or its gunzipped content when it starts with the gzip magic."""
-    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-
-
 def _verified(name: str, data: bytes, origin: str) -> bytes:
     """The decompressed text of ``name``, after checking its SHA-256."""
-    text = _decompressed(data)
+    text = gunzipped(data)
     digest = hashlib.sha256(text).hexdigest()
     if digest != SHA256[name]:
         raise PrepareError(
@@ -126,9 +128,10 @@ def prepare(
             if text is None and source_dir is not None:
                 raise PrepareError(f"{source_dir}: neither {name}.gz nor {name} is there")
             texts.append(text if text is not None else read_remote(base_url, name, opener))
-        counts = [text.count(b"\n") for text in texts]
-        if counts[0] != counts[1]:
-            raise PrepareError(f"{names[0]} has {counts[0]} lines but {names[1]} has {counts[1]}")
+        try:
+            check_aligned(names[0], line_count(texts[0]), names[1], line_count(texts[1]))
+        except MisalignedError as error:
+            raise PrepareError(str(error)) from None
         for name, text in zip(names, texts, strict=True):
             write_atomic(out / name, text)
             written.append(out / name)
@@ -177,12 +180,10 @@ def read_split(directory: Path, split: str, src: str, tgt: str) -> tuple[list[st
     """The source and reference lines of a prepared split, checked to be line-aligned UTF-8."""
     source_file, reference_file = directory / f"{split}.{src}", directory / f"{split}.{tgt}"
     try:
-        sources, references = read_lines(source_file), read_lines(reference_file)
+        return read_parallel(source_file, reference_file)
+    except MisalignedError as error:
+        raise PrepareError(
+            f"{error}; prepare the data again (delete both files and run again)"
+        ) from None
     except TextFileError as error:
         raise PrepareError(f"{error}; prepare the data again") from None
-    if len(sources) != len(references):
-        raise PrepareError(
-            f"{source_file} has {len(sources)} lines but {reference_file} has {len(references)}; "
-            "prepare the data again (delete both files and run again)"
-        )
-    return sources, references

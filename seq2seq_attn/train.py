@@ -1,219 +1,51 @@
-"""The training loop: steps with accumulation and clipping, validation, early stopping, a run
-directory with self-contained checkpoints, and exact resume.
+"""The training loop: steps with accumulation and clipping, validation, early stopping,
+checkpoints in the run directory, and exact resume.
 
-Entry point: :func:`train`. Progress reaches the caller through :class:`TrainCallback` hooks (the
-CLI draws them); a ``threading.Event`` passed as ``stop`` asks the loop to finish the current
-step, save ``last.pt`` and return (what a SIGINT/SIGTERM handler sets).
+Entry point: :func:`train`. It opens a :class:`~seq2seq_attn.session.Session` (everything decided
+before the first step, agreed by every process) and runs the loop on it. Progress reaches the
+caller through :class:`~seq2seq_attn.events.TrainCallback` hooks (the CLI draws them); a
+``threading.Event`` passed as ``stop`` asks the loop to finish the current step, save ``last.pt``
+and return (what a SIGINT/SIGTERM handler sets).
 
 Launched by ``torchrun``, every process runs this same loop on its share of each step's batches
-(:func:`~seq2seq_attn.data.iter_step_shares`) and the model is wrapped in
-``DistributedDataParallel``. Rank 0 alone trains the tokenizer, builds the data cache first,
-validates and writes files; every decision that ends or shapes the run (limits, early stopping,
-a signal, the dev BLEU) is agreed by all processes, so they all stop at the same step.
+(:func:`~seq2seq_attn.loaders.iter_step_shares`) and the model is wrapped in
+``DistributedDataParallel``. Rank 0 alone validates and writes files; every decision that ends or
+shapes the run (limits, early stopping, a signal, the dev BLEU) is agreed by all processes, so
+they all stop at the same step.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config, config_from_plain, to_plain, to_yaml
-from .data import (
-    Batch,
-    StepShare,
-    iter_batches,
-    iter_step_shares,
-    load_pairs,
-    load_split,
-    make_sampler,
-    texts,
-    tokenize_pairs,
-)  # fmt: skip
-from .device import Precision, resolve_device, resolve_precision
-from .distributed import DistributedError, World
-from .evaluate import Evaluation, score_translations, search_options
-from .fileio import write_text_atomic
-from .metrics import Score
-from .models import Seq2Seq, build_model
+from .batching import Batch
+from .checkpoint import save_checkpoint
+from .config import Config, to_plain
+from .evaluate import Evaluation, score_translations
+from .events import Progress, RunInfo, StepReport, TrainCallback, TrainSummary, ValidationReport
+from .loaders import StepShare, iter_batches, iter_step_shares, make_sampler
 from .optim import Trainer
 from .rundir import (
     BEST_FILE,
-    CONFIG_FILE,
     LAST_FILE,
-    METRICS_FILE,
-    RunDirError,
-    TrainSummary,
-    forget_summary,
-    prepare_run_dir,
+    append_metrics,
     prune_numbered,
-    trim_metrics,
+    step_checkpoint,
     write_summary,
 )
-from .tokenizer import Tokenizer, train_tokenizer
+from .session import Session, open_session, restore_rng, rng_state
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "seq2seq-attn/1"
 NUM_SAMPLES = 3
-MACHINE_LOCAL_DATA_KEYS = ("cache_dir", "num_workers", "num_proc")  # change no result
 STOP_REASONS = ("max_steps", "max_epochs", "max_minutes", "early_stopping", "stopped")
-
-
-@dataclass
-class Progress:
-    """Counters that a checkpoint carries so that a resumed run continues exactly."""
-
-    step: int = 0
-    elapsed: float = 0.0  # seconds of training, summed over resumed sessions
-    best_bleu: float | None = None
-    best_step: int = 0
-    bad_validations: int = 0  # validations since the best one (early stopping)
-    last_validated: int = 0
-    nonfinite_total: int = 0
-    target_tokens: int = 0  # target positions trained on (EOS included), for throughput
-    step_seconds: float = 0.0  # seconds inside optimisation steps (no validation or saving)
-
-
-@dataclass
-class RunInfo:
-    """What the loop starts with (for a banner)."""
-
-    run_dir: Path
-    device: str
-    precision: str
-    num_parameters: int
-    train_pairs: int
-    start_step: int
-    max_steps: int | None
-    steps_per_epoch: int  # with accumulate_steps batches per step (for an ETA under max_epochs)
-
-
-@dataclass
-class StepReport:
-    """One optimisation step: per-token means over its target tokens."""
-
-    step: int
-    epoch: int  # 1-based epoch the step's batches came from
-    loss: float  # label-smoothed
-    perplexity: float  # exp of the per-token NLL
-    lr: float
-    tokens: int  # source + target tokens in the step
-    tokens_per_second: float
-    elapsed: float
-    skipped: bool  # the loss or gradient was NaN/inf and no update was made
-
-
-@dataclass
-class ValidationReport:
-    """One validation on the dev split."""
-
-    step: int
-    loss: float
-    perplexity: float
-    scores: dict[str, Score]
-    best_bleu: float
-    is_best: bool
-    samples: list[tuple[str, str, str]] = field(default_factory=list)  # (src, ref, hypothesis)
-
-
-class TrainCallback:
-    """Hooks the loop calls; subclass and override the ones you need (each does nothing here)."""
-
-    def on_start(self, info: RunInfo) -> None:
-        """Before the first step (after setup and resume)."""
-
-    def on_step(self, report: StepReport) -> None:
-        """After every optimisation step."""
-
-    def on_validation(self, report: ValidationReport) -> None:
-        """After every validation."""
-
-    def on_checkpoint(self, path: Path) -> None:
-        """After a checkpoint file was written."""
-
-    def on_end(self, summary: TrainSummary) -> None:
-        """After the last checkpoint was written."""
-
-
-# ---- seeds and resume checks -----------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's and torch's generators (CUDA included)."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    """The generators' states as plain data (for checkpoints)."""
-    python_state = random.getstate()
-    state = {"python": [python_state[0], list(python_state[1]), python_state[2]]}
-    state["torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` returned."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def first_difference(
-    saved: object, current: object, key: str, labels: tuple[str, str] = ("in the run", "now")
-) -> str | None:
-    """The first dotted key where two plain configs differ, with both values (each followed by
-    its label), or None."""
-    if isinstance(saved, dict) and isinstance(current, dict):
-        for name in saved.keys() | current.keys():
-            found = first_difference(saved.get(name), current.get(name), f"{key}.{name}", labels)
-            if found:
-                return found
-        return None
-    if saved == current:
-        return None
-    return f"{key}: {saved!r} {labels[0]}, {current!r} {labels[1]}"
-
-
-def check_resumable(saved: Config, config: Config, path: Path) -> None:
-    """Refuse to resume with other data, tokenizer or model settings than the run's (where the
-    cache and the test split live may change)."""
-    movable = {"test", *MACHINE_LOCAL_DATA_KEYS}
-    for section in ("data", "tokenizer", "model"):
-        saved_values, values = to_plain(getattr(saved, section)), to_plain(getattr(config, section))
-        if section == "data":
-            saved_values, values = (
-                {key: value for key, value in plain.items() if key not in movable}
-                for plain in (saved_values, values)
-            )
-        found = first_difference(saved_values, values, section)
-        if found:
-            raise RunDirError(
-                f"{path}: cannot resume with a different {section} section ({found}); resume "
-                "with the run's config.yaml or start a new run directory"
-            )
-
-
-def build_tokenizer(config: Config, checkpoint: dict | None) -> Tokenizer:
-    """The checkpoint's tokenizer on resume, else SentencePiece trained on the training split."""
-    if checkpoint is not None:
-        return Tokenizer.from_state_dict(checkpoint["tokenizer"])
-    pairs = load_pairs(config.data, "train")
-    return train_tokenizer(texts(pairs, "src"), texts(pairs, "tgt"), config.tokenizer)
 
 
 def train(
@@ -229,160 +61,39 @@ def train(
     A new run refuses a non-empty ``run_dir``; ``resume=True`` continues from its ``last.pt``
     exactly (same data, tokenizer and model sections required; train limits may change).
     Under ``torchrun`` this process joins the others (see the module's docstring); only rank 0
-    calls ``callbacks``. Raises :class:`RunDirError`, ``ConfigError``, ``DataError``,
-    :class:`NonFiniteLossError` or :class:`DistributedError`.
+    calls ``callbacks``. Raises :class:`~seq2seq_attn.rundir.RunDirError`, ``ConfigError``,
+    ``DataError``, ``NonFiniteLossError`` or ``DistributedError``.
     """
-    run_dir = Path(run_dir)
-    world, device = World.from_environment(
-        config.train.ddp_backend, resolve_device(config.train.device),
-        config.train.ddp_timeout_minutes,
-    )  # fmt: skip
-    main_callbacks = list(callbacks) if world.is_main else []
-    try:
-        summary = _train(config, run_dir, resume, main_callbacks, stop, world, device)
-    except BaseException:
-        world.close(finished=False)
-        raise
-    world.close(finished=True)
-    return summary
-
-
-def _train(
-    config: Config,
-    run_dir: Path,
-    resume: bool,
-    callbacks: list[TrainCallback],
-    stop: threading.Event | None,
-    world: World,
-    device: torch.device,
-) -> TrainSummary:
-    """:func:`train` once the processes (one without torchrun) have joined."""
-    opened: dict = {}
-
-    def open_on_main() -> dict:
-        """Create or check the run directory; the tokenizer's state (trained on a new run)."""
-        opened["checkpoint"] = checkpoint = prepare_run_dir(run_dir, resume)
-        if checkpoint is not None:
-            check_resumable(config_from_plain(checkpoint["config"]), config, run_dir / LAST_FILE)
-        opened["tokenizer"] = build_tokenizer(config, checkpoint)
-        return opened["tokenizer"].state_dict()
-
-    tokenizer_state = world.on_main(open_on_main)
-    if world.distributed:
-        logger.info("training with %s", world.describe())
-        check_same_config(world, config)
-    tokenizer = opened.get("tokenizer") or Tokenizer.from_state_dict(tokenizer_state)
-    checkpoint = opened.get("checkpoint")
-    if resume:
-        checkpoint = shared_checkpoint(world, run_dir, checkpoint)
-    precision = resolve_precision(config.train.precision, device)
-    seed_everything(config.train.seed + world.rank)  # other dropout masks on every process
-    run = Run(config, run_dir, tokenizer, device, precision, callbacks, stop, world)
-    if checkpoint is not None:
-        run.load_state_dict(checkpoint)
-    if world.is_main:
-        if checkpoint is not None:
-            trim_metrics(run_dir / METRICS_FILE, run.progress.step)
-            forget_summary(run_dir)
-        tokenizer.save(run_dir)
-        write_text_atomic(run_dir / CONFIG_FILE, to_yaml(config))
-    return run.run()
-
-
-def check_same_config(world: World, config: Config) -> None:
-    """Fail on every process when one was given another config than rank 0 (other steps per
-    epoch would make them wait for each other forever); where a machine keeps its data cache
-    and how many processes load data may differ."""
-    mine = to_plain(config)
-    for key in MACHINE_LOCAL_DATA_KEYS:
-        mine["data"].pop(key)
-    found = first_difference(world.broadcast(mine), mine, "config", ("on rank 0", "here"))
-    world.check(
-        None
-        if found is None
-        else f"rank {world.rank} on {world.host} has another config than rank 0 ({found}); "
-        "start every machine with the same config file and --set options"
-    )
-
-
-def shared_checkpoint(world: World, run_dir: Path, checkpoint: dict | None) -> dict:
-    """Rank 0's ``checkpoint`` (already loaded) or, on the other processes, the same ``last.pt``
-    read from the shared run directory; every process fails together when one cannot see it or
-    sees another step."""
-    path, error = run_dir / LAST_FILE, None
-    if not world.is_main:
-        if path.is_file():
-            try:
-                checkpoint = load_checkpoint(path)
-            except Exception as exc:  # every process must hear of it, or the others wait
-                error = f"rank {world.rank} on {world.host}: {exc}"
-        else:
-            error = (
-                f"{path}: rank {world.rank} on {world.host} cannot see the checkpoint rank 0 "
-                "resumes from; with several machines the run directory must be on a filesystem "
-                "every machine mounts at the same path (NFS, Lustre, ...)"
-            )
-    world.check(error)
-    assert checkpoint is not None
-    steps = world.gather(int(checkpoint["progress"]["step"]))
-    if len(set(steps)) > 1:
-        raise DistributedError(
-            f"{path}: the processes read checkpoints of different steps ({steps}, by rank); "
-            "every machine must see the same run directory (a shared filesystem, not copies)"
-        )
-    return checkpoint
+    with open_session(config, Path(run_dir), resume) as session:
+        main_callbacks = list(callbacks) if session.world.is_main else []
+        return Run(session, main_callbacks, stop).run()
 
 
 class Run:
-    """One training run's state and loop (built by :func:`train`)."""
+    """One training run's state and loop, on a ready session (built by :func:`train`)."""
 
     def __init__(
-        self,
-        config: Config,
-        run_dir: Path,
-        tokenizer: Tokenizer,
-        device: torch.device,
-        precision: Precision,
-        callbacks: list[TrainCallback],
-        stop: threading.Event | None,
-        world: World | None = None,
+        self, session: Session, callbacks: list[TrainCallback], stop: threading.Event | None
     ) -> None:
-        self.config, self.run_dir, self.tokenizer = config, run_dir, tokenizer
-        self.device, self.precision, self.callbacks = device, precision, callbacks
-        self.stop = stop or threading.Event()
-        self.world = world or World()
-        # rank 0 tokenizes and caches first; the others then read its cache
-        self.train_ds, _ = self.world.in_turn(lambda: load_split(config.data, "train", tokenizer))
+        config = self.config = session.config
+        self.run_dir, self.world, self.tokenizer = session.run_dir, session.world, session.tokenizer
+        self.device, self.precision, self.model = session.device, session.precision, session.model
+        self.callbacks, self.stop = callbacks, stop or threading.Event()
+        self.train_ds, self.validates = session.train_data, bool(config.data.dev)
+        dev = session.dev  # validation runs on rank 0: None elsewhere
+        self.dev_ds, self.dev_pairs = (dev.tokenized, dev.pairs) if dev else (None, None)
         self.sampler = make_sampler(self.train_ds, config.data.max_tokens, seed=config.train.seed)
         self.shares = self.step_shares()
-        model = build_model(
-            config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.joint
-        )
-        self.model: Seq2Seq = model.to(device)
-        self.validates = bool(config.data.dev)
-        dev = self.world.main_only(self._dev_data)  # validation runs on rank 0
-        self.dev_ds, self.dev_pairs = dev if dev is not None else (None, None)
         self.replica = self.world.replicate(self.model)
         collectives = self.world if self.world.distributed else None
         self.trainer = Trainer(
-            self.model, config.train, precision, device, self.replica, collectives
+            self.model, config.train, self.precision, self.device, self.replica, collectives
         )
         self.progress = Progress()
         self.start_time = time.monotonic()
         self.saved_step = -1  # the step last.pt holds
-
-    def _dev_data(self) -> tuple:
-        """The tokenized dev split (for the loss) and its raw pairs (for BLEU) as datasets, or
-        ``(None, None)`` when ``data.dev`` is empty."""
-        if not self.config.data.dev:
-            return None, None
-        pairs = load_pairs(self.config.data, "dev")
-        limit = self.model.max_positions
-        tokenized, _ = tokenize_pairs(
-            pairs, self.tokenizer, self.config.data.cache_dir,
-            None if limit is None else limit - 1, "dev (loss: pairs within the model's limit)",
-        )  # fmt: skip
-        return tokenized, pairs
+        if session.checkpoint is not None:
+            self.load_state_dict(session.checkpoint)
 
     def state_dict(self) -> dict:
         """A self-contained checkpoint: plain data and tensors only."""
@@ -406,46 +117,25 @@ class Run:
         self.sampler.load_state_dict(state["sampler"])
         self.shares = self.step_shares()
         self.progress = Progress(**state["progress"])
-        world, saved_world_size = self.world, int(state.get("world_size", 1))
-        if saved_world_size == world.world_size:
-            restore_rng_state(state.get("rng_per_rank", [state["rng"]])[world.rank])
-            return
-        if world.is_main:
-            restore_rng_state(state["rng"])
-            logger.warning(
-                "resuming a checkpoint of %d process(es) with %d: each step now takes %d x "
-                "train.accumulate_steps batches of the epoch (the global batch changes), the rest "
-                "of epoch %d is cut into steps differently, and ranks above 0 draw new dropout "
-                "seeds",
-                saved_world_size, world.world_size, world.world_size, self.sampler.epoch + 1,
-            )  # fmt: skip
-        else:  # a rank the checkpoint has no generator state for
-            seed_everything(hash((self.config.train.seed, world.rank, self.progress.step)))
+        restore_rng(state, self.world, self.config.train.seed)
 
     @property
     def elapsed(self) -> float:
         """Training seconds so far, earlier sessions of a resumed run included."""
         return self.progress.elapsed + time.monotonic() - self.start_time
 
-    def save(self, name: str) -> Path:
-        """Write a checkpoint ``name`` into the run directory."""
+    def save(self, path: Path) -> None:
+        """Write a checkpoint to ``path`` in the run directory (the file on rank 0; every process
+        takes part: the checkpoint gathers their generator states)."""
         self.progress.elapsed = self.elapsed
         self.start_time = time.monotonic()
-        path = self.run_dir / name
-        state = self.state_dict()  # on every process: it gathers their generator states
+        state = self.state_dict()
         if self.world.is_main:
             save_checkpoint(state, path)
-        if name == LAST_FILE:
+        if path.name == LAST_FILE:
             self.saved_step = self.progress.step
         for callback in self.callbacks:
             callback.on_checkpoint(path)
-        return path
-
-    def log_metrics(self, record: dict) -> None:
-        """Append one JSON line to ``metrics.jsonl`` (rank 0 only)."""
-        if self.world.is_main:
-            with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
 
     def step_shares(self) -> Iterator[StepShare]:
         """This process's batches for each step of the rest of the current epoch (collated in
@@ -478,7 +168,8 @@ class Run:
         if finished and self.validates and self.progress.last_validated != self.progress.step:
             self.validate()
         if self.saved_step != self.progress.step or reason == "max_minutes":
-            self.save(LAST_FILE)  # under the time guard, last.pt must hold the time that hit it
+            # under the time guard, last.pt must hold the time that hit it
+            self.save(self.run_dir / LAST_FILE)
         summary = self.summary(reason)
         if self.world.is_main:
             write_summary(self.run_dir, summary)
@@ -539,10 +230,10 @@ class Run:
             if cfg.validate_every and self.validates and step % cfg.validate_every == 0:
                 self.validate()
             if cfg.save_every and step % cfg.save_every == 0:
-                self.save(f"step-{step:08d}.pt")
+                self.save(step_checkpoint(self.run_dir, step))
                 if self.world.is_main:
                     prune_numbered(self.run_dir, cfg.keep_last)
-                self.save(LAST_FILE)
+                self.save(self.run_dir / LAST_FILE)
         return reason
 
     def one_step(self, share: StepShare) -> None:
@@ -558,7 +249,7 @@ class Run:
         if outcome.skipped:
             self.progress.nonfinite_total += 1
             if self.trainer.nonfinite_in_a_row >= self.config.train.max_nonfinite_in_a_row:
-                self.save(LAST_FILE)
+                self.save(self.run_dir / LAST_FILE)
                 self.trainer.raise_nonfinite(self.progress.step)
         tokens = outcome.tokens
         report = StepReport(
@@ -569,25 +260,18 @@ class Run:
         for callback in self.callbacks:
             callback.on_step(report)
         log_every = self.config.train.log_every
-        if log_every and self.progress.step % log_every == 0:
-            self.log_metrics({"kind": "train", **asdict(report)})
+        if log_every and self.progress.step % log_every == 0 and self.world.is_main:
+            append_metrics(self.run_dir, {"kind": "train", **asdict(report)})
 
     def validate(self) -> None:
         """Dev loss, perplexity and greedy BLEU/chrF (on rank 0; every process then books the
         same BLEU); best.pt, plateau and early stopping."""
-        evaluated: dict = {}
-
-        def evaluate_on_main() -> float:
-            """Dev loss and translations on rank 0; returns the BLEU the others book."""
-            evaluated["loss"] = self.trainer.evaluation_loss(self.dev_loader())
-            evaluated["evaluation"] = score_translations(
-                self.model, self.tokenizer, self.dev_pairs["src"], self.dev_pairs["tgt"],
-                search_options(self.config.decode, beam_size=1), self.config.data.max_tokens,
-                self.device, amp_dtype=self.precision.dtype,
-            )  # fmt: skip
-            return evaluated["evaluation"].scores["bleu"].score
-
-        bleu, progress = self.world.on_main(evaluate_on_main), self.progress
+        outcome = None
+        with self.world.together():  # a failure on rank 0 stops every process
+            if self.world.is_main:
+                outcome = self.evaluate_dev()
+        bleu = self.world.broadcast(None if outcome is None else outcome[2].scores["bleu"].score)
+        progress = self.progress
         is_best = progress.best_bleu is None or bleu > progress.best_bleu
         if is_best:
             progress.best_bleu, progress.best_step, progress.bad_validations = (
@@ -601,9 +285,20 @@ class Run:
         self.saved_step = -1  # last.pt does not hold this validation's outcome yet
         self.trainer.schedule.validated(bleu)
         if is_best:
-            self.save(BEST_FILE)
-        if self.world.is_main:
-            self.report_validation(*evaluated["loss"], evaluated["evaluation"], is_best)
+            self.save(self.run_dir / BEST_FILE)
+        if outcome is not None:
+            self.report_validation(*outcome, is_best)
+
+    def evaluate_dev(self) -> tuple[float, float, Evaluation]:
+        """Rank 0's part of a validation: the dev loss and NLL, and the dev split translated
+        greedily and scored."""
+        loss, nll = self.trainer.evaluation_loss(self.dev_loader())
+        evaluation = score_translations(
+            self.model, self.tokenizer, self.dev_pairs["src"], self.dev_pairs["tgt"],
+            replace(self.config.decode, beam_size=1, n_best=1), self.config.data.max_tokens,
+            self.device, amp_dtype=self.precision.dtype,
+        )  # fmt: skip
+        return loss, nll, evaluation
 
     def report_validation(
         self, loss: float, nll: float, evaluation: Evaluation, is_best: bool
@@ -617,15 +312,8 @@ class Run:
         )  # fmt: skip
         scores = {name: score.score for name, score in evaluation.scores.items()}
         logger.info("step %d: dev loss %.3f, BLEU %.2f", progress.step, loss, scores["bleu"])
-        self.log_metrics(
-            {
-                "kind": "valid",
-                "step": progress.step,
-                "elapsed": self.elapsed,
-                "loss": loss,
-                **scores,
-            }
-        )
+        record = {"kind": "valid", "step": progress.step, "elapsed": self.elapsed, "loss": loss}
+        append_metrics(self.run_dir, record | scores)
         for callback in self.callbacks:
             callback.on_validation(report)
 

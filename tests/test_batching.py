@@ -9,8 +9,7 @@ import random
 import pytest
 import torch
 
-from seq2seq_attn.batching import BatchList, length_batches
-from seq2seq_attn.data import Batch, TokenBatchSampler, collate
+from seq2seq_attn.batching import Batch, BatchList, TokenBatchSampler, collate, length_batches
 from seq2seq_attn.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seq_attn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from seq2seq_attn.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    load_checkpoint,
+    recent_checkpoints,
+    save_checkpoint,
+)
+from seq2seq_attn.rundir import step_checkpoint
 
 
 def sample_state() -> dict:
@@ -97,3 +104,29 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
         save_checkpoint({"step": 8}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_recent_checkpoints_are_those_up_to_last_pt(tmp_path):
+    run = tmp_path / "run"
+    for step in (10, 20):
+        save_checkpoint({"progress": {"step": step}}, step_checkpoint(run, step))
+    save_checkpoint({"progress": {"step": 20}}, run / "last.pt")
+    assert recent_checkpoints(run, 4) == {
+        10: run / "step-00000010.pt",
+        20: run / "step-00000020.pt",
+    }
+    assert recent_checkpoints(run, 1) == {20: run / "step-00000020.pt"}
+    (run / "step-00000020.pt").rename(run / "step-00000030.pt")  # newer than last.pt: a kill
+    assert recent_checkpoints(run, 4) == {10: run / "step-00000010.pt", 20: run / "last.pt"}
+
+
+def test_a_run_directory_means_its_best_checkpoint_else_its_last(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(CheckpointError, match=r"a directory without best\.pt or last\.pt"):
+        find_checkpoint(run)
+    save_checkpoint(sample_state(), run / "last.pt")
+    assert find_checkpoint(run) == run / "last.pt"
+    save_checkpoint(sample_state(), run / "best.pt")
+    assert find_checkpoint(run) == run / "best.pt"
+    assert find_checkpoint(run / "last.pt") == run / "last.pt"

@@ -152,6 +152,24 @@ def test_load_config_names_unknown_sections_and_keys(tmp_path):
         load_config(path, ["decode.beam_size=wide"])
 
 
+def test_decode_n_best_is_read_and_bounded_by_the_beam(tmp_path):
+    assert DecodeConfig().n_best == 1
+    path = write(tmp_path / "run.yaml", "decode:\n  beam_size: 4\n  n_best: 3\n")
+    assert load_config(path).decode.n_best == 3
+    assert load_config(path, ["decode.n_best=2"]).decode.n_best == 2
+    assert load_config(path, ["decode.n_best=4"]).decode == DecodeConfig(beam_size=4, n_best=4)
+    with pytest.raises(
+        ConfigError, match=r"^decode\.n_best: invalid value 5; use 1 \.\. decode\.beam_size \(4\)$"
+    ):
+        load_config(path, ["decode.n_best=5"])
+    with pytest.raises(ConfigError, match=r"^decode\.n_best: invalid value 3; .*beam_size \(2\)"):
+        load_config(path, ["decode.beam_size=2"])  # a narrower beam than the n-best asked for
+    with pytest.raises(ConfigError, match=r"^decode\.n_best: invalid value 0; use 1 \.\."):
+        from_mapping(DecodeConfig, {"n_best": 0}, "decode")
+    with pytest.raises(ConfigError, match=r"^decode\.n_best: expected a whole number, got 'two'"):
+        load_config(path, ["decode.n_best=two"])
+
+
 def test_cross_section_limits_are_checked():
     with pytest.raises(ConfigError, match=r"^model\.max_positions: invalid value 50; .*100"):
         config_from_plain({"model": {"max_positions": 50}})

@@ -13,10 +13,12 @@ from typer.testing import CliRunner
 
 from seq2seq_attn.checkpoint import CheckpointError, save_checkpoint
 from seq2seq_attn.config import Config, ModelConfig, TokenizerConfig, TransformerConfig, to_plain
-from seq2seq_attn.ct2 import ExportError, export_checkpoint, is_exported, load_exported
-from seq2seq_attn.evaluate import load_for_translation
+from seq2seq_attn.export import ExportError, export_checkpoint, is_exported
 from seq2seq_attn.models import build_model
 from seq2seq_attn.tokenizer import BOS_ID, train_tokenizer
+from seq2seq_attn.translation import TranslationError, TranslationSettings, open_translator
+
+CPU = TranslationSettings(device="cpu")
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,8 +92,8 @@ def test_export_is_exact_for_every_architecture(name, tokenizers, corpus, tmp_pa
     checkpoint = write_checkpoint(tmp_path / "model.pt", tokenizers[joint], transformer)
     exported = export_checkpoint(checkpoint, tmp_path / "ct2")
     assert is_exported(exported)
-    ours = load_for_translation(checkpoint, device="cpu")
-    theirs = load_exported(exported, device="cpu")
+    ours = open_translator(checkpoint, CPU)
+    theirs = open_translator(exported, CPU)
     lines = [line for line in sentences(corpus) if line]
 
     # Teacher-forced log-probabilities of our greedy outputs (EOS included).
@@ -111,7 +113,7 @@ def test_export_is_exact_for_every_architecture(name, tokenizers, corpus, tmp_pa
 
     # Greedy and beam outputs (untrained models: many reach the length limit).
     for beam in (1, 3):
-        ours.options = theirs.options = dataclasses.replace(ours.options, beam_size=beam)
+        ours.decode = theirs.decode = dataclasses.replace(ours.decode, beam_size=beam)
         for mine, other in zip(ours.translate(lines), theirs.translate(lines), strict=True):
             assert other.tokens == mine.tokens
             assert other.score == pytest.approx(mine.score, abs=1e-4)
@@ -122,9 +124,9 @@ def test_n_best_lists_and_length_penalty_are_ours(tokenizers, corpus, tmp_path):
     exported = export_checkpoint(checkpoint, tmp_path / "ct2")
     lines = sentences(corpus)
     for alpha in (0.0, 1.0):
-        settings = {"beam_size": 4, "n_best": 4, "length_penalty": alpha}
-        ours = load_for_translation(checkpoint, device="cpu", **settings).n_best(lines)
-        theirs = load_exported(exported, device="cpu", **settings).n_best(lines)
+        settings = TranslationSettings(device="cpu", beam_size=4, n_best=4, length_penalty=alpha)
+        ours = open_translator(checkpoint, settings).n_best(lines)
+        theirs = open_translator(exported, settings).n_best(lines)
         assert theirs[3] == [ours[3][0]]  # the blank line: one empty hypothesis
         for mine, other in zip(ours, theirs, strict=True):
             assert [h.tokens for h in other] == [h.tokens for h in mine]
@@ -137,7 +139,7 @@ def test_int8_export_translates_and_writes_the_decode_settings(tokenizers, corpu
     info = json.loads((exported / "seq2seq_attn.json").read_text())
     assert info["quantization"] == "int8" and info["decode"]["length_penalty"] == 0.6
     assert (exported / "src.model").is_file() and (exported / "tgt.model").is_file()
-    translator = load_exported(exported, device="cpu")
+    translator = open_translator(exported, CPU)
     assert translator.compute_type.startswith("int8")
     found = translator.translate(sentences(corpus))
     assert len(found) == 13 and any(hypothesis.tokens for hypothesis in found)
@@ -193,8 +195,9 @@ def test_a_damaged_folder_says_to_export_again(tokenizers, corpus, tmp_path):
             info = json.loads((folder / "seq2seq_attn.json").read_text())
             del info["decode"]
             (folder / "seq2seq_attn.json").write_text(json.dumps(info))
-        with pytest.raises(ExportError, match="export the model again"):
-            load_exported(folder, device="cpu")
+        with pytest.raises(TranslationError, match="export the model again") as raised:
+            open_translator(folder, CPU)
+        assert raised.value.unreadable
         result = cli("translate_app", folder, tmp_path / "model.pt")
         assert result.exit_code == 1 and "export the model again" in " ".join(result.output.split())
 
@@ -243,7 +246,7 @@ def test_the_cli_exports_and_translates_like_the_checkpoint(tokenizers, corpus, 
         (("{folder}", "--precision", "bf16"), "with --compute-type"),
         (("{folder}", "--compute-type", "int4"), "'int4' is not available on cpu"),
         (("{checkpoint}", "--compute-type", "int8"), "for folders written by attn-export"),
-        (("{folder}", "--device", "cuda:7"), "CTranslate2 sees"),
+        (("{folder}", "--device", "cuda:7"), "--device: invalid value 'cuda:7'"),
         (("{checkpoint}", "--ensemble", "{folder}"), "ensembles need .pt checkpoints"),
         (("{folder}", "--ensemble", "{checkpoint}"), "--ensemble needs .pt checkpoints"),
     ],

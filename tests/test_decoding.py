@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from seq2seq_attn import decoding
-from seq2seq_attn.config import ModelConfig, RNNConfig, TransformerConfig
+from seq2seq_attn.config import DecodeConfig, ModelConfig, RNNConfig, TransformerConfig
 from seq2seq_attn.decoding import (
-    SearchOptions,
     beam_search,
     greedy_search,
     length_penalty,
@@ -65,7 +64,7 @@ def source_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch
     return src, src != 0
 
 
-def reference_beam_search(model, src, src_mask, options: SearchOptions) -> list:
+def reference_beam_search(model, src, src_mask, options: DecodeConfig) -> list:
     """One sentence, no cache, no batching: rerun the whole decoder on every prefix.
 
     Returns ``[(tokens, log_prob, score)]`` best first; the same rules as the real search
@@ -111,7 +110,7 @@ def test_beam_search_equals_uncached_reference(
     monkeypatch.setattr(decoding, "CHUNK_ELEMENTS", chunk_elements)
     monkeypatch.setattr(decoding, "TOP_K_BLOCK", top_k_block)
     model = make(kind)
-    options = SearchOptions(
+    options = DecodeConfig(
         beam_size=3, n_best=3, length_penalty=length_penalty_alpha, max_length_offset=4,
         max_length_ratio=1.0, min_length=1,
     )  # fmt: skip
@@ -137,7 +136,9 @@ def test_greedy_equals_uncached_argmax_and_beam_one(kind, chunk_elements, top_k_
     monkeypatch.setattr(decoding, "TOP_K_BLOCK", top_k_block)
     model = make(kind, seed=1)
     src, src_mask = source_batch([6, 2, 4, 5], seed=1)
-    options = SearchOptions(beam_size=1, max_length_ratio=1.5, max_length_offset=3)
+    options = DecodeConfig(
+        beam_size=1, max_length_ratio=1.5, max_length_offset=3, length_penalty=0.0
+    )
     greedy = greedy_search(model, src, src_mask, BOS, EOS, options)
     beam_one = beam_search(model, src, src_mask, BOS, EOS, options)
     for row, hypothesis in enumerate(greedy):
@@ -163,13 +164,15 @@ def test_greedy_equals_uncached_argmax_and_beam_one(kind, chunk_elements, top_k_
 def test_batch_composition_does_not_change_results(kind):
     model = make(kind, seed=2)
     src, src_mask = source_batch([7, 3, 5, 2, 6], seed=2)
-    options = SearchOptions(beam_size=4, n_best=2, length_penalty=0.6, return_attention=True)
-    together = beam_search(model, src, src_mask, BOS, EOS, options)
-    greedy_together = greedy_search(model, src, src_mask, BOS, EOS, options)
+    options = DecodeConfig(beam_size=4, n_best=2, length_penalty=0.6)
+    together = beam_search(model, src, src_mask, BOS, EOS, options, return_attention=True)
+    greedy_together = greedy_search(model, src, src_mask, BOS, EOS, options, return_attention=True)
     for row in range(5):
         length = int(src_mask[row].sum())
         alone_src, alone_mask = src[row : row + 1, :length], src_mask[row : row + 1, :length]
-        alone = beam_search(model, alone_src, alone_mask, BOS, EOS, options)[0]
+        alone = beam_search(model, alone_src, alone_mask, BOS, EOS, options, return_attention=True)[
+            0
+        ]
         assert [h.tokens for h in alone] == [h.tokens for h in together[row]]
         assert alone[0].score == pytest.approx(together[row][0].score, abs=1e-4)
         greedy_alone = greedy_search(model, alone_src, alone_mask, BOS, EOS, options)[0]
@@ -185,7 +188,9 @@ def test_batch_composition_does_not_change_results(kind):
 def test_n_best_lists_are_sorted_and_complete(kind):
     model = make(kind, seed=3)
     src, src_mask = source_batch([4, 6], seed=3)
-    results = beam_search(model, src, src_mask, BOS, EOS, SearchOptions(beam_size=5, n_best=4))
+    results = beam_search(
+        model, src, src_mask, BOS, EOS, DecodeConfig(beam_size=5, n_best=4, length_penalty=0.0)
+    )
     for hypotheses in results:
         assert len(hypotheses) == 4
         scores = [h.score for h in hypotheses]
@@ -197,7 +202,9 @@ def test_n_best_lists_are_sorted_and_complete(kind):
 def test_length_limits_are_respected(kind):
     model = make(kind, seed=4)
     src, src_mask = source_batch([5, 3], seed=4)
-    options = SearchOptions(beam_size=3, min_length=4, max_length=6, max_length_ratio=5.0)
+    options = DecodeConfig(
+        beam_size=3, min_length=4, max_length=6, max_length_ratio=5.0, length_penalty=0.0
+    )
     for search in (greedy_search, beam_search):
         results = search(model, src, src_mask, BOS, EOS, options)
         for hypotheses in results:
@@ -241,9 +248,9 @@ def test_chunks_hold_whole_sentences_on_the_cpu_and_everything_elsewhere():
     assert rows_per_chunk(torch.empty(1000, 8000, device="meta"), 5) == 1000
 
 
-def test_search_options_are_checked():
-    with pytest.raises(ValueError, match="n_best"):
-        SearchOptions(beam_size=2, n_best=3)
+def test_decode_settings_are_checked():
+    with pytest.raises(ValueError, match=r"decode\.n_best"):
+        DecodeConfig(beam_size=2, n_best=3, length_penalty=0.0)
 
 
 # ----- a trained toy model -------------------------------------------------------------------
@@ -282,7 +289,7 @@ def trained_transformer() -> Seq2Seq:
 
 def test_beam_finds_better_scores_than_greedy_on_a_trained_model(trained_transformer):
     src, src_mask, _, tgt_out = reversal_batch(torch.Generator().manual_seed(99), batch=64)
-    options = SearchOptions(beam_size=5, length_penalty=0.0)
+    options = DecodeConfig(beam_size=5, length_penalty=0.0)
     greedy = greedy_search(trained_transformer, src, src_mask, BOS, EOS, options)
     beam = beam_search(trained_transformer, src, src_mask, BOS, EOS, options)
     greedy_mean = sum(h.log_prob for h in greedy) / len(greedy)

@@ -32,7 +32,7 @@ def fake_cpuinfo(monkeypatch, tmp_path: Path, extra_flags: str) -> None:
 def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path, flags, native):
     fake_cpuinfo(monkeypatch, tmp_path, flags)
     assert device.cpu_has_fast_bf16() is native
-    assert device.resolve_precision("auto", torch.device("cpu")).name == (
+    assert device.resolve_precision("auto", torch.device("cpu"), "train.precision").name == (
         "bf16" if native else "fp32"
     )
 

@@ -18,11 +18,13 @@ import torch
 from seq2seq_attn.batching import TokenBatchSampler, rank_share
 from seq2seq_attn.checkpoint import load_checkpoint
 from seq2seq_attn.config import Config, ConfigError, config_from_plain, to_plain, to_yaml
-from seq2seq_attn.data import iter_step_shares, load_split, make_sampler
-from seq2seq_attn.distributed import DistributedError, World, resolve_backend
-from seq2seq_attn.evaluate import load_for_translation
+from seq2seq_attn.data import load_split
+from seq2seq_attn.distributed import resolve_backend
+from seq2seq_attn.loaders import iter_step_shares, make_sampler
 from seq2seq_attn.rundir import read_metrics
-from seq2seq_attn.train import build_tokenizer, shared_checkpoint, train
+from seq2seq_attn.session import build_tokenizer
+from seq2seq_attn.train import train
+from seq2seq_attn.translation import TranslationSettings, open_translator
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # as each torchrun process: same rounding
 
@@ -195,16 +197,6 @@ def test_nccl_on_the_cpu_is_a_config_error():
         resolve_backend("nccl", torch.device("cpu"))
 
 
-def test_a_process_that_cannot_see_the_checkpoint_says_so(tmp_path):
-    elsewhere = World(rank=1, local_rank=0, world_size=2)  # a second machine, no shared disk
-    with pytest.raises(
-        DistributedError,
-        match=r"last\.pt: rank 1 on .* cannot see the checkpoint rank 0 resumes from; .*"
-        r"filesystem every machine mounts",
-    ):
-        shared_checkpoint(elsewhere, tmp_path, None)
-
-
 # ---- torchrun -------------------------------------------------------------------------------
 
 
@@ -248,7 +240,9 @@ def test_two_processes_train_the_model_one_process_accumulating_trains(
     assert max_difference(parameters(run_dir), one_process_reference) < 1e-5, output[-2000:]
     assert "training with 2 processes (gloo)" in (run_dir / "train.log").read_text()
     # one process translates the DDP checkpoint
-    translator = load_for_translation(run_dir / "last.pt", device="cpu", beam_size=1)
+    translator = open_translator(
+        run_dir / "last.pt", TranslationSettings(device="cpu", beam_size=1)
+    )
     assert len(translator.translate(["ta zo li"])) == 1
 
 

@@ -21,21 +21,21 @@ from seq2seq_attn.config import (
     TransformerConfig,
     to_plain,
 )
-from seq2seq_attn.decoding import SearchOptions, beam_search, greedy_search
-from seq2seq_attn.evaluate import load_for_translation
+from seq2seq_attn.decoding import beam_search, greedy_search
 from seq2seq_attn.models import Ensemble, Seq2Seq, build_model
 from seq2seq_attn.tokenizer import Tokenizer, train_tokenizer
+from seq2seq_attn.translation import TranslationSettings, open_translator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BEAM = SearchOptions(
+BEAM = DecodeConfig(
     beam_size=3, n_best=3, length_penalty=0.6, max_length_offset=4, max_length_ratio=1.0,
     min_length=1,
 )  # fmt: skip
-GREEDY = SearchOptions(beam_size=1, length_penalty=0.6, max_length_offset=4, max_length_ratio=1.0)
+GREEDY = DecodeConfig(beam_size=1, length_penalty=0.6, max_length_offset=4, max_length_ratio=1.0)
 
 
-def results(model: Seq2Seq, src: torch.Tensor, src_mask: torch.Tensor, options: SearchOptions):
+def results(model: Seq2Seq, src: torch.Tensor, src_mask: torch.Tensor, options: DecodeConfig):
     """Per sentence, its hypotheses as ``(tokens, log_prob, score)`` (greedy: one each)."""
     if options.beam_size == 1:
         found = [[h] for h in greedy_search(model, src, src_mask, BOS, EOS, options)]
@@ -128,7 +128,7 @@ def test_the_length_limit_is_the_smallest_members():
     assert Ensemble([rnn, rnn]).max_positions is None
     # a long output (no EOS before 11 tokens): it ends at the narrow member's 12 positions
     src, src_mask = source_batch([10], seed=1)
-    options = SearchOptions(beam_size=2, min_length=11, max_length_ratio=5.0)
+    options = DecodeConfig(beam_size=2, min_length=11, max_length_ratio=5.0, length_penalty=0.0)
     for search in (greedy_search, beam_search):
         found = search(Ensemble([wide, narrow]).eval(), src, src_mask, BOS, EOS, options)
         hypothesis = found[0] if search is greedy_search else found[0][0]
@@ -255,13 +255,15 @@ def test_cli_ensemble_errors_name_the_member(checkpoints, input_file, tmp_path):
 
 
 def test_loaded_ensemble_takes_the_first_decode_settings_and_the_smallest_limit(checkpoints):
-    translator = load_for_translation(
-        checkpoints["b"], ensemble=[checkpoints["narrow"], checkpoints["a"]], device="cpu"
+    translator = open_translator(
+        checkpoints["b"],
+        TranslationSettings(device="cpu"),
+        [checkpoints["narrow"], checkpoints["a"]],
     )
     assert isinstance(translator.model, Ensemble)
     assert len(translator.model.members) == 3
     assert translator.model.max_positions == 12
-    assert translator.options.beam_size == 2  # b's decode section, not a's
+    assert translator.decode.beam_size == 2  # b's decode section, not a's
     long_line = " ".join(["ta zo li fadoro"] * 10)
     (hypothesis,) = translator.translate([long_line])
     assert len(hypothesis.tokens) < 12

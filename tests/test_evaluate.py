@@ -10,21 +10,27 @@ import torch
 
 from seq2seq_attn.config import DataConfig, DecodeConfig, ModelConfig, TokenizerConfig
 from seq2seq_attn.config import TransformerConfig as TfConfig
-from seq2seq_attn.decoding import SearchOptions, greedy_search
-from seq2seq_attn.evaluate import (
-    evaluate_split,
-    search_options,
-    translate,
-)
+from seq2seq_attn.decoding import Hypothesis, greedy_search
+from seq2seq_attn.evaluate import evaluate_split
 from seq2seq_attn.metrics import corpus_scores
 from seq2seq_attn.models import Seq2Seq, build_model
 from seq2seq_attn.tokenizer import BOS_ID, EOS_ID, Tokenizer, train_tokenizer
+from seq2seq_attn.translation.torch_backend import translate_n_best
 
 TOY = Path(__file__).resolve().parents[1] / "data" / "toy"
-GREEDY = SearchOptions(beam_size=1, max_length_offset=3)
+GREEDY = DecodeConfig(beam_size=1, max_length_offset=3, length_penalty=0.0)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def translate(
+    model: Seq2Seq, tokenizer: Tokenizer, texts: list[str], decode: DecodeConfig, max_tokens: int,
+    device: str,
+) -> list[Hypothesis]:  # fmt: skip
+    """The best hypothesis of each text."""
+    found = translate_n_best(model, tokenizer, texts, decode, max_tokens, device)
+    return [hypotheses[0] for hypotheses in found]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +57,7 @@ def make_model(tokenizer: Tokenizer, family: str = "transformer", max_positions:
     return build_model(config, size, size, joint_vocab=True)
 
 
-def single(model: Seq2Seq, tokenizer: Tokenizer, text: str, options: SearchOptions) -> list[int]:
+def single(model: Seq2Seq, tokenizer: Tokenizer, text: str, options: DecodeConfig) -> list[int]:
     """Greedy output tokens for one sentence alone."""
     ids = [*tokenizer.encode_src([text])[0], EOS_ID]
     src = torch.tensor([ids])
@@ -69,7 +75,7 @@ def test_order_is_kept_and_batching_does_not_change_outputs(tokenizer, sentences
 
 def test_beam_outputs_do_not_depend_on_batching(tokenizer, sentences):
     model = make_model(tokenizer)
-    options = SearchOptions(beam_size=3, max_length_offset=3)
+    options = DecodeConfig(beam_size=3, max_length_offset=3, length_penalty=0.0)
     one_by_one = translate(model, tokenizer, sentences, options, max_tokens=1, device="cpu")
     together = translate(model, tokenizer, sentences, options, max_tokens=4096, device="cpu")
     assert [h.tokens for h in together] == [h.tokens for h in one_by_one]
@@ -96,7 +102,7 @@ def test_blank_lines_give_empty_outputs_and_never_reach_the_model(
 def test_long_inputs_are_truncated_with_a_warning(tokenizer, sentences, caplog):
     model = make_model(tokenizer, max_positions=6).eval()
     long_text = " ".join(sentences[:3])
-    with caplog.at_level(logging.WARNING, logger="seq2seq_attn.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="seq2seq_attn.translation"):
         hypotheses = translate(model, tokenizer, [sentences[0], long_text], GREEDY, 4096, "cpu")
     assert len(hypotheses) == 2
     assert "exceed the model's limit of 5 source tokens" in caplog.text
@@ -130,9 +136,3 @@ def test_evaluate_split_scores_detokenized_translations(tokenizer, sentences, tm
     (tmp_path / "dev.tgt").write_text("zz qq\n" * len(pairs), encoding="utf-8")
     unrelated = evaluate_split(model, tokenizer, data, "dev", GREEDY, "cpu")
     assert unrelated.scores["chrf"].score < 10.0
-
-
-def test_search_options_follow_the_decode_section():
-    decode = DecodeConfig(beam_size=4, length_penalty=1.0, max_length=40)
-    assert search_options(decode) == SearchOptions(beam_size=4, length_penalty=1.0, max_length=40)
-    assert search_options(decode, beam_size=1).beam_size == 1

@@ -1,4 +1,4 @@
-"""The one atomic-write helper and the one way text files are split into lines."""
+"""The one atomic-write helper."""
 
 from __future__ import annotations
 
@@ -8,13 +8,7 @@ import threading
 
 import pytest
 
-from seq2seq_attn.fileio import (
-    TextFileError,
-    decode_lines,
-    read_lines,
-    write_atomic,
-    write_text_atomic,
-)
+from seq2seq_attn.fileio import write_atomic, write_text_atomic
 
 
 def test_a_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
@@ -38,27 +32,6 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path):
         write_atomic(target, half_then_fail)
     assert target.read_text() == "kept\n"
     assert [path.name for path in tmp_path.iterdir()] == ["out.txt"]
-
-
-@pytest.mark.parametrize(
-    ("data", "lines"),
-    [
-        (b"", []),
-        (b"a\nb\n", ["a", "b"]),
-        (b"a\nb", ["a", "b"]),  # no final line end
-        (b"a\r\n\r\nb\r\n", ["a", "", "b"]),  # CRLF; the blank line stays
-        (b"\n\n", ["", ""]),
-    ],
-)
-def test_lines_split_as_sacrebleu_splits_a_file(data, lines):
-    assert decode_lines(data, "x") == lines
-
-
-def test_bad_text_names_the_file_and_line(tmp_path):
-    with pytest.raises(TextFileError, match=r"^in\.txt:3: not valid UTF-8"):
-        decode_lines(b"ok\nok\ncaf\xe9\n", "in.txt")
-    with pytest.raises(TextFileError, match=r"absent\.txt: cannot read"):
-        read_lines(tmp_path / "absent.txt")
 
 
 def test_a_pipe_or_device_target_is_written_straight_through(tmp_path):

@@ -18,10 +18,17 @@ import seq2seq_attn
 PACKAGE_DIR = Path(seq2seq_attn.__file__).parent
 PACKAGE = "seq2seq_attn"
 
+MODELS = {"models", "models.common", "models.rnn", "models.transformer", "models.ensemble"}
+CONFIG = {"config", "config.loader", "config.model", "config.sections"}
+TRANSLATION = {
+    "translation", "translation.common", "translation.torch_backend", "translation.ct2_backend",
+    "translation.opener",
+}  # fmt: skip
+
 UPSTREAM_OF_TRAIN = {
-    "config", "fileio", "tokenizer", "batching", "data", "attention", "models", "models.common",
-    "models.rnn", "models.transformer", "models.ensemble", "decoding", "metrics", "device",
-    "checkpoint", "rundir", "evaluate", "optim", "distributed",
+    *CONFIG, *MODELS, "corpus", "fileio", "tokenizer", "batching", "data", "loaders", "attention",
+    "decoding", "metrics", "device", "checkpoint", "rundir", "evaluate", "optim", "distributed",
+    "events", "session", *TRANSLATION, "export",
 }  # fmt: skip
 
 CLI_MODULES = {
@@ -37,75 +44,91 @@ CLI_PACKAGES = {"torch", "typer", "rich"}
 # module -> (project modules it may import, third-party packages it may import)
 ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "": (set(), set()),  # the package's __init__
-    "config": (set(), {"yaml"}),
+    "config": ({"config.loader", "config.model", "config.sections"}, set()),
+    "config.loader": (set(), {"yaml"}),
+    "config.model": ({"config.loader"}, set()),
+    "config.sections": ({"config.loader", "config.model"}, set()),
+    "corpus": (set(), set()),
     "fileio": (set(), set()),
-    "multi30k": ({"fileio"}, set()),
+    "events": (set(), set()),
+    "multi30k": ({"corpus", "fileio"}, set()),
     "plotting": ({"fileio"}, {"matplotlib"}),
     "tokenizer": ({"config", "fileio"}, {"sentencepiece"}),
     "batching": ({"tokenizer"}, {"torch"}),
-    "data": ({"config", "tokenizer", "batching"}, {"datasets", "torch"}),
+    "data": ({"config", "corpus", "tokenizer"}, {"datasets"}),
+    "loaders": ({"batching"}, {"datasets", "torch"}),
     "attention": (set(), {"torch"}),
     "models.common": ({"attention"}, {"torch"}),
     "models.rnn": ({"config", "attention", "models.common"}, {"torch"}),
     "models.transformer": ({"config", "attention", "models.common"}, {"torch"}),
     "models.ensemble": ({"models.common"}, {"torch"}),
-    "models": (
-        {"config", "models.common", "models.rnn", "models.transformer", "models.ensemble"},
-        {"torch"},
-    ),
-    "decoding": ({"models.common"}, {"torch"}),
-    "metrics": (set(), {"sacrebleu"}),
+    "models": ({"config", *MODELS}, {"torch"}),
+    "decoding": ({"config", "models.common"}, {"torch"}),
+    "metrics": (set(), {"sacrebleu", "sacremoses"}),
     "device": ({"config"}, {"torch"}),
-    "checkpoint": (
-        {
-            "config",
-            "fileio",
-            "tokenizer",
-            "models",
-            "models.common",
-            "models.rnn",
-            "models.transformer",
-            "models.ensemble",
-        },
-        {"torch"},
-    ),
-    "rundir": ({"checkpoint", "fileio"}, set()),
-    "benchmark": ({"metrics"}, set()),
-    "evaluate": (
-        {
-            "config",
-            "fileio",
-            "batching",
-            "data",
-            "tokenizer",
-            "models.ensemble",
-            "decoding",
-            "metrics",
-            "device",
-            "checkpoint",
-        },
-        {"torch"},
-    ),
-    "ct2": (
-        {
-            "config",
-            "batching",
-            "tokenizer",
-            "decoding",
-            "checkpoint",
-            "evaluate",
-            "models.transformer",
-        },
+    "rundir": ({"events", "fileio"}, set()),
+    "checkpoint": ({"config", "fileio", "tokenizer", "rundir", *MODELS}, {"torch"}),
+    "export": (
+        {"config", "fileio", "tokenizer", "checkpoint", "models.transformer"},
         {"torch", "ctranslate2"},
     ),
-    "optim": ({"config", "tokenizer", "batching", "data", "device", "models"}, {"torch"}),
+    "translation.common": ({"config", "decoding", "tokenizer"}, set()),
+    "translation.torch_backend": (
+        {
+            "config",
+            "batching",
+            "tokenizer",
+            "decoding",
+            "device",
+            "checkpoint",
+            "models.ensemble",
+            "translation.common",
+        },
+        {"torch"},
+    ),
+    "translation.ct2_backend": (
+        {"config", "batching", "tokenizer", "decoding", "device", "export", "translation.common"},
+        {"torch", "ctranslate2"},
+    ),
+    "translation.opener": (
+        {
+            "config",
+            "checkpoint",
+            "export",
+            "translation.common",
+            "translation.torch_backend",
+            "translation.ct2_backend",
+        },
+        set(),
+    ),
+    "translation": ({"translation.common", "translation.opener"}, set()),
+    "evaluate": (
+        {"config", "data", "tokenizer", "decoding", "metrics", "translation.torch_backend"},
+        {"torch"},
+    ),
+    "benchmark": ({"metrics"}, set()),
+    "benchmark_run": (
+        {
+            "benchmark",
+            "checkpoint",
+            "config",
+            "fileio",
+            "multi30k",
+            "plotting",
+            "rundir",
+            "translation",
+        },
+        set(),
+    ),
+    "optim": ({"config", "tokenizer", "batching", "device", "models"}, {"torch"}),
     "distributed": ({"config"}, {"torch"}),
+    "session": (
+        {"config", "data", "tokenizer", "device", "distributed", "checkpoint", "rundir", "models"},
+        {"torch", "datasets"},
+    ),
     "train": (UPSTREAM_OF_TRAIN, {"torch"}),
     **{
-        module: (
-            UPSTREAM_OF_TRAIN | {"train", "plotting", "ct2", *CLI_MODULES},
-            CLI_PACKAGES,
-        )
+        module: (UPSTREAM_OF_TRAIN | {"train", "plotting", *CLI_MODULES}, CLI_PACKAGES)
         for module in CLI_MODULES
     },
 }

@@ -6,11 +6,12 @@ import json
 import random
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
-from seq2seq_attn.metrics import corpus_scores
+from seq2seq_attn.metrics import corpus_scores, moses_lowercased_bleu
 
 WORDS = [
     "a",
@@ -93,3 +94,38 @@ def test_misaligned_or_unknown_metric_is_an_error():
         corpus_scores(["a", "b"], ["a"])
     with pytest.raises(ValueError, match="unknown metric"):
         corpus_scores(["a"], ["a"], ("meteor",))
+
+
+def test_moses_bleu_equals_the_sacremoses_and_sacrebleu_command_lines(tmp_path):
+    pytest.importorskip("sacremoses", reason="the moses extra is not installed")
+    references = [
+        "Ein Mann (mit Hut) geht\u2019s an: \u201eStraßen-Café\u201c!",  # curly quotes: normalized
+        "Zwei Hunde, 3.5 km weit.",
+    ]
+    hypotheses = ['ein Mann mit Hut geht\'s an: "Straßen-Café"', "Zwei Hunde , 3.5 km weit ."]
+    files = {}
+    for name, lines in (("ref", references), ("hyp", hypotheses)):
+        tokenized = subprocess.run(
+            [Path(sys.executable).with_name("sacremoses"), "-l", "de", "-j", "1", "-q",
+             "normalize", "tokenize"], input="".join(line.lower() + "\n" for line in lines),
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        files[name] = tmp_path / name
+        files[name].write_text(tokenized, encoding="utf-8")
+    command = [Path(sys.executable).with_name("sacrebleu"), files["ref"], "-i", files["hyp"],
+               "-b", "-w", "4", "-m", "bleu", "-lc", "-tok", "none"]  # fmt: skip
+    expected = float(subprocess.run(command, capture_output=True, check=True, text=True).stdout)
+    ours = moses_lowercased_bleu(hypotheses, references, "de")
+    assert ours.score == pytest.approx(expected, abs=1e-3)
+    detokenized = corpus_scores(hypotheses, references, ("bleu",), lowercase=True)["bleu"]
+    assert abs(ours.score - detokenized.score) > 1  # the tokenization is not sacreBLEU's 13a
+    bleu_signature = corpus_scores(["a"], ["a"], ("bleu",), lowercase=True, tokenize="none")
+    assert ours.signature == (  # what the report prints: the steps, then sacreBLEU's signature
+        f"lowercase | sacremoses {version('sacremoses')} -l de normalize tokenize | "
+        f"{bleu_signature['bleu'].signature}"
+    )
+
+
+def test_moses_bleu_is_none_without_sacremoses(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sacremoses", None)  # what an absent package imports as
+    assert moses_lowercased_bleu(["a b"], ["a b"], "en") is None

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from seq2seq_attn import optim
+from seq2seq_attn.batching import collate
 from seq2seq_attn.config import ConfigError, ModelConfig, TrainConfig, TransformerConfig
-from seq2seq_attn.data import collate
 from seq2seq_attn.device import Precision, cpu_has_fast_bf16, resolve_precision
 from seq2seq_attn.models import build_model
 from seq2seq_attn.optim import Schedule, Trainer, label_smoothed_loss
@@ -134,13 +134,13 @@ def test_plateau_reduces_after_patience_and_resumes():
 
 def test_precision_resolution_on_the_cpu():
     cpu = torch.device("cpu")
-    assert resolve_precision("fp32", cpu) == Precision("fp32", "cpu")
-    assert resolve_precision("fp32", cpu).dtype is None
-    assert resolve_precision("bf16", cpu).dtype == torch.bfloat16
+    assert resolve_precision("fp32", cpu, "train.precision") == Precision("fp32", "cpu")
+    assert resolve_precision("fp32", cpu, "train.precision").dtype is None
+    assert resolve_precision("bf16", cpu, "train.precision").dtype == torch.bfloat16
     expected = "bf16" if cpu_has_fast_bf16() else "fp32"
-    assert resolve_precision("auto", cpu).name == expected
+    assert resolve_precision("auto", cpu, "train.precision").name == expected
     with pytest.raises(ConfigError, match=r"train\.precision: invalid value 'fp16' on the CPU"):
-        resolve_precision("fp16", cpu)
+        resolve_precision("fp16", cpu, "train.precision")
     assert not Precision("bf16", "cpu").grad_scaler().is_enabled()
 
 

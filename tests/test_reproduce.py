@@ -18,12 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from seq2seq_attn import benchmark_run
+from seq2seq_attn.benchmark import LENGTH_PENALTIES
 from seq2seq_attn.checkpoint import load_checkpoint
 from seq2seq_attn.config import load_config
-from seq2seq_attn.evaluate import load_for_translation
+from seq2seq_attn.events import TrainCallback
 from seq2seq_attn.multi30k import PrepareError, read_split
 from seq2seq_attn.rundir import read_metrics, read_summary
-from seq2seq_attn.train import TrainCallback, train
+from seq2seq_attn.train import train
+from seq2seq_attn.translation import TranslationSettings, open_translator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 pytest.importorskip("matplotlib", reason="the report's pictures need the plot extra")
@@ -132,7 +135,7 @@ def test_the_report_holds_the_runs_figures(workspace):
         assert choice["averaged_steps"] == {"averaged-2.pt": [10, 20]}
         assert (run_dir / "averaged-2.pt").is_file()
         beam_bleu = {float(p): bleu for p, bleu in choice["dev_bleu_beam"].items()}
-        assert sorted(beam_bleu) == sorted(repro.LENGTH_PENALTIES)
+        assert sorted(beam_bleu) == sorted(LENGTH_PENALTIES)
         assert choice["length_penalty"] == max(beam_bleu, key=beam_bleu.get)
         assert set(model["tests"]) == {"test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"}
         test2016 = model["tests"]["test_2016_flickr"]
@@ -165,8 +168,9 @@ def test_the_heatmaps_picture_the_first_short_test_sentences(workspace):
     checkpoint_choice = json.loads(
         (workspace / "results" / "multi30k-de-en" / "transformer" / "checkpoint.json").read_text()
     )["checkpoint"]
-    translator = load_for_translation(
-        workspace / "runs" / "multi30k-de-en" / "transformer" / checkpoint_choice, beam_size=5
+    translator = open_translator(
+        workspace / "runs" / "multi30k-de-en" / "transformer" / checkpoint_choice,
+        TranslationSettings(beam_size=5),
     )
     for index, hypothesis in zip(
         short, translator.translate([sources[i] for i in short]), strict=True
@@ -272,29 +276,6 @@ def test_scores_equal_the_sacrebleu_command_line(workspace, model, split):
     assert scores["chrf"] == pytest.approx(cli("-m", "chrf"), abs=0.01)
 
 
-def test_moses_tokenized_bleu_equals_the_sacremoses_and_sacrebleu_command_lines(tmp_path):
-    pytest.importorskip("sacremoses", reason="the moses extra is not installed")
-    references = [
-        "Ein Mann (mit Hut) geht\u2019s an: \u201eStraßen-Café\u201c!",  # curly quotes: normalized
-        "Zwei Hunde, 3.5 km weit.",
-    ]
-    hypotheses = ['ein Mann mit Hut geht\'s an: "Straßen-Café"', "Zwei Hunde , 3.5 km weit ."]
-    files = {}
-    for name, lines in (("ref", references), ("hyp", hypotheses)):
-        tokenized = subprocess.run(
-            [Path(sys.executable).with_name("sacremoses"), "-l", "de", "-j", "1", "-q",
-             "normalize", "tokenize"], input="".join(line.lower() + "\n" for line in lines),
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        files[name] = tmp_path / name
-        files[name].write_text(tokenized, encoding="utf-8")
-    expected = sacrebleu_cli(files["ref"], files["hyp"], "-m", "bleu", "-lc", "-tok", "none")
-    ours = repro.moses_lowercased_bleu(hypotheses, references, "de")
-    assert ours.score == pytest.approx(expected, abs=1e-3)
-    detokenized = repro.score_test_set(hypotheses, references)["bleu_lc"]
-    assert abs(ours.score - detokenized) > 1  # the tokenization is not sacreBLEU's 13a
-
-
 def test_the_chosen_length_penalty_translates_and_a_new_choice_translates_again(
     workspace, tmp_path, monkeypatch
 ):
@@ -303,13 +284,13 @@ def test_the_chosen_length_penalty_translates_and_a_new_choice_translates_again(
     work = base / "results" / "multi30k-de-en" / "transformer"
     choice = json.loads((work / "checkpoint.json").read_text())
     calls = []  # (beam size, length penalty) of every translator the script makes
-    make_translator = repro.translator_for
+    make_translator = benchmark_run.translator_for
 
-    def recording(checkpoint, precision, beam_size=repro.BEAM_SIZE, length_penalty=None):
+    def recording(checkpoint, precision, beam_size=benchmark_run.BEAM_SIZE, length_penalty=None):
         calls.append((beam_size, length_penalty))
         return make_translator(checkpoint, precision, beam_size, length_penalty)
 
-    monkeypatch.setattr(repro, "translator_for", recording)
+    monkeypatch.setattr(benchmark_run, "translator_for", recording)
     choice["length_penalty"] = 3.5  # a choice of its own, newer than the test translations
     (work / "checkpoint.json").write_text(json.dumps(choice))
     assert repro.main(arguments(base, "--models", "transformer")) == 0
@@ -326,20 +307,8 @@ def test_the_chosen_length_penalty_translates_and_a_new_choice_translates_again(
     (work / "checkpoint.json").write_text(json.dumps(choice))
     assert repro.main(arguments(base, "--models", "transformer")) == 0
     again = json.loads((work / "checkpoint.json").read_text())
-    assert again["length_penalty"] in repro.LENGTH_PENALTIES
-    assert (1, None) in calls and len([c for c in calls if c[0] == 5]) >= len(
-        repro.LENGTH_PENALTIES
-    )
-
-
-def test_ties_go_to_the_smaller_length_penalty(monkeypatch, tmp_path):
-    monkeypatch.setattr(repro, "LENGTH_PENALTIES", (2.0, 0.5, 1.0))
-    monkeypatch.setattr(repro, "recent_checkpoints", lambda run_dir, count: {})
-    monkeypatch.setattr(repro, "read_split", lambda *args: (["x"], ["y"]))
-    monkeypatch.setattr(repro, "translator_for", lambda *args, **kwargs: None)
-    monkeypatch.setattr(repro, "translate_lines", lambda translator, sources: ["y"])
-    choice = repro.choose_checkpoint("m", tmp_path, tmp_path, tmp_path, "de", "en", "fp32")
-    assert choice["length_penalty"] == 0.5  # every penalty scores the same
+    assert again["length_penalty"] in LENGTH_PENALTIES
+    assert (1, None) in calls and len([c for c in calls if c[0] == 5]) >= len(LENGTH_PENALTIES)
 
 
 def test_a_second_run_skips_every_finished_step(workspace, capsys):

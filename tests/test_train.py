@@ -22,19 +22,14 @@ from seq2seq_attn.checkpoint import (
 )
 from seq2seq_attn.config import Config, config_from_plain, load_config
 from seq2seq_attn.data import load_split
-from seq2seq_attn.evaluate import Evaluation, search_options, translate
+from seq2seq_attn.evaluate import Evaluation
+from seq2seq_attn.events import RunInfo, StepReport, TrainCallback, TrainSummary, ValidationReport
 from seq2seq_attn.metrics import Score
 from seq2seq_attn.optim import NonFiniteLossError
-from seq2seq_attn.rundir import (
-    RunDirError,
-    TrainSummary,
-    read_metrics,
-    read_summary,
-    recent_checkpoints,
-    trim_metrics,
-)
+from seq2seq_attn.rundir import RunDirError, read_metrics, read_summary
 from seq2seq_attn.tokenizer import Tokenizer
-from seq2seq_attn.train import RunInfo, StepReport, TrainCallback, ValidationReport, train
+from seq2seq_attn.train import train
+from seq2seq_attn.translation.torch_backend import translate_n_best
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -323,9 +318,11 @@ def test_best_checkpoint_alone_rebuilds_the_validated_model(corpus, tmp_path):
     model, tokenizer, restored = model_from_checkpoint(load_checkpoint(summary.best_checkpoint))
     assert restored == config and not model.training
     sources = [src for src, _, _ in best.samples]
-    options = search_options(config.decode, beam_size=1)
-    outputs = translate(model, tokenizer, sources, options, 256, "cpu")
-    assert tokenizer.decode_tgt([h.tokens for h in outputs]) == [h for _, _, h in best.samples]
+    greedy = dataclasses.replace(config.decode, beam_size=1)
+    outputs = translate_n_best(model, tokenizer, sources, greedy, 256, "cpu")
+    assert tokenizer.decode_tgt([found[0].tokens for found in outputs]) == [
+        h for _, _, h in best.samples
+    ]
     with pytest.raises(CheckpointError, match=r"x\.pt: not a seq2seq-attn training checkpoint"):
         model_from_checkpoint({"model": {}}, "x.pt")
 
@@ -368,14 +365,6 @@ def test_bf16_autocast_training_follows_fp32(corpus, tmp_path, family):
     assert difference.norm() / norm.norm() < 5e-3
 
 
-def test_trim_metrics_drops_later_and_unfinished_lines(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    lines = ['{"kind": "train", "step": 5}', '{"kind": "valid", "step": 10}', '{"step": 15}']
-    path.write_text("\n".join(lines) + '\n{"kind": "tra', encoding="utf-8")
-    trim_metrics(path, 10)
-    assert path.read_text(encoding="utf-8").splitlines() == lines[:2]
-
-
 def test_resume_accepts_a_moved_cache(corpus, tmp_path):
     train(toy_config(corpus, max_steps=2, validate_every=0), tmp_path / "run")
     moved = toy_config(corpus, max_steps=3, validate_every=0)
@@ -395,7 +384,7 @@ def test_averaged_checkpoints_hold_the_mean_weights_and_translate(corpus, tmp_pa
     assert any(not torch.equal(weight, first[name]) for name, weight in averaged["model"].items())
     save_checkpoint(averaged, tmp_path / "averaged.pt")
     model, tokenizer, config = model_from_checkpoint(load_checkpoint(tmp_path / "averaged.pt"))
-    found = translate(model, tokenizer, ["ta zo li"], search_options(config.decode), 256, "cpu")
+    found = translate_n_best(model, tokenizer, ["ta zo li"], config.decode, 256, "cpu")
     assert len(found) == 1
     train(toy_config(corpus, "rnn"), tmp_path / "rnn")
     with pytest.raises(CheckpointError, match="another model or tokenizer"):
@@ -465,15 +454,3 @@ def test_validation_records_carry_the_training_time(corpus, tmp_path):
     assert 0 < validations[0]["elapsed"] < validations[1]["elapsed"]
     assert {"loss", "bleu", "chrf"} <= set(validations[0])
     assert [record["step"] for record in read_metrics(tmp_path / "run", "train")] == [5, 10, 15, 20]
-
-
-def test_recent_checkpoints_are_those_up_to_last_pt(corpus, tmp_path):
-    run = tmp_path / "run"
-    train(toy_config(corpus, keep_last=3), run)
-    assert recent_checkpoints(run, 4) == {
-        10: run / "step-00000010.pt",
-        20: run / "step-00000020.pt",
-    }
-    assert recent_checkpoints(run, 1) == {20: run / "step-00000020.pt"}
-    (run / "step-00000020.pt").rename(run / "step-00000030.pt")  # newer than last.pt: a kill
-    assert recent_checkpoints(run, 4) == {10: run / "step-00000010.pt", 20: run / "last.pt"}

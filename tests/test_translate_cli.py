@@ -143,6 +143,9 @@ def test_plot_attention_writes_one_png_per_sentence(run_dir, corpus, tmp_path):
         (["RUN", "--beam", "2", "--n-best", "3"], "n_best <= beam_size", 2),
         (["RUN", "--metrics", "bleu,meteor", "--ref", "REF"], "unknown metric", 2),
         (["RUN", "--ref", "SHORT"], "SHORT.txt has 1 lines but stdin has 2", 2),
+        (["RUN", "--device", "banana"], "--device: invalid value 'banana'; use auto, cpu", 2),
+        (["RUN", "--device", "cuda:99"], "--device: invalid value 'cuda:99'", 2),
+        (["RUN", "--precision", "fp16", "--device", "cpu"], "--precision: invalid value", 2),
     ],
 )
 def test_errors_are_clear(run_dir, corpus, tmp_path, arguments, message, code):
@@ -161,6 +164,7 @@ def test_errors_are_clear(run_dir, corpus, tmp_path, arguments, message, code):
     result = translate_cli(*[replace.get(a, a) for a in arguments], stdin="x\ny\n")
     assert result.exit_code == code, result.output
     assert message in " ".join(result.output.split())
+    assert "train.device" not in result.output and "train.precision" not in result.output
 
 
 def test_invalid_utf8_input_names_the_line(run_dir, tmp_path):

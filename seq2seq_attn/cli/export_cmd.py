@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..checkpoint import CheckpointError
-from ..ct2 import QUANTIZATIONS, ExportError, export_checkpoint
+from ..export import QUANTIZATIONS, ExportError, export_checkpoint
 from .console import console, fail
 
 export_app = typer.Typer(

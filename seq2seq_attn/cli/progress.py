@@ -9,8 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..rundir import TrainSummary
-from ..train import RunInfo, StepReport, TrainCallback, ValidationReport
+from ..events import RunInfo, StepReport, TrainCallback, TrainSummary, ValidationReport
 from .console import console, logger
 
 

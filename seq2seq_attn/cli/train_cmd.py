@@ -17,7 +17,7 @@ import typer
 from ..checkpoint import CheckpointError
 from ..config import ConfigError, load_config
 from ..distributed import environment_rank
-from ..rundir import RunDirError, check_new_run_dir
+from ..rundir import LOG_FILE, RunDirError, check_new_run_dir
 from .console import console, err_console, fail, logger, package_logging
 
 train_app = typer.Typer(
@@ -112,7 +112,7 @@ def train_command(
         with stopper:
             if not resume and rank == 0:
                 check_new_run_dir(run_dir)
-            log_file = run_dir / "train.log" if rank == 0 else None
+            log_file = run_dir / LOG_FILE if rank == 0 else None
             with package_logging(log_file, live, rank):
                 summary = train(
                     loaded, run_dir, resume=resume, callbacks=[callback], stop=stopper.event

@@ -15,15 +15,12 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from ..checkpoint import CheckpointError, find_checkpoint
-from ..config import ConfigError
-from ..ct2 import CT2Translator, ExportError, is_exported, load_exported
+from ..corpus import TextFileError, decode_lines
 from ..decoding import Hypothesis
-from ..evaluate import Translator, load_for_translation
-from ..fileio import TextFileError, decode_lines, write_text_atomic
+from ..fileio import write_text_atomic
 from ..metrics import Score, corpus_scores
 from ..plotting import PlottingError, plot_attention
-from ..tokenizer import Tokenizer
+from ..translation import TranslationError, TranslationSettings, Translator, open_translator
 from .console import console, err_console, fail
 
 translate_app = typer.Typer(
@@ -33,7 +30,7 @@ translate_app = typer.Typer(
 )
 
 
-def read_lines(path: Path | None) -> list[str]:
+def read_input(path: Path | None) -> list[str]:
     """Lines of ``path`` (stdin when None), blank ones kept; invalid UTF-8 names the line."""
     try:
         data = sys.stdin.buffer.read() if path is None else path.read_bytes()
@@ -113,8 +110,12 @@ def translate_command(
         float | None, typer.Option(help="GNMT length penalty alpha \\[default: the run's].")
     ] = None,
     n_best: Annotated[
-        int, typer.Option(help="Write the N best as 'index ||| hypothesis ||| score' lines.")
-    ] = 1,
+        int | None,
+        typer.Option(
+            help="Write the N best as 'index ||| hypothesis ||| score' lines \\[default: the "
+            "run's decode.n_best, 1 unless set]."
+        ),
+    ] = None,
     batch_tokens: Annotated[int, typer.Option(help="Source token slots per batch.")] = 4096,
     max_length_ratio: Annotated[
         float | None, typer.Option(help="Output length limit = ratio * source length + offset.")
@@ -165,122 +166,65 @@ def translate_command(
     Exactly one output line per input line, in order. Scores (--ref) go to stdout when the
     translations go to a file (-o), else to stderr.
     """
+    settings = TranslationSettings(
+        device=device, precision=precision, compute_type=compute_type, beam_size=beam,
+        length_penalty=length_penalty, max_length_ratio=max_length_ratio, n_best=n_best,
+        max_tokens=batch_tokens,
+    )  # fmt: skip
+    translator = open_model(checkpoint, settings, ensemble or [])
     wants_attention = attention is not None or show_attention or plot_attention_file is not None
-    settings = {
-        "device": device,
-        "beam_size": beam,
-        "length_penalty": length_penalty,
-        "max_length_ratio": max_length_ratio,
-        "n_best": n_best,
-        "max_tokens": batch_tokens,
-    }
-    if is_exported(checkpoint):
-        if ensemble:
-            raise fail(
-                f"{checkpoint} is a CTranslate2 folder: --ensemble needs .pt checkpoints (or run "
-                "directories) for every model",
-                code=2,
-            )
-        translator = open_exported(checkpoint, precision, compute_type, wants_attention, settings)
-    else:
-        if compute_type is not None:
-            raise fail(
-                "--compute-type is for folders written by attn-export; for a checkpoint use "
-                "--precision",
-                code=2,
-            )
-        translator = open_translator(
-            checkpoint, ensemble or [], precision=precision or "fp32", **settings
+    if wants_attention and not translator.capabilities.attention:
+        raise fail(
+            f"{checkpoint} is a CTranslate2 folder, which keeps no attention weights: "
+            "--attention, --show-attention and --plot-attention need the .pt checkpoint it was "
+            "exported from",
+            code=2,
         )
     if input_file is None and sys.stdin.isatty():
         interactive(translator)
         return
-    lines = read_lines(input_file)
+    lines = read_input(input_file)
     found = translator.n_best(lines)
     best = translator.detokenize([hypotheses[0] for hypotheses in found])
-    write_output(output, format_output(found, best, translator.tokenizer, n_best))
+    write_output(output, format_output(found, best, translator))
     if wants_attention:
         if ensemble:
             err_console.print(
                 f"attention: from the ensemble's first model ({checkpoint})", highlight=False
             )
         records = [
-            translator.attention(index, line, hypotheses[0], layer=attention_layer,
-                                 head=attention_head)
+            translator.attention(index, line, hypotheses[0], attention_layer, attention_head)
             for index, (line, hypotheses) in enumerate(zip(lines, found, strict=True))
             if line.strip()
-        ]  # fmt: skip
+        ]
         show_attention_records(records, attention, show_attention, plot_attention_file)
     if ref is not None:
-        references = read_lines(ref)
-        if len(references) != len(lines):
-            source = input_file or "stdin"
-            raise fail(f"{ref} has {len(references)} lines but {source} has {len(lines)}", code=2)
-        try:
-            scores = corpus_scores(best, references, [m.strip() for m in metrics.split(",")])
-        except ValueError as error:
-            raise fail(f"--metrics: {error}", code=2) from None
+        scores = score_output(best, ref, input_file, metrics)
         print_scores(scores, json_scores, console if output is not None else err_console)
 
 
-def open_exported(
-    folder: Path,
-    precision: str | None,
-    compute_type: str | None,
-    wants_attention: bool,
-    settings: dict[str, object],
-) -> CT2Translator:
-    """A folder written by attn-export, loaded for CTranslate2, or a clear exit 2 for the
-    options it cannot honour (attention, --precision) and 1 for a folder it cannot load."""
-    if wants_attention:
-        raise fail(
-            f"{folder} is a CTranslate2 folder, which keeps no attention weights: --attention, "
-            "--show-attention and --plot-attention need the .pt checkpoint it was exported from",
-            code=2,
-        )
-    if precision is not None:
-        raise fail(
-            f"{folder} is a CTranslate2 folder: choose its arithmetic with --compute-type "
-            "(float32, int8, ...), not --precision",
-            code=2,
-        )
+def open_model(checkpoint: Path, settings: TranslationSettings, ensemble: list[Path]) -> Translator:
+    """The model opened for translation, or a clear exit: 1 for a file that cannot be read, 2
+    for what the user asked wrongly."""
     try:
-        return load_exported(folder, compute_type=compute_type, **settings)
-    except ExportError as error:
-        raise fail(str(error), code=1) from None
+        return open_translator(checkpoint, settings, ensemble)
+    except TranslationError as error:
+        raise fail(str(error), code=1 if error.unreadable else 2) from None
+
+
+def score_output(
+    best: list[str], ref: Path, input_file: Path | None, metrics: str
+) -> dict[str, Score]:
+    """sacreBLEU scores of ``best`` against the references in ``ref``, or a clear exit 2 for
+    references that do not line up with the input or an unknown metric."""
+    references = read_input(ref)
+    if len(references) != len(best):
+        source = input_file or "stdin"
+        raise fail(f"{ref} has {len(references)} lines but {source} has {len(best)}", code=2)
+    try:
+        return corpus_scores(best, references, [m.strip() for m in metrics.split(",")])
     except ValueError as error:
-        raise fail(str(error), code=2) from None
-
-
-def open_translator(checkpoint: Path, ensemble: list[Path], **settings: object) -> Translator:
-    """The checkpoint (or run directory) loaded for translation, ensembled with those of
-    ``ensemble``, or a clear exit: 2 for what the user asked wrongly (no checkpoint in a
-    folder, an impossible setting, ensemble members with different tokenizers), 1 for a
-    damaged checkpoint."""
-    for path in ensemble:
-        if is_exported(path):
-            raise fail(
-                f"--ensemble {path}: a CTranslate2 folder (attn-export); ensembles need .pt "
-                "checkpoints or run directories",
-                code=2,
-            )
-    for path in (checkpoint, *ensemble):
-        if (path / "model.bin").is_file():
-            raise fail(
-                f"{path}: a CTranslate2 model without seq2seq_attn.json; attn-translate reads "
-                "folders written by attn-export (export the checkpoint again) or .pt checkpoints",
-                code=2,
-            )
-    try:
-        paths = [find_checkpoint(path) for path in (checkpoint, *ensemble)]
-    except CheckpointError as error:
-        raise fail(str(error), code=2) from None
-    try:
-        return load_for_translation(paths[0], ensemble=paths[1:], **settings)
-    except CheckpointError as error:
-        raise fail(str(error), code=1) from None
-    except (ConfigError, ValueError) as error:
-        raise fail(str(error), code=2) from None
+        raise fail(f"--metrics: {error}", code=2) from None
 
 
 def show_attention_records(
@@ -303,14 +247,14 @@ def show_attention_records(
 
 
 def format_output(
-    found: list[list[Hypothesis]], best: list[str], tokenizer: Tokenizer, n_best: int
+    found: list[list[Hypothesis]], best: list[str], translator: Translator
 ) -> list[str]:
     """One line per input, or ``index ||| hypothesis ||| score`` lines for n-best lists."""
-    if n_best == 1:
+    if translator.decode.n_best == 1:
         return best
     lines = []
     for index, hypotheses in enumerate(found):
-        texts = tokenizer.decode_tgt([hypothesis.tokens for hypothesis in hypotheses])
+        texts = translator.detokenize(hypotheses)
         lines += [
             f"{index} ||| {text} ||| {h.score:.4f}"
             for text, h in zip(texts, hypotheses, strict=True)
@@ -336,7 +280,7 @@ def write_file(path: Path, text: str) -> None:
         raise fail(f"{path}: cannot write ({error.strerror})", code=1) from None
 
 
-def interactive(translator: Translator | CT2Translator) -> None:
+def interactive(translator: Translator) -> None:
     """Translate each line as it is typed, until end of input (Ctrl-D)."""
     err_console.print("Type a sentence and press Enter; Ctrl-D to quit.")
     while True:

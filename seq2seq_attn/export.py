@@ -1,15 +1,11 @@
-"""CTranslate2: export a Transformer checkpoint, and translate with the exported folder.
+"""Export a Transformer checkpoint to a CTranslate2 model folder, and what makes a folder one.
 
 :func:`export_checkpoint` maps every weight of the project's :class:`Transformer` onto
 ``ctranslate2.specs.TransformerSpec`` (pre/post-norm, sinusoidal or learned positions,
 ReLU/GELU, tied or untied output, joint or separate vocabularies) and writes a folder that
 CTranslate2 loads directly: ``model.bin`` and its vocabularies, the SentencePiece model(s) and
-``seq2seq_attn.json`` (the decode settings and where the weights came from).
-
-:class:`CT2Translator` translates with such a folder and keeps the project's search rules
-around CTranslate2's: GNMT's length penalty (CTranslate2's is ``length ** alpha``) by rescoring
-the ``beam`` finished hypotheses it returns unpenalised, and one output limit per sentence
-(CTranslate2 takes one per batch) by batching sentences of equal limit together.
+``seq2seq_attn.json`` (the decode settings and where the weights came from). The folder is
+translated by :mod:`seq2seq_attn.translation.ct2_backend`.
 
 ``ctranslate2`` is an optional dependency: it is imported only when a function here needs it.
 """
@@ -18,26 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from .batching import length_batches
 from .checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from .config import DecodeConfig
-from .decoding import Hypothesis, SearchOptions, length_penalty, output_limits
-from .evaluate import encode_sources, overridden_options
+from .fileio import replace_folder
 from .tokenizer import BOS_ID, EOS_ID, UNK_ID, Tokenizer
 
 if TYPE_CHECKING:
-    import ctranslate2
-
     from .models.transformer import Transformer
 
 INFO_FILE = "seq2seq_attn.json"
@@ -66,9 +56,6 @@ def import_ctranslate2():
             "pip install ctranslate2; make install includes it)"
         ) from None
     return ctranslate2
-
-
-# ---- export ---------------------------------------------------------------------------------
 
 
 def transformer_spec(model: Transformer, tokenizer: Tokenizer):
@@ -206,7 +193,7 @@ def export_checkpoint(
             "joint_vocabulary": tokenizer.joint,
         }
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        _replace_folder(staging, output_dir)
+        replace_folder(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -234,30 +221,6 @@ def _check_output_dir(output_dir: Path, checkpoint: Path, force: bool) -> None:
             f"{output_dir}: not a folder written by attn-export, so --force will not replace "
             "it; choose another -o"
         )
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Move the complete folder ``new`` to ``target``; an earlier ``target`` is set aside
-    first and deleted only once the new one is in place."""
-    new.chmod(0o777 & ~_umask())
-    if not target.exists():
-        new.rename(target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    old.rmdir()
-    target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old)
-
-
-def _umask() -> int:
-    """The process's file creation mask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# ---- translation ----------------------------------------------------------------------------
 
 
 def is_exported(path: str | Path) -> bool:
@@ -288,172 +251,3 @@ def read_info(directory: Path) -> dict:
             "attn-export"
         ) from None
     return info
-
-
-@dataclass
-class CT2Translator:
-    """An exported folder ready to translate with CTranslate2, with the project's search rules
-    (see the module docstring); the same ``n_best`` / ``translate`` / ``detokenize`` as
-    :class:`~seq2seq_attn.evaluate.Translator`."""
-
-    engine: ctranslate2.Translator
-    tokenizer: Tokenizer
-    options: SearchOptions
-    max_positions: int | None
-    compute_type: str
-    max_tokens: int = 4096  # source token slots per batch
-    max_sentences: int | None = None  # sentences per batch (None: as many as fit)
-
-    def n_best(self, src_texts: Sequence[str]) -> list[list[Hypothesis]]:
-        """The ``options.n_best`` hypotheses of each input, best first, in input order; a blank
-        line gets one empty hypothesis."""
-        src_ids = encode_sources(self.tokenizer, src_texts, self.max_positions)
-        outputs = [[Hypothesis(tokens=[], log_prob=0.0, score=0.0)] for _ in src_ids]
-        nonempty = [index for index, ids in enumerate(src_ids) if ids]
-        lengths = [len(src_ids[i]) + 1 for i in nonempty]  # EOS included, as the model sees
-        limits = output_limits(
-            torch.tensor(lengths).unsqueeze(1) > torch.arange(max(lengths, default=1)),
-            self.options, self.max_positions,
-        ).tolist()  # fmt: skip
-        by_limit: dict[int, list[int]] = {}  # CTranslate2 takes one length limit per call
-        for row, limit in enumerate(limits):
-            by_limit.setdefault(limit, []).append(row)
-        for limit, rows in by_limit.items():
-            group_lengths = [lengths[row] for row in rows]
-            for batch in length_batches(group_lengths, self.max_tokens, self.max_sentences):
-                indices = [nonempty[rows[position]] for position in batch]
-                found = self._search([src_ids[i] for i in indices], limit)
-                for index, hypotheses in zip(indices, found, strict=True):
-                    outputs[index] = hypotheses
-        return outputs
-
-    def _search(self, sources: list[list[int]], limit: int) -> list[list[Hypothesis]]:
-        """One CTranslate2 call for sentences that share the output ``limit`` (EOS included).
-
-        CTranslate2 stops a hypothesis at its length limit without an EOS, where ours forces
-        the EOS and counts its log-probability: such hypotheses are scored again with it."""
-        options, tokenizer = self.options, self.tokenizer
-        beam, eos = options.beam_size, tokenizer.tgt_pieces([EOS_ID])[0]
-        source_pieces = [tokenizer.src_pieces(ids) for ids in sources]
-        results = self.engine.translate_batch(
-            source_pieces,
-            beam_size=beam,
-            num_hypotheses=beam,
-            length_penalty=0.0,  # raw log-probabilities; GNMT's penalty is applied below
-            patience=1.0,  # like ours: a sentence is done with `beam` finished hypotheses
-            max_input_length=0,  # sources are already cut to max_positions
-            max_decoding_length=limit - 1,  # tokens before the EOS
-            min_decoding_length=options.min_length,
-            return_scores=True,
-            return_end_token=True,
-        )
-        found = [  # per sentence: [pieces, log-probability] of each finished hypothesis
-            [[pieces, float(score)] for pieces, score in zip(r.hypotheses, r.scores, strict=True)]
-            for r in results
-        ]
-        cut = [  # (sentence, hypothesis) pairs that reached the limit: no EOS at their end
-            (row, rank)
-            for row, hypotheses in enumerate(found)
-            for rank, (pieces, _) in enumerate(hypotheses)
-            if pieces[-1:] != [eos]
-        ]
-        if cut:  # add the forced EOS's log-probability, as our search does
-            rescored = self.engine.score_batch(
-                [source_pieces[row] for row, _ in cut], [found[row][rank][0] for row, rank in cut]
-            )
-            for (row, rank), result in zip(cut, rescored, strict=True):
-                found[row][rank][1] = float(sum(result.log_probs))
-        outputs = []
-        for hypotheses in found:
-            ranked = []
-            for pieces, log_prob in hypotheses:
-                tokens = tokenizer.tgt_ids(pieces[:-1] if pieces[-1:] == [eos] else pieces)
-                penalty = length_penalty(len(tokens) + 1, options.length_penalty)
-                ranked.append(Hypothesis(tokens, log_prob, log_prob / penalty))
-            ranked.sort(key=lambda hypothesis: -hypothesis.score)
-            outputs.append(ranked[: options.n_best])
-        return outputs
-
-    def translate(self, src_texts: Sequence[str]) -> list[Hypothesis]:
-        """The best hypothesis of each input, in input order."""
-        return [hypotheses[0] for hypotheses in self.n_best(src_texts)]
-
-    def detokenize(self, hypotheses: Sequence[Hypothesis]) -> list[str]:
-        """The target text of each hypothesis."""
-        return self.tokenizer.decode_tgt([hypothesis.tokens for hypothesis in hypotheses])
-
-    def score(
-        self, src_texts: Sequence[str], tgt_ids: Sequence[Sequence[int]]
-    ) -> list[list[float]]:
-        """Teacher-forced log-probabilities of each target token and the final EOS."""
-        src_ids = encode_sources(self.tokenizer, src_texts, self.max_positions)
-        results = self.engine.score_batch(
-            [self.tokenizer.src_pieces(ids) for ids in src_ids],
-            [self.tokenizer.tgt_pieces(ids) for ids in tgt_ids],
-        )
-        return [list(result.log_probs) for result in results]
-
-
-def load_exported(
-    directory: str | Path,
-    *,
-    device: str = "auto",
-    compute_type: str | None = None,
-    beam_size: int | None = None,
-    length_penalty: float | None = None,
-    max_length_ratio: float | None = None,
-    n_best: int = 1,
-    max_tokens: int = 4096,
-    max_sentences: int | None = None,
-    threads: int | None = None,
-) -> CT2Translator:
-    """An exported folder loaded for translation with its decode settings (the keyword
-    arguments that are not None override them). ``compute_type`` None keeps the exported
-    one; ``threads`` defaults to torch's thread count (``OMP_NUM_THREADS``).
-
-    Raises :class:`ExportError` for a folder that cannot be loaded, ``ValueError`` for an
-    impossible setting (device, compute type)."""
-    ctranslate2 = import_ctranslate2()
-    directory = Path(directory)
-    info = read_info(directory)
-    options = overridden_options(
-        DecodeConfig(**info["decode"]), beam_size, length_penalty, max_length_ratio, n_best
-    )
-    gpus = ctranslate2.get_cuda_device_count()
-    requested = device
-    if device == "auto":
-        device = "cuda" if gpus > 0 else "cpu"
-    device, _, index = device.partition(":")
-    if device not in ("cpu", "cuda") or (index and not index.isdigit()):
-        raise ValueError(f"--device {requested}: use auto, cpu, cuda or cuda:N")
-    if device == "cuda" and int(index or 0) >= gpus:
-        raise ValueError(
-            f"--device {requested}: CTranslate2 sees {gpus} CUDA GPU(s) here; use cpu or auto"
-        )
-    supported = sorted(ctranslate2.get_supported_compute_types(device))
-    if compute_type not in (None, "default", "auto", *supported):
-        raise ValueError(
-            f"--compute-type {compute_type!r} is not available on {device} here; choose one of "
-            f"{', '.join(supported)} (or leave it out to keep the exported type)"
-        )
-    try:
-        engine = ctranslate2.Translator(
-            str(directory),
-            device=device,
-            device_index=int(index or 0),
-            compute_type=compute_type or "default",
-            intra_threads=threads or torch.get_num_threads(),
-        )
-    except (RuntimeError, ValueError) as error:
-        raise ExportError(f"{directory}: CTranslate2 cannot load it: {error}") from None
-    try:
-        tokenizer = Tokenizer.load(directory)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise ExportError(
-            f"{directory}: its SentencePiece model(s) cannot be read ({error}); export the "
-            "model again with attn-export"
-        ) from None
-    return CT2Translator(
-        engine, tokenizer, options, info.get("max_positions"), engine.compute_type, max_tokens,
-        max_sentences,
-    )  # fmt: skip

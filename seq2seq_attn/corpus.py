@@ -1,0 +1,219 @@
+"""Reading text: how every text file the project reads is opened and split into lines.
+
+One rule, wherever text comes from (a corpus, a prepared split, a file to translate, stdin):
+
+- a file that starts with the gzip magic is decompressed, whatever its name;
+- lines are split on ``\\n`` only, as sacreBLEU reads a file (``open(..., newline="\\n")``): a
+  lone ``\\r`` inside a line stays, ``\\r`` at the end of a line (a CRLF line end) is dropped, a
+  last line without a line end counts, blank lines are kept; other trailing whitespace is text
+  (sacreBLEU's command line strips it, its Python API does not);
+- the text is UTF-8; an invalid byte raises :class:`TextFileError` naming ``file:line``.
+
+On top of it: reading two line-aligned files (the counts checked, both files named when they
+differ) and the pair readers of plain, TSV and JSON-lines corpora. Standard library only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class TextFileError(ValueError):
+    """A text input that cannot be read: the message names the file (and line) and the problem."""
+
+
+class MisalignedError(TextFileError):
+    """Two files meant to be line-aligned have different line counts; the message names both."""
+
+
+# ---- opening -------------------------------------------------------------------------------
+
+
+def _is_gzip(head: bytes) -> bool:
+    """Whether data starting with ``head`` (its first two bytes suffice) is gzip-compressed."""
+    return head[:2] == GZIP_MAGIC
+
+
+def gunzipped(data: bytes) -> bytes:
+    """``data`` itself, or its decompressed content when it is gzip-compressed."""
+    return gzip.decompress(data) if _is_gzip(data) else data
+
+
+def _open_binary(path: str | Path) -> IO[bytes]:
+    """Open ``path`` for reading bytes, decompressing it when it is gzip-compressed."""
+    path = Path(path)
+    with path.open("rb") as probe:
+        head = probe.read(2)
+    return gzip.open(path, "rb") if _is_gzip(head) else path.open("rb")
+
+
+def _unreadable(path: str | Path, error: Exception) -> TextFileError:
+    """The error for a file that cannot be opened or decompressed."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return TextFileError(f"{path}: cannot read ({reason})")
+
+
+# ---- the line rule -------------------------------------------------------------------------
+
+
+def _invalid_utf8(origin: str, data: bytes, error: UnicodeDecodeError, first: int) -> TextFileError:
+    """The error for invalid UTF-8 in ``data`` (lines numbered from ``first``), naming the
+    line, the byte within it and the bytes around it."""
+    start = data.rfind(b"\n", 0, error.start) + 1
+    end = data.find(b"\n", error.start)
+    end = len(data) if end == -1 else end
+    near = data[max(start, error.start - 8) : min(end, error.start + 8)]
+    number = first + data.count(b"\n", 0, error.start)
+    return TextFileError(
+        f"{origin}:{number}: not valid UTF-8 ({error.reason}) at byte {error.start - start} of "
+        f"the line ({near!r}); re-encode it as UTF-8 (iconv -f LATIN1 -t UTF-8)"
+    )
+
+
+def decode_lines(data: bytes, origin: str) -> list[str]:
+    """UTF-8 ``data`` split into lines by the module's rule (on ``\\n``, a ``\\r`` before it
+    dropped, a final line end closing the last line, blank lines kept). Invalid UTF-8 raises
+    :class:`TextFileError` naming ``origin`` and the line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _invalid_utf8(origin, data, error, first=1) from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number from 1, line) of a (possibly gzipped) file, read as it goes, split and
+    checked like :func:`decode_lines`; an unreadable file raises :class:`TextFileError`."""
+    try:
+        with _open_binary(path) as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    yield number, raw.decode("utf-8").rstrip("\n").rstrip("\r")
+                except UnicodeDecodeError as error:
+                    raise _invalid_utf8(str(path), raw, error, first=number) from None
+    except (OSError, EOFError) as error:  # EOFError: a truncated gzip file
+        raise _unreadable(path, error) from None
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The lines of the (possibly gzipped) UTF-8 text file ``path`` (see :func:`decode_lines`);
+    an unreadable file raises :class:`TextFileError` naming it."""
+    try:
+        with _open_binary(path) as handle:
+            data = handle.read()
+    except (OSError, EOFError) as error:
+        raise _unreadable(path, error) from None
+    return decode_lines(data, str(path))
+
+
+def line_count(data: bytes) -> int:
+    """Lines in ``data`` by the module's rule: its line ends, and a last line without one."""
+    return data.count(b"\n") + (data[-1:] not in (b"", b"\n"))
+
+
+def count_lines(path: str | Path) -> int:
+    """Lines in a (possibly gzipped) text file, read in chunks: :func:`line_count` of it."""
+    count, last = 0, b"\n"
+    try:
+        with _open_binary(path) as handle:
+            while chunk := handle.read(1 << 20):
+                count += chunk.count(b"\n")
+                last = chunk[-1:]
+    except (OSError, EOFError) as error:
+        raise _unreadable(path, error) from None
+    return count + (last != b"\n")
+
+
+# ---- parallel text -------------------------------------------------------------------------
+
+
+def check_aligned(src: str | Path, src_count: int, tgt: str | Path, tgt_count: int) -> None:
+    """Raise :class:`MisalignedError` naming both files and their counts when they differ."""
+    if src_count != tgt_count:
+        raise MisalignedError(f"{src} has {src_count} lines but {tgt} has {tgt_count}")
+
+
+def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:
+    """The lines of two line-aligned files (:func:`read_lines`), checked to be as many."""
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    check_aligned(src_path, len(src), tgt_path, len(tgt))
+    return src, tgt
+
+
+def check_parallel_files(src_path: str | Path, tgt_path: str | Path) -> int:
+    """The line count two files share, counted without holding them in memory; a
+    :class:`MisalignedError` when they differ."""
+    src_count, tgt_count = count_lines(src_path), count_lines(tgt_path)
+    check_aligned(src_path, src_count, tgt_path, tgt_count)
+    return src_count
+
+
+# ---- corpus readers: rows {"src": ..., "tgt": ...} -------------------------------------------
+
+
+def plain_pairs(src_path: str, tgt_path: str) -> Iterator[dict[str, str]]:
+    """Pairs from two line-aligned files (check them first: :func:`check_parallel_files`)."""
+    src_lines, tgt_lines = iter_lines(src_path), iter_lines(tgt_path)
+    for (_, src), (_, tgt) in zip(src_lines, tgt_lines, strict=True):
+        yield {"src": src, "tgt": tgt}
+
+
+def tsv_pairs(path: str, src_column: str, tgt_column: str) -> Iterator[dict[str, str]]:
+    """Pairs from a TSV file whose first row names the columns."""
+    lines = iter_lines(path)
+    _, header_line = next(lines)
+    header = header_line.split("\t")
+    src_at, tgt_at = header.index(src_column), header.index(tgt_column)
+    for number, line in lines:
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise TextFileError(
+                f"{path}:{number}: {len(fields)} tab-separated fields, the header has "
+                f"{len(header)} ({header}); remove tabs inside sentences or fix the row"
+            )
+        yield {"src": fields[src_at], "tgt": fields[tgt_at]}
+
+
+def jsonl_pairs(path: str, src_column: str, tgt_column: str) -> Iterator[dict[str, str]]:
+    """Pairs from a JSON-lines file, one object per line; blank lines are skipped."""
+    for number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise TextFileError(
+                f"{path}:{number}: invalid JSON ({error.msg}); fix the line"
+            ) from None
+        missing = [c for c in (src_column, tgt_column) if not isinstance(row, dict) or c not in row]
+        if missing:
+            available = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise TextFileError(
+                f"{path}:{number}: no column {missing[0]!r}; the row has {available}; "
+                "set data.src_column / data.tgt_column"
+            )
+        yield {"src": str(row[src_column]), "tgt": str(row[tgt_column])}
+
+
+def header_columns(path: str | Path, kind: str) -> list[str] | None:
+    """The columns a TSV (``kind="tsv"``) or JSON-lines file names on its first non-blank row,
+    or None when it has none; a first JSON row that does not parse is a :class:`TextFileError`."""
+    first = next((line for _, line in iter_lines(path) if line.strip()), None)
+    if first is None:
+        return None
+    if kind == "tsv":
+        return first.split("\t")
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError as error:
+        raise TextFileError(f"{path}: invalid JSON on the first row ({error.msg})") from None
+    return list(row) if isinstance(row, dict) else []

@@ -1,0 +1,134 @@
+"""What every translation backend shares: the :class:`Translator` protocol, the one
+:class:`TranslationSettings` dataclass a caller fills in, the one error type, and how source
+lines become model input (:func:`encode_sources`).
+
+A backend implements :meth:`Translator.n_best` (and :meth:`Translator.attention` when its
+:class:`Capabilities` say so); ``translate`` and ``detokenize`` come from the protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ..config import DecodeConfig
+from ..decoding import Hypothesis
+from ..tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class TranslationError(ValueError):
+    """A model that cannot be opened for translation, or settings it cannot honour; the
+    message names the path or option and says how to fix it.
+
+    ``unreadable`` tells a model file that is missing or cannot be read (a truncated
+    checkpoint, an export missing its tokenizer) from a request that is wrong (no checkpoint in
+    a folder, an option the backend does not take).
+    """
+
+    def __init__(self, message: str, unreadable: bool = False) -> None:
+        super().__init__(message)
+        self.unreadable = unreadable
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do beyond ``n_best``: ``attention`` (cross-attention records)."""
+
+    attention: bool
+
+
+@dataclass(frozen=True)
+class TranslationSettings:
+    """How to open and run a translator, for every backend.
+
+    The decode fields (``beam_size`` ... ``n_best``) that are None keep the model's own
+    ``decode`` section (``beam_size=1``: greedy). ``precision`` (fp32, bf16, fp16, auto;
+    None: fp32) is for checkpoints; ``compute_type`` (CTranslate2's: float32, int8...; None:
+    the exported one) and ``threads`` (None: torch's thread count) for exported folders. A
+    backend refuses the other's arithmetic option.
+    """
+
+    device: str = "auto"
+    precision: str | None = None
+    compute_type: str | None = None
+    beam_size: int | None = None
+    length_penalty: float | None = None
+    max_length_ratio: float | None = None
+    n_best: int | None = None
+    max_tokens: int = 4096  # source token slots per batch
+    max_sentences: int | None = None  # sentences per batch (None: as many as fit)
+    threads: int | None = None
+
+    def decode_settings(self, model_decode: DecodeConfig) -> DecodeConfig:
+        """``model_decode`` with this object's decode fields that are not None in its place;
+        a ``ConfigError`` (a ``ValueError``) names an impossible value's key."""
+        overrides = {"beam_size": self.beam_size, "length_penalty": self.length_penalty,
+                     "max_length_ratio": self.max_length_ratio}  # fmt: skip
+        changes = {key: value for key, value in overrides.items() if value is not None}
+        decode = dataclasses.replace(model_decode, **changes, n_best=1)
+        n_best = model_decode.n_best if self.n_best is None else self.n_best
+        if not 1 <= n_best <= decode.beam_size:
+            raise TranslationError(
+                f"--n-best {n_best}: need 1 <= n_best <= beam_size, got beam_size="
+                f"{decode.beam_size}; raise --beam or lower --n-best"
+            )
+        return dataclasses.replace(decode, n_best=n_best)
+
+
+@runtime_checkable
+class Translator(Protocol):
+    """A model ready to translate: its tokenizer, the decode settings it searches with, what
+    it can do, and n-best search over lists of source lines."""
+
+    tokenizer: Tokenizer
+    decode: DecodeConfig
+    capabilities: Capabilities
+
+    def n_best(self, src_texts: Sequence[str]) -> list[list[Hypothesis]]:
+        """The ``decode.n_best`` hypotheses of each input, best first, in input order; a blank
+        line gets one empty hypothesis and never reaches the model."""
+        ...
+
+    def attention(
+        self, index: int, src_text: str, hypothesis: Hypothesis, layer: int = -1,
+        head: int | None = None,
+    ) -> dict:  # fmt: skip
+        """One translated sentence's subword tokens and cross-attention weights as plain JSON
+        data (``index`` numbers the sentence); only where ``capabilities.attention``."""
+        ...
+
+    def translate(self, src_texts: Sequence[str]) -> list[Hypothesis]:
+        """The best hypothesis of each input, in input order."""
+        return [hypotheses[0] for hypotheses in self.n_best(src_texts)]
+
+    def detokenize(self, hypotheses: Sequence[Hypothesis]) -> list[str]:
+        """The target text of each hypothesis."""
+        return self.tokenizer.decode_tgt([hypothesis.tokens for hypothesis in hypotheses])
+
+
+def encode_sources(
+    tokenizer: Tokenizer, src_texts: Sequence[str], max_positions: int | None
+) -> list[list[int]]:
+    """Source ids per line (``[]`` for a blank line), cut to ``max_positions`` tokens (EOS
+    included; None: no limit) with one warning naming the lines."""
+    src_ids = [
+        ids if text.strip() else []
+        for text, ids in zip(src_texts, tokenizer.encode_src(src_texts), strict=True)
+    ]
+    if max_positions is None:
+        return src_ids
+    limit = max_positions - 1  # room for EOS
+    long_lines = [number for number, ids in enumerate(src_ids, start=1) if len(ids) > limit]
+    if long_lines:
+        shown = ", ".join(map(str, long_lines[:10])) + (" ..." if len(long_lines) > 10 else "")
+        logger.warning(
+            "%d input line(s) exceed the model's limit of %d source tokens and were translated "
+            "from their first %d tokens only (lines %s)",
+            len(long_lines), limit, limit, shown,
+        )  # fmt: skip
+    return [ids[:limit] for ids in src_ids]
