@@ -42,9 +42,9 @@ def attention_picture_paths(records: Sequence[dict], path: Path) -> list[Path]:
 
 
 def plot_attention(records: Sequence[dict], path: Path) -> list[Path]:
-    """One PNG heatmap per attention record (``evaluate.attention_record``: subword tokens on
-    both axes, ``weights`` of shape ``(T + 1, S + 1)``); returns the files written, named by
-    :func:`attention_picture_paths`."""
+    """One PNG heatmap per attention record (``translation.torch_backend.attention_record``:
+    subword tokens on both axes, ``weights`` of shape ``(T + 1, S + 1)``); returns the files
+    written, named by :func:`attention_picture_paths`."""
     pyplot = _pyplot()
     targets = attention_picture_paths(records, Path(path))
     for record, target in zip(records, targets, strict=True):

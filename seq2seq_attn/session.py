@@ -71,6 +71,19 @@ class Session:
     train_data: Dataset  # the tokenized training split
     dev: DevSet | None  # on rank 0 (validation runs there) when data.dev is set; else None
 
+    def write_run_files(self) -> None:
+        """Rank 0's files of a run that has started: the metrics logged after the resumed
+        checkpoint dropped (those steps are redone), the old summary removed, the tokenizer and
+        the resolved config written. Call it once the checkpoint's state has loaded, so that a
+        resume that fails leaves the run directory as it was."""
+        if not self.world.is_main:
+            return
+        if self.checkpoint is not None:
+            trim_metrics(self.run_dir, self.checkpoint["progress"]["step"])
+            forget_summary(self.run_dir)
+        self.tokenizer.save(self.run_dir)
+        write_config(self.run_dir, to_yaml(self.config))
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -122,12 +135,6 @@ def _open(
         config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.joint
     ).to(device)
     dev = load_dev_set(world, config, tokenizer, model.max_positions)
-    if world.is_main:
-        if checkpoint is not None:  # what was logged after the checkpoint is redone
-            trim_metrics(run_dir, checkpoint["progress"]["step"])
-            forget_summary(run_dir)
-        tokenizer.save(run_dir)
-        write_config(run_dir, to_yaml(config))
     return Session(
         config=config, run_dir=run_dir, world=world, device=device, precision=precision,
         tokenizer=tokenizer, checkpoint=checkpoint, model=model, train_data=train_data, dev=dev,

@@ -94,6 +94,7 @@ class Run:
         self.saved_step = -1  # the step last.pt holds
         if session.checkpoint is not None:
             self.load_state_dict(session.checkpoint)
+        session.write_run_files()
 
     def state_dict(self) -> dict:
         """A self-contained checkpoint: plain data and tensors only."""

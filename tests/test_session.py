@@ -59,6 +59,8 @@ def test_a_new_session_is_agreed_once_and_writes_the_run_files(corpus, tmp_path,
         assert (session.device.type, session.precision.name) == ("cpu", "fp32")
         assert session.dev is not None and len(session.dev.pairs) == 20
         assert len(session.train_data) > 0
+        assert not any(run_dir.iterdir())  # nothing written before the run starts
+        session.write_run_files()
         assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "src.model"}
         assert Tokenizer.load(run_dir).fingerprint == session.tokenizer.fingerprint
     # rank 0's decision goes out once, every process answers once
@@ -75,6 +77,8 @@ def test_a_resumed_session_is_the_run_where_it_stopped(corpus, tmp_path):
         assert session.checkpoint["progress"]["step"] == last["progress"]["step"] == 3
         assert session.tokenizer.state_dict() == last["tokenizer"]
         assert session.dev is None
+        assert "summary.json" in {p.name for p in run_dir.iterdir()}  # until the run starts
+        session.write_run_files()
         assert "summary.json" not in {p.name for p in run_dir.iterdir()}  # the run goes on
     other = tiny_config(corpus, dev="")
     other.tokenizer.vocab_size = 72
@@ -83,6 +87,22 @@ def test_a_resumed_session_is_the_run_where_it_stopped(corpus, tmp_path):
         open_session(other, run_dir, resume=True),
     ):
         pass
+
+
+def test_a_resume_that_fails_to_load_its_state_leaves_the_run_directory_as_it_was(corpus, tmp_path):
+    own = tmp_path / "corpus"  # a corpus of its own, made shorter before the resume
+    own.mkdir()
+    for name in ("train.src", "train.tgt"):
+        (own / name).write_bytes((corpus / name).read_bytes())
+    config, run_dir = tiny_config(own, dev=""), tmp_path / "run"
+    train(config, run_dir)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    for name in ("train.src", "train.tgt"):
+        lines = (own / name).read_text(encoding="utf-8").splitlines(keepends=True)
+        (own / name).write_text("".join(lines[:-10]), encoding="utf-8")
+    with pytest.raises(ValueError, match="num_pairs"):
+        train(tiny_config(own, dev="", max_steps=5), run_dir, resume=True)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 
 def test_resuming_allows_a_moved_cache_and_test_split_only(corpus, tmp_path):

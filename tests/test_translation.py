@@ -51,6 +51,9 @@ def test_decode_fields_that_are_none_keep_the_models_own():
     assert changed.decode_settings(MODEL_DECODE) == dataclasses.replace(
         MODEL_DECODE, beam_size=5, length_penalty=0.0, n_best=2
     )
+    model_three = dataclasses.replace(MODEL_DECODE, n_best=3)
+    assert TranslationSettings(beam_size=1).decode_settings(model_three).n_best == 1
+    assert CPU.decode_settings(model_three).n_best == 3
     with pytest.raises(TranslationError, match="n_best <= beam_size, got beam_size=3"):
         TranslationSettings(n_best=4).decode_settings(MODEL_DECODE)
     with pytest.raises(ValueError, match=r"decode\.beam_size"):

@@ -3,7 +3,7 @@
 Each member keeps its own encoder output and decoder state (KV caches, recurrent state); at
 every step the members' fp32 log-probabilities are averaged. Search needs nothing special:
 the ensemble is one more model behind the protocol. Members may mix families; they must share
-the target vocabulary (``evaluate.load_for_translation`` checks that they share the tokenizer).
+the target vocabulary (``translation.open_translator`` checks that they share the tokenizer).
 """
 
 from __future__ import annotations

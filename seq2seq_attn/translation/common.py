@@ -49,8 +49,8 @@ class TranslationSettings:
     The decode fields (``beam_size`` ... ``n_best``) that are None keep the model's own
     ``decode`` section (``beam_size=1``: greedy). ``precision`` (fp32, bf16, fp16, auto;
     None: fp32) is for checkpoints; ``compute_type`` (CTranslate2's: float32, int8...; None:
-    the exported one) and ``threads`` (None: torch's thread count) for exported folders. A
-    backend refuses the other's arithmetic option.
+    the exported one) and ``threads`` (None: torch's thread count) for exported folders;
+    :func:`~seq2seq_attn.translation.open_translator` refuses the other kind's arithmetic.
     """
 
     device: str = "auto"
@@ -71,7 +71,9 @@ class TranslationSettings:
                      "max_length_ratio": self.max_length_ratio}  # fmt: skip
         changes = {key: value for key, value in overrides.items() if value is not None}
         decode = dataclasses.replace(model_decode, **changes, n_best=1)
-        n_best = model_decode.n_best if self.n_best is None else self.n_best
+        if self.n_best is None:  # the model's own, as many as the beam keeps
+            return dataclasses.replace(decode, n_best=min(model_decode.n_best, decode.beam_size))
+        n_best = self.n_best
         if not 1 <= n_best <= decode.beam_size:
             raise TranslationError(
                 f"--n-best {n_best}: need 1 <= n_best <= beam_size, got beam_size="
