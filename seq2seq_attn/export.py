@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,12 +22,14 @@ import torch
 
 from .checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from .config import DecodeConfig
-from .fileio import replace_folder
+from .fileio import write_folder_atomic
 from .tokenizer import BOS_ID, EOS_ID, UNK_ID, Tokenizer
 
 if TYPE_CHECKING:
     from .models.transformer import Transformer
 
+MODEL_FILE = "model.bin"
+"""CTranslate2's weights file: any CTranslate2 model folder has one."""
 INFO_FILE = "seq2seq_attn.json"
 """The file that marks a folder as exported by this project (format, decode settings)."""
 FORMAT_VERSION = 1
@@ -179,9 +179,7 @@ def export_checkpoint(
     spec = transformer_spec(model, tokenizer)
     spec.validate()
     spec.optimize(quantization=None if quantization == "none" else quantization)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.new-", dir=output_dir.parent))
-    try:
+    with write_folder_atomic(output_dir) as staging:
         spec.save(str(staging))
         tokenizer.save(staging)
         info = {
@@ -193,10 +191,6 @@ def export_checkpoint(
             "joint_vocabulary": tokenizer.joint,
         }
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        replace_folder(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output_dir
 
 
@@ -226,7 +220,7 @@ def _check_output_dir(output_dir: Path, checkpoint: Path, force: bool) -> None:
 def is_exported(path: str | Path) -> bool:
     """Whether ``path`` is a folder written by :func:`export_checkpoint`."""
     path = Path(path)
-    return (path / INFO_FILE).is_file() and (path / "model.bin").is_file()
+    return (path / INFO_FILE).is_file() and (path / MODEL_FILE).is_file()
 
 
 def read_info(directory: Path) -> dict:

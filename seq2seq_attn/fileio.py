@@ -2,16 +2,17 @@
 
 A write goes to a temporary file in the target's folder, is flushed and fsync'ed, renamed over
 the target and the folder is fsync'ed, so a crash or a kill at any moment leaves the previous
-file or the new one, never a partial file; :func:`replace_folder` does the same for a folder
-built beside its target. Standard library only, so every layer may use it.
+file or the new one, never a partial file; :func:`write_folder_atomic` does the same for a
+folder. Standard library only, so every layer may use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -72,19 +73,28 @@ def fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def replace_folder(new: Path, target: Path) -> None:
-    """Move the complete folder ``new`` (built beside ``target``) to ``target``, with the
-    permissions a new folder gets; an earlier ``target`` is set aside first and deleted only
-    once the new one is in place, so a crash leaves the old folder or the new one."""
-    new.chmod(0o777 & ~_umask())
-    if not target.exists():
-        new.rename(target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    old.rmdir()
-    target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old)
+@contextlib.contextmanager
+def write_folder_atomic(target: Path) -> Iterator[Path]:
+    """A staging folder beside ``target`` to fill; when the block ends without an error it
+    takes ``target``'s place (with the permissions a new folder gets), else it is deleted. An
+    earlier ``target`` is set aside first and deleted only once the new one is in place, so a
+    crash leaves the old folder or the new one, never a partial one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    try:
+        yield staging
+        staging.chmod(0o777 & ~_umask())
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old.rmdir()
+            target.rename(old)
+            staging.rename(target)
+            shutil.rmtree(old)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _umask() -> int:

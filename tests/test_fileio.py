@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from seq2seq_attn.fileio import write_atomic, write_text_atomic
+from seq2seq_attn.fileio import write_atomic, write_folder_atomic, write_text_atomic
 
 
 def test_a_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
@@ -44,3 +44,19 @@ def test_a_pipe_or_device_target_is_written_straight_through(tmp_path):
     reader.join(timeout=10)
     assert received == [b"through the pipe\n"]
     assert fifo.exists() and not fifo.is_file()  # still the pipe, not a file renamed over it
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "export"
+    with write_folder_atomic(target) as staging:
+        (staging / "a.txt").write_text("first")
+        assert not target.exists()  # nothing in place until the block ends
+    assert (target / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError), write_folder_atomic(target) as staging:
+        (staging / "a.txt").write_text("half")
+        raise RuntimeError("interrupted")
+    assert (target / "a.txt").read_text() == "first"  # the earlier folder is kept
+    with write_folder_atomic(target) as staging:
+        (staging / "b.txt").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no staging or old folder left

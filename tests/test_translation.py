@@ -87,6 +87,10 @@ def test_exported_folders_open_with_ctranslate2_and_keep_no_attention(checkpoint
         translator.attention(0, "ta zo", best)
     with pytest.raises(TranslationError, match=r"--ensemble needs \.pt checkpoints"):
         open_translator(folder, CPU, ensemble=[checkpoint])
+    (folder / "src.model").unlink()  # damaged, but refused for attention before any loading
+    with pytest.raises(TranslationError, match="keeps no attention weights") as raised:
+        open_translator(folder, TranslationSettings(device="cpu", attention=True))
+    assert not raised.value.unreadable
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from ..corpus import TextFileError, decode_lines
+from ..corpus import MisalignedError, TextFileError, check_aligned, decode_lines
 from ..decoding import Hypothesis
 from ..fileio import write_text_atomic
 from ..metrics import Score, corpus_scores
@@ -166,20 +166,13 @@ def translate_command(
     Exactly one output line per input line, in order. Scores (--ref) go to stdout when the
     translations go to a file (-o), else to stderr.
     """
+    wants_attention = attention is not None or show_attention or plot_attention_file is not None
     settings = TranslationSettings(
         device=device, precision=precision, compute_type=compute_type, beam_size=beam,
         length_penalty=length_penalty, max_length_ratio=max_length_ratio, n_best=n_best,
-        max_tokens=batch_tokens,
+        max_tokens=batch_tokens, attention=wants_attention,
     )  # fmt: skip
     translator = open_model(checkpoint, settings, ensemble or [])
-    wants_attention = attention is not None or show_attention or plot_attention_file is not None
-    if wants_attention and not translator.capabilities.attention:
-        raise fail(
-            f"{checkpoint} is a CTranslate2 folder, which keeps no attention weights: "
-            "--attention, --show-attention and --plot-attention need the .pt checkpoint it was "
-            "exported from",
-            code=2,
-        )
     if input_file is None and sys.stdin.isatty():
         interactive(translator)
         return
@@ -218,9 +211,10 @@ def score_output(
     """sacreBLEU scores of ``best`` against the references in ``ref``, or a clear exit 2 for
     references that do not line up with the input or an unknown metric."""
     references = read_input(ref)
-    if len(references) != len(best):
-        source = input_file or "stdin"
-        raise fail(f"{ref} has {len(references)} lines but {source} has {len(best)}", code=2)
+    try:
+        check_aligned(ref, len(references), input_file or "stdin", len(best))
+    except MisalignedError as error:
+        raise fail(str(error), code=2) from None
     try:
         return corpus_scores(best, references, [m.strip() for m in metrics.split(",")])
     except ValueError as error:

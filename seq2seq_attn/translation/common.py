@@ -51,6 +51,8 @@ class TranslationSettings:
     None: fp32) is for checkpoints; ``compute_type`` (CTranslate2's: float32, int8...; None:
     the exported one) and ``threads`` (None: torch's thread count) for exported folders;
     :func:`~seq2seq_attn.translation.open_translator` refuses the other kind's arithmetic.
+    ``attention``: the caller will ask for attention records, which a backend without them
+    (``capabilities.attention`` False) refuses before it loads anything.
     """
 
     device: str = "auto"
@@ -63,6 +65,7 @@ class TranslationSettings:
     max_tokens: int = 4096  # source token slots per batch
     max_sentences: int | None = None  # sentences per batch (None: as many as fit)
     threads: int | None = None
+    attention: bool = False  # attention records will be asked for
 
     def decode_settings(self, model_decode: DecodeConfig) -> DecodeConfig:
         """``model_decode`` with this object's decode fields that are not None in its place;

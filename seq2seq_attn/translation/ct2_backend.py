@@ -141,8 +141,14 @@ def open_exported(directory: Path, settings: TranslationSettings) -> CT2Translat
     exported type, ``settings.threads`` None uses torch's thread count (``OMP_NUM_THREADS``).
 
     Raises :class:`TranslationError`: ``unreadable`` for a folder that cannot be loaded, else for
-    an impossible setting (precision, device, compute type) naming its option.
+    an impossible setting (attention, precision, device, compute type) naming its option.
     """
+    if settings.attention:
+        raise TranslationError(
+            f"{directory} is a CTranslate2 folder, which keeps no attention weights: "
+            "--attention, --show-attention and --plot-attention need the .pt checkpoint it was "
+            "exported from"
+        )
     if settings.precision is not None:
         raise TranslationError(
             f"{directory} is a CTranslate2 folder: choose its arithmetic with --compute-type "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..checkpoint import CheckpointError, find_checkpoint
 from ..config import ConfigError
-from ..export import is_exported
+from ..export import MODEL_FILE, is_exported
 from .common import TranslationError, TranslationSettings, Translator
 from .ct2_backend import open_exported
 from .torch_backend import open_checkpoints
@@ -78,7 +78,7 @@ def _check_checkpoint_request(
                 "checkpoints or run directories"
             )
     for member in (path, *map(Path, ensemble)):
-        if (member / "model.bin").is_file():
+        if (member / MODEL_FILE).is_file():
             raise TranslationError(
                 f"{member}: a CTranslate2 model without seq2seq_attn.json; attn-translate reads "
                 "folders written by attn-export (export the checkpoint again) or .pt checkpoints"
