@@ -9,9 +9,10 @@ changes so that attention has to look elsewhere than the diagonal:
 
 Noun phrases put adjectives after the noun in reverse order, the prepositional phrase becomes a
 postpositional phrase moved before the object, and the verb goes last. Sentences have 3 to 15
-words. Usage::
+words. ``{split}.align`` holds the gold word alignment of each pair in the Pharaoh format
+(``i-j``: source word ``i`` translates as target word ``j``, 0-based, sorted by ``i``). Usage::
 
-    python scripts/make_toy_corpus.py            # writes data/toy/{train,dev,test}.{src,tgt}
+    python scripts/make_toy_corpus.py            # writes data/toy/{train,dev,test}.{src,tgt,align}
     python scripts/make_toy_corpus.py --out DIR
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import random
 from pathlib import Path
+from typing import NamedTuple
 
 SEED = 20240601
 SPLIT_SIZES = {"train": 5000, "dev": 300, "test": 300}
@@ -53,63 +55,88 @@ def make_lexicon(rng: random.Random) -> tuple[dict[str, list[str]], dict[str, st
 
 
 def _noun_phrase(rng: random.Random, classes: dict[str, list[str]]) -> tuple[list, list]:
-    """(source words, target order as source words) of one noun phrase."""
+    """(source words, target order as positions in those words) of one noun phrase."""
     det, noun = rng.choice(classes["det"]), rng.choice(classes["noun"])
     adjs = rng.sample(classes["adj"], rng.choice((0, 0, 1, 1, 2)))
-    return [det, *adjs, noun], [det, noun, *reversed(adjs)]
+    noun_at = len(adjs) + 1
+    return [det, *adjs, noun], [0, noun_at, *range(noun_at - 1, 0, -1)]
+
+
+class Pair(NamedTuple):
+    """One sentence pair and its gold word alignment: ``links`` holds (source word index,
+    target word index) for every word, sorted by source index."""
+
+    src: str
+    tgt: str
+    links: list[tuple[int, int]]
 
 
 def make_pair(rng: random.Random, classes: dict[str, list[str]], dictionary: dict[str, str]):
-    """One (source sentence, target sentence) pair."""
-    subj_src, subj_tgt = _noun_phrase(rng, classes)
-    src, tgt_tail = [*subj_src], []
+    """One :class:`Pair`; the target is built as a list of source positions, which gives
+    the gold alignment (source word ``i`` becomes target word ``j``)."""
+    subj_src, subj_order = _noun_phrase(rng, classes)
+    src, tgt_order, tail_order = [*subj_src], [*subj_order], []
     transitive = rng.random() < 0.7
     verb = rng.choice(classes["verb_t" if transitive else "verb_i"])
+    verb_at = len(src)
     src.append(verb)
-    obj_tgt: list[str] = []
+    obj_order: list[int] = []
     if transitive:
-        obj_src, obj_tgt = _noun_phrase(rng, classes)
+        obj_src, obj_np = _noun_phrase(rng, classes)
+        obj_order = [len(src) + position for position in obj_np]
         src += obj_src
     if rng.random() < 0.3:
-        adv = rng.choice(classes["adv"])
-        src.append(adv)
-        tgt_tail.append(adv)
-    pp_tgt: list[str] = []
+        tail_order.append(len(src))
+        src.append(rng.choice(classes["adv"]))
+    pp_order: list[int] = []
     if rng.random() < 0.4:
         prep = rng.choice(classes["prep"])
         pp_src, pp_np = _noun_phrase(rng, classes)
+        prep_at = len(src)
         src += [prep, *pp_src]
-        pp_tgt = [*pp_np, prep]
-    tgt = [*subj_tgt, *pp_tgt, *obj_tgt, *tgt_tail, verb]
-    return " ".join(src), " ".join(dictionary[word] for word in tgt)
+        pp_order = [*(prep_at + 1 + position for position in pp_np), prep_at]
+    tgt_order += [*pp_order, *obj_order, *tail_order, verb_at]
+    links = sorted((src_index, tgt_index) for tgt_index, src_index in enumerate(tgt_order))
+    tgt = " ".join(dictionary[src[src_index]] for src_index in tgt_order)
+    return Pair(" ".join(src), tgt, links)
 
 
-def make_corpus() -> dict[str, list[tuple[str, str]]]:
+def make_corpus() -> dict[str, list[Pair]]:
     """The three splits, disjoint (no source sentence appears in two splits)."""
     rng = random.Random(SEED)
     classes, dictionary = make_lexicon(rng)
     seen: set[str] = set()
-    corpus: dict[str, list[tuple[str, str]]] = {}
+    corpus: dict[str, list[Pair]] = {}
     for split, size in SPLIT_SIZES.items():
-        pairs: list[tuple[str, str]] = []
+        pairs: list[Pair] = []
         while len(pairs) < size:
-            src, tgt = make_pair(rng, classes, dictionary)
-            if src not in seen:
-                seen.add(src)
-                pairs.append((src, tgt))
+            pair = make_pair(rng, classes, dictionary)
+            if pair.src not in seen:
+                seen.add(pair.src)
+                pairs.append(pair)
         corpus[split] = pairs
     return corpus
 
 
+def pharaoh(links: list[tuple[int, int]]) -> str:
+    """Links as one Pharaoh line: ``i-j`` (source word index - target word index) pairs."""
+    return " ".join(f"{src_index}-{tgt_index}" for src_index, tgt_index in links)
+
+
 def write_corpus(out: Path) -> list[Path]:
-    """Write ``{split}.src`` / ``{split}.tgt`` under ``out``; return the paths written."""
+    """Write ``{split}.src`` / ``{split}.tgt`` and the gold alignments ``{split}.align`` under
+    ``out``; return the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for split, pairs in make_corpus().items():
-        for side, column in (("src", 0), ("tgt", 1)):
+        columns = {
+            "src": [pair.src for pair in pairs],
+            "tgt": [pair.tgt for pair in pairs],
+            "align": [pharaoh(pair.links) for pair in pairs],
+        }
+        for side, lines in columns.items():
             path = out / f"{split}.{side}"
-            text = "".join(pair[column] + "\n" for pair in pairs)
-            path.write_bytes(text.encode("utf-8"))
+            path.write_bytes("".join(line + "\n" for line in lines).encode("utf-8"))
             written.append(path)
     return written
 

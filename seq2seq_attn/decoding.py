@@ -5,12 +5,18 @@ beam size, n-best, GNMT length penalty, output length limits). Search talks to a
 through ``encode``, ``init_state``, ``decode_step`` and the state's ``select``; it never asks
 which family it holds. All sentences of a batch (and all their beams) advance in one tensor,
 and a sentence leaves the batch as soon as it is finished.
+
+A target prefix (per sentence, ids without BOS) forces a sentence's first tokens: while inside
+it, a row can only produce the prefix's next token, whose true log-probability counts. Outputs
+include the prefix. :func:`decode_rows` is the loop of every search whose rows never interact
+(greedy here, sampling in :mod:`~seq2seq_attn.sampling`): a ``choose`` function picks each
+row's next token.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -26,13 +32,15 @@ TOP_K_BLOCK = 64  # columns per block in :func:`top_k`
 @dataclass
 class Hypothesis:
     """One output: ``tokens`` (ids, without BOS and EOS), the sum of their log-probabilities
-    (EOS included), the search ``score`` (log-probability over the GNMT length penalty), and the
-    attention ``(len(tokens) + 1, S)`` over source positions when it was asked for."""
+    (EOS included), the search ``score`` (log-probability over the GNMT length penalty), the
+    attention ``(len(tokens) + 1, S)`` over source positions when it was asked for, and how many
+    constraint phrases a constrained search could not place within the length limit."""
 
     tokens: list[int]
     log_prob: float
     score: float
     attention: Tensor | None = field(default=None, repr=False)
+    unmet_constraints: int = 0
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -46,6 +54,48 @@ def output_limits(src_mask: Tensor, decode: DecodeConfig, max_positions: int | N
     limits = (src_lengths * decode.max_length_ratio).floor().long() + decode.max_length_offset
     cap = decode.max_length if max_positions is None else min(decode.max_length, max_positions)
     return limits.clamp(min=decode.min_length + 1, max=max(cap, 1))
+
+
+def prefix_table(
+    prefixes: Sequence[Sequence[int]] | None,
+    limits: Tensor,
+    max_positions: int | None,
+    eos_id: int,
+) -> tuple[Tensor | None, Tensor]:
+    """The target ``prefixes`` of a batch as a ``(B, P)`` table of forced token ids (-1 past a
+    prefix's end), and the output ``limits`` ``(B,)`` raised where a prefix needs more room (to
+    its length + 1 for the EOS).
+
+    A prefix longer than ``max_positions - 1`` tokens is cut to that many: the model reads no
+    further (the raised limit is then ``max_positions``). ``(None, limits)`` when no sentence
+    has a prefix (``prefixes`` None or all empty): the search runs exactly as without.
+
+    Raises:
+        ValueError: a prefix count other than the batch size, or a prefix holding EOS.
+    """
+    if prefixes is None or not any(prefixes):
+        return None, limits
+    if len(prefixes) != limits.numel():
+        raise ValueError(f"{len(prefixes)} target prefixes for a batch of {limits.numel()}")
+    longest = None if max_positions is None else max(max_positions - 1, 0)
+    cut = [list(prefix)[:longest] for prefix in prefixes]
+    for row, prefix in enumerate(cut):
+        if eos_id in prefix:
+            raise ValueError(f"target prefix {row} holds the EOS id {eos_id}: a prefix starts "
+                             "an output and cannot end it")  # fmt: skip
+    table = torch.full((len(cut), max(map(len, cut))), -1, dtype=torch.long)
+    for row, prefix in enumerate(cut):
+        table[row, : len(prefix)] = torch.tensor(prefix, dtype=torch.long)
+    lengths = torch.tensor([len(prefix) for prefix in cut], device=limits.device)  # (B,)
+    return table.to(limits.device), torch.maximum(limits, lengths + 1)
+
+
+def forced_tokens(table: Tensor | None, sentences: Tensor, step: int) -> Tensor | None:
+    """``(N,)`` the prefix token that each of ``sentences`` (rows of :func:`prefix_table`'s
+    ``table``) must produce at ``step`` (-1: free), or None where no prefix is that long."""
+    if table is None or step >= table.size(1):
+        return None
+    return table[sentences, step]
 
 
 def rows_per_chunk(logits: Tensor, group: int) -> int:
@@ -64,10 +114,12 @@ def scored_chunks(
     eos_id: int,
     decode: DecodeConfig,
     at_limit: Tensor,
+    forced: Tensor | None = None,
 ) -> Iterator[tuple[slice, Tensor]]:
     """The fp32 log-probabilities of one decoder step's ``logits`` ``(N, V)``, a chunk of rows
     at a time: ``(rows, log_probs (rows, V))``, EOS banned before ``decode.min_length`` tokens
-    and the only choice of rows marked in ``at_limit`` ``(N,)``.
+    and the only choice of rows marked in ``at_limit`` ``(N,)``, and a row's token in ``forced``
+    ``(N,)`` (:func:`forced_tokens`; -1: free) its only choice.
 
     ``chunk_rows`` (:func:`rows_per_chunk`) keeps the fp32 copy in the CPU's cache; the search
     reduces each chunk (max, top-k) before the next. One vocabulary-wide log-softmax of a whole
@@ -81,6 +133,8 @@ def scored_chunks(
             log_probs[:, eos_id] = -math.inf
         if limited:
             force_eos(log_probs, at_limit[rows], eos_id)
+        if forced is not None:
+            force_tokens(log_probs, forced[rows])
         yield rows, log_probs
 
 
@@ -118,6 +172,28 @@ def force_eos(log_probs: Tensor, rows: Tensor, eos_id: int) -> None:
         log_probs[rows, eos_id] = eos_scores
 
 
+def force_tokens(log_probs: Tensor, tokens: Tensor) -> None:
+    """In place: a row of ``log_probs`` ``(N, V)`` whose entry in ``tokens`` ``(N,)`` is a
+    token id (not -1) can only produce that token, and keeps its log-probability."""
+    rows = (tokens >= 0).nonzero().squeeze(1)  # (F,)
+    if rows.numel():
+        columns = tokens[rows]
+        kept = log_probs[rows, columns]  # (F,)
+        log_probs[rows] = -math.inf
+        log_probs[rows, columns] = kept
+
+
+Choose = Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]]
+"""How :func:`decode_rows` picks tokens: ``(log_probs (n, V), the rows' indices (n,), step) ->
+(log-probability (n,), token (n,))`` of each row's choice."""
+
+
+def greedy_choice(log_probs: Tensor, rows: Tensor, step: int) -> tuple[Tensor, Tensor]:
+    """The most probable token of each row of ``log_probs`` ``(n, V)`` (a :data:`Choose`)."""
+    best, tokens = top_k(log_probs, 1)  # (n, 1) each
+    return best.squeeze(1), tokens.squeeze(1)
+
+
 @torch.no_grad()  # not inference_mode: under it autocast recasts every weight at every step
 def greedy_search(
     model: Seq2Seq,
@@ -127,6 +203,7 @@ def greedy_search(
     eos_id: int,
     decode: DecodeConfig,
     return_attention: bool = False,
+    prefixes: Sequence[Sequence[int]] | None = None,
 ) -> list[Hypothesis]:
     """Most probable next token at every step, for a whole batch at once.
 
@@ -134,34 +211,70 @@ def greedy_search(
         src: ``(B, S)`` source ids; src_mask: ``(B, S)``, True at real tokens.
         decode: the length limits and penalty (beam size and n-best are ignored).
         return_attention: keep each hypothesis's ``(T, S)`` attention.
+        prefixes: per sentence, target ids (no BOS) its output must start with (see
+            :func:`prefix_table`: a prefix raises the sentence's length limit, and one longer
+            than ``model.max_positions - 1`` is cut); None or empty: none.
 
     Returns:
-        One :class:`Hypothesis` per sentence, in batch order.
+        One :class:`Hypothesis` per sentence, in batch order; its tokens and log-probability
+        include the prefix.
     """
-    batch = src.size(0)
     limits = output_limits(src_mask, decode, model.max_positions)  # (B,)
+    table, limits = prefix_table(prefixes, limits, model.max_positions, eos_id)
     state = model.init_state(model.encode(src, src_mask))
-    output = torch.full((batch, int(limits.max())), eos_id, dtype=torch.long, device=src.device)
+    columns = src.size(1) if return_attention else None
+    return decode_rows(model, state, limits, bos_id, eos_id, decode, greedy_choice, table, columns)
+
+
+@torch.no_grad()  # (see greedy_search)
+def decode_rows(
+    model: Seq2Seq,
+    state: object,
+    limits: Tensor,
+    bos_id: int,
+    eos_id: int,
+    decode: DecodeConfig,
+    choose: Choose,
+    prefix_tokens: Tensor | None = None,
+    attention_columns: int | None = None,
+) -> list[Hypothesis]:
+    """One hypothesis per row of a decoder ``state`` (from ``model.init_state``, one row per
+    output), the rows decoded side by side and independently: ``choose`` picks each row's next
+    token; a row leaves the batch at its EOS.
+
+    Args:
+        limits: ``(R,)`` most output tokens of each row, EOS included (EOS is forced there).
+        prefix_tokens: ``(R, P)`` the prefix table of the rows (:func:`prefix_table`) or None.
+        attention_columns: the source length ``S`` to keep each row's ``(T, S)`` attention;
+            None: no attention.
+
+    Returns:
+        Per row, its tokens (without EOS), log-probability (the chosen tokens' sum, EOS
+        included) and score (over the GNMT length penalty), in row order.
+    """
+    num_rows, device = limits.numel(), limits.device
+    output = torch.full((num_rows, int(limits.max())), eos_id, dtype=torch.long, device=device)
     attention = (
-        src.new_zeros((batch, output.size(1), src.size(1)), dtype=torch.float)
-        if return_attention
+        torch.zeros((num_rows, output.size(1), attention_columns), device=device)
+        if attention_columns is not None
         else None
     )
     lengths = limits.clone()  # tokens produced, EOS included
-    log_prob_sums = torch.zeros(batch, device=src.device)
-    active = torch.arange(batch, device=src.device)  # original index of each row
-    prev_tokens = torch.full((batch,), bos_id, dtype=torch.long, device=src.device)
+    log_prob_sums = torch.zeros(num_rows, device=device)
+    active = torch.arange(num_rows, device=device)  # original index of each row
+    prev_tokens = torch.full((num_rows,), bos_id, dtype=torch.long, device=device)
     for step in range(output.size(1)):
         logits, state, step_attention = model.decode_step(
-            prev_tokens, state, return_attention
+            prev_tokens, state, attention is not None
         )  # (N, V)
         best = torch.empty(logits.size(0), device=logits.device)  # (N,)
         prev_tokens = torch.empty(logits.size(0), dtype=torch.long, device=logits.device)
         at_limit = limits[active] == step + 1
+        forced = forced_tokens(prefix_tokens, active, step)
         for rows, log_probs in scored_chunks(
-            logits, rows_per_chunk(logits, 1), step, eos_id, decode, at_limit
+            logits, rows_per_chunk(logits, 1), step, eos_id, decode, at_limit, forced
         ):
-            best[rows], prev_tokens[rows] = (found.squeeze(1) for found in top_k(log_probs, 1))
+            best[rows], prev_tokens[rows] = choose(log_probs, active[rows], step)
         output[active, step] = prev_tokens
         log_prob_sums[active] += best
         if attention is not None:
@@ -180,7 +293,7 @@ def greedy_search(
             score=float(log_prob_sums[i]) / length_penalty(int(lengths[i]), decode.length_penalty),
             attention=None if attention is None else attention[i, : lengths[i]].clone(),
         )
-        for i in range(batch)
+        for i in range(num_rows)
     ]
 
 
@@ -205,6 +318,7 @@ def beam_search(
     eos_id: int,
     decode: DecodeConfig,
     return_attention: bool = False,
+    prefixes: Sequence[Sequence[int]] | None = None,
 ) -> list[list[Hypothesis]]:
     """Batched beam search with GNMT length penalty.
 
@@ -212,12 +326,18 @@ def beam_search(
     top ``K``, and keeps the best ``K`` others. A sentence is done when it has ``K`` finished
     hypotheses or reaches its length limit, and then leaves the batch.
 
+    ``prefixes`` (per sentence, target ids without BOS; see :func:`greedy_search`) force a
+    sentence's first tokens: while inside its prefix only one beam of the sentence is alive
+    (the others stay at -inf, as at the first step), and the search branches after it.
+
     Returns:
-        Per sentence (batch order), its ``decode.n_best`` best hypotheses, best first.
+        Per sentence (batch order), its ``decode.n_best`` best hypotheses, best first; their
+        tokens and log-probabilities include the prefix.
     """
     beam_size, device = decode.beam_size, src.device
     batch = src.size(0)
     limits = output_limits(src_mask, decode, model.max_positions)  # (B,)
+    table, limits = prefix_table(prefixes, limits, model.max_positions, eos_id)
     scores = torch.full((batch, beam_size), -math.inf, device=device)
     scores[:, 0] = 0.0  # all beams start identical: let only the first one expand
     beams = _Beams(
@@ -234,7 +354,8 @@ def beam_search(
     )
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for step in range(int(limits.max())):
-        beams = _beam_step(model, beams, step, limits, eos_id, decode, finished)
+        forced = forced_tokens(table, beams.sentences, step)  # (N,) or None
+        beams = _beam_step(model, beams, step, limits, eos_id, decode, finished, forced)
         if beams is None:
             break
     return [sorted(hyps, key=lambda h: -h.score)[: decode.n_best] for hyps in finished]
@@ -248,8 +369,10 @@ def _beam_step(
     eos_id: int,
     decode: DecodeConfig,
     finished: list[list[Hypothesis]],
+    forced: Tensor | None,
 ) -> _Beams | None:
-    """Advance every live sentence by one token; ``None`` once all are done."""
+    """Advance every live sentence by one token (``forced`` ``(N,)``: each sentence's prefix
+    token, -1: free); ``None`` once all are done."""
     beam_size = decode.beam_size
     num_sentences = beams.sentences.numel()
     logits, state, step_attention = model.decode_step(
@@ -263,8 +386,9 @@ def _beam_step(
     chunk = rows_per_chunk(logits, beam_size)
     row_scores = beams.scores.view(-1, 1)  # (N * K, 1)
     for rows, log_probs in scored_chunks(
-        logits, chunk, step, eos_id, decode, at_limit.repeat_interleave(beam_size)
-    ):
+        logits, chunk, step, eos_id, decode, at_limit.repeat_interleave(beam_size),
+        None if forced is None else forced.repeat_interleave(beam_size),
+    ):  # fmt: skip
         candidates = log_probs.add_(row_scores[rows]).view(-1, beam_size * vocab)
         sentences = slice(rows.start // beam_size, rows.start // beam_size + candidates.size(0))
         top_scores[sentences], top_ids[sentences] = top_k(candidates, 2 * beam_size)

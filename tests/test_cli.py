@@ -19,7 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from seq2seq_attn.checkpoint import load_checkpoint
-from seq2seq_attn.cli import export_app, train_app, translate_app
+from seq2seq_attn.cli import export_app, score_app, train_app, translate_app
 from seq2seq_attn.cli.train_cmd import StopOnSignal
 
 runner = CliRunner()
@@ -66,8 +66,8 @@ def help_panels(output: str) -> dict[str, list[list[str]]]:
 
 @pytest.mark.parametrize(
     "app",
-    [train_app, translate_app, export_app],
-    ids=["attn-train", "attn-translate", "attn-export"],
+    [train_app, translate_app, export_app, score_app],
+    ids=["attn-train", "attn-translate", "attn-export", "attn-score"],
 )
 def test_help_describes_the_command(app):
     command = typer.main.get_command(app)
@@ -83,8 +83,10 @@ def test_help_describes_the_command(app):
     panels = help_panels(result.output)
     assert {"Arguments", "Options"} <= panels.keys(), result.output
     # every option row's leading words are its names (--resume --no-resume, --output -o)
+    # (options may be grouped in panels of their own: "Sampling", "Attention"...)
+    option_rows = [row for panel, rows in panels.items() if panel != "Arguments" for row in rows]
     listed = [list(itertools.takewhile(lambda w: w.startswith("-"), row))
-              for row in panels["Options"]]  # fmt: skip
+              for row in option_rows]  # fmt: skip
     listed_names = [name for names in listed for name in names]
     assert sorted(listed_names) == sorted(expected_names), result.output
     for option in options:  # each option on a row of its own, all its names together
@@ -105,8 +107,9 @@ def test_help_describes_the_command(app):
 
 @pytest.mark.parametrize(
     ("script", "app"),
-    [("attn-train", train_app), ("attn-translate", translate_app), ("attn-export", export_app)],
-)
+    [("attn-train", train_app), ("attn-translate", translate_app), ("attn-export", export_app),
+     ("attn-score", score_app)],
+)  # fmt: skip
 def test_console_scripts_are_installed(script, app):
     result = subprocess.run(
         [SCRIPTS / script, "--help"], capture_output=True, text=True, env={**os.environ,

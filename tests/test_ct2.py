@@ -96,11 +96,13 @@ def test_export_is_exact_for_every_architecture(name, tokenizers, corpus, tmp_pa
     theirs = open_translator(exported, CPU)
     lines = [line for line in sentences(corpus) if line]
 
-    # Teacher-forced log-probabilities of our greedy outputs (EOS included).
-    targets = [hypothesis.tokens for hypothesis in ours.translate(lines)]
+    # Teacher-forced log-probabilities of our greedy outputs (EOS included), scored as text:
+    # the text's own tokens, cut to max_positions - 1 as the scorer does.
+    texts = ours.detokenize(ours.translate(lines))
+    targets = [ids[:127] for ids in ours.tokenizer.encode_tgt(texts)]
     src_ids = ours.tokenizer.encode_src(lines)
     for line_ids, target, ct2_log_probs in zip(
-        src_ids, targets, theirs.score(lines, targets), strict=True
+        src_ids, targets, theirs.score(lines, texts), strict=True
     ):
         src = torch.tensor([[*line_ids, 3]])  # (1, S) with EOS
         tgt_in = torch.tensor([[BOS_ID, *target]])  # (1, T)

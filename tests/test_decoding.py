@@ -64,18 +64,21 @@ def source_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch
     return src, src != 0
 
 
-def reference_beam_search(model, src, src_mask, options: DecodeConfig) -> list:
+def reference_beam_search(model, src, src_mask, options: DecodeConfig, prefix=()) -> list:
     """One sentence, no cache, no batching: rerun the whole decoder on every prefix.
 
     Returns ``[(tokens, log_prob, score)]`` best first; the same rules as the real search
     (finish EOS candidates ranked in the top K, keep the best K others, stop at K finished or at
-    the length limit).
+    the length limit). A target ``prefix`` is the one beam to start from, with its
+    teacher-forced log-probability, and raises the limit to its length + 1.
     """
     beam = options.beam_size
     limit = min(options.max_length, math.floor(int(src_mask.sum()) * options.max_length_ratio)
                 + options.max_length_offset)  # fmt: skip
-    beams, finished = [([], 0.0)], []
-    for step in range(limit):
+    limit = max(limit, len(prefix) + 1)
+    start = float(teacher_forced(model, src, src_mask, prefix)[:-1].sum()) if prefix else 0.0
+    beams, finished = [(list(prefix), start)], []
+    for step in range(len(prefix), limit):
         candidates = []
         for tokens, total in beams:
             tgt_in = torch.tensor([[BOS, *tokens]])
@@ -98,6 +101,15 @@ def reference_beam_search(model, src, src_mask, options: DecodeConfig) -> list:
         if len(finished) >= beam or step + 1 == limit:
             break
     return sorted(finished, key=lambda f: -f[2])[: options.n_best]
+
+
+def teacher_forced(model, src, src_mask, tokens) -> torch.Tensor:
+    """``(len(tokens) + 1,)`` the model's log-probability of each of ``tokens`` and of the EOS
+    after them, for one sentence ``src`` ``(1, S)``, from one teacher-forced ``forward``."""
+    with torch.no_grad():
+        logits = model(src, src_mask, torch.tensor([[BOS, *tokens]]))  # (1, T + 1, V)
+    log_probs = F.log_softmax(logits[0].float(), dim=-1)
+    return log_probs[torch.arange(len(tokens) + 1), [*tokens, EOS]]
 
 
 @kinds
@@ -246,6 +258,98 @@ def test_chunks_hold_whole_sentences_on_the_cpu_and_everything_elsewhere():
     assert rows_per_chunk(cpu_logits, 1) == 65
     assert rows_per_chunk(torch.empty(7, 10**6), 3) == 3  # at least one sentence
     assert rows_per_chunk(torch.empty(1000, 8000, device="meta"), 5) == 1000
+
+
+# ----- target prefixes -----------------------------------------------------------------------
+
+PREFIXES = [[5, 6, 7], [], [9], [4, 4, 12, 8, 11, 5, 13, 6, 7, 10]]  # the last beyond the limit
+PREFIX_OPTIONS = DecodeConfig(
+    beam_size=3, n_best=3, length_penalty=0.6, max_length_ratio=1.0, max_length_offset=3
+)
+
+
+def run_search(search, model, src, src_mask, options, **guides) -> list[list]:
+    """``search``'s hypotheses per sentence (greedy's single one in a list)."""
+    found = search(model, src, src_mask, BOS, EOS, options, **guides)
+    return [hypotheses if isinstance(hypotheses, list) else [hypotheses] for hypotheses in found]
+
+
+@kinds
+@pytest.mark.parametrize("search", [greedy_search, beam_search])
+def test_outputs_start_with_the_prefix_and_count_its_log_probability(kind, search):
+    model = make(kind, seed=5)
+    src, src_mask = source_batch([4, 6, 3, 5], seed=5)
+    found = run_search(search, model, src, src_mask, PREFIX_OPTIONS, prefixes=PREFIXES)
+    for row, (prefix, hypotheses) in enumerate(zip(PREFIXES, found, strict=True)):
+        length = int(src_mask[row].sum())
+        limit = max(length + 3, len(prefix) + 1)  # the last prefix raised its limit
+        for hypothesis in hypotheses:
+            assert hypothesis.tokens[: len(prefix)] == prefix
+            assert len(prefix) < len(hypothesis.tokens) + 1 <= limit
+            one_src, one_mask = src[row : row + 1, :length], src_mask[row : row + 1, :length]
+            expected = teacher_forced(model, one_src, one_mask, hypothesis.tokens).sum()
+            assert hypothesis.log_prob == pytest.approx(float(expected), abs=1e-4)
+            penalty = length_penalty(len(hypothesis.tokens) + 1, PREFIX_OPTIONS.length_penalty)
+            assert hypothesis.score == pytest.approx(hypothesis.log_prob / penalty, abs=1e-5)
+
+
+@kinds
+@pytest.mark.parametrize("chunk_elements", [decoding.CHUNK_ELEMENTS, 28])
+def test_beam_search_with_prefixes_equals_uncached_reference(kind, chunk_elements, monkeypatch):
+    monkeypatch.setattr(decoding, "CHUNK_ELEMENTS", chunk_elements)
+    model = make(kind, seed=6)
+    src, src_mask = source_batch([4, 6, 3, 5], seed=6)
+    found = beam_search(model, src, src_mask, BOS, EOS, PREFIX_OPTIONS, prefixes=PREFIXES)
+    for row, prefix in enumerate(PREFIXES):
+        length = int(src_mask[row].sum())
+        one_src, one_mask = src[row : row + 1, :length], src_mask[row : row + 1, :length]
+        expected = reference_beam_search(model, one_src, one_mask, PREFIX_OPTIONS, prefix)
+        assert [h.tokens for h in found[row]] == [e[0] for e in expected]
+        for hypothesis, (_, log_prob, score) in zip(found[row], expected, strict=True):
+            assert hypothesis.log_prob == pytest.approx(float(log_prob), abs=1e-4)
+            assert hypothesis.score == pytest.approx(float(score), abs=1e-4)
+
+
+@kinds
+@pytest.mark.parametrize("search", [greedy_search, beam_search])
+def test_empty_prefixes_change_nothing_and_batching_does_not_matter(kind, search):
+    model = make(kind, seed=7)
+    src, src_mask = source_batch([5, 3, 6, 4], seed=7)
+    plain = run_search(search, model, src, src_mask, PREFIX_OPTIONS)
+    empty = run_search(search, model, src, src_mask, PREFIX_OPTIONS, prefixes=[[]] * 4)
+    assert [[(h.tokens, h.log_prob) for h in hyps] for hyps in empty] == [
+        [(h.tokens, h.log_prob) for h in hyps] for hyps in plain
+    ]
+    together = run_search(search, model, src, src_mask, PREFIX_OPTIONS, prefixes=PREFIXES)
+    for row, prefix in enumerate(PREFIXES):
+        length = int(src_mask[row].sum())
+        alone = run_search(
+            search, model, src[row : row + 1, :length], src_mask[row : row + 1, :length],
+            PREFIX_OPTIONS, prefixes=[prefix],
+        )[0]  # fmt: skip
+        assert [h.tokens for h in alone] == [h.tokens for h in together[row]]
+        assert alone[0].log_prob == pytest.approx(together[row][0].log_prob, abs=1e-4)
+
+
+@pytest.mark.parametrize("search", [greedy_search, beam_search])
+def test_a_prefix_is_cut_to_the_models_positions(search):
+    model = make("transformer", seed=8)  # max_positions 64: at most 63 tokens and the EOS
+    src, src_mask = source_batch([4], seed=8)
+    prefix = [4 + i % 10 for i in range(70)]
+    (hypothesis, *_), *_ = run_search(search, model, src, src_mask, PREFIX_OPTIONS,
+                                      prefixes=[prefix])  # fmt: skip
+    assert hypothesis.tokens == prefix[:63]
+    expected = teacher_forced(model, src, src_mask, prefix[:63]).sum()
+    assert hypothesis.log_prob == pytest.approx(float(expected), abs=1e-3)
+
+
+def test_bad_prefixes_are_refused():
+    model = make("rnn-luong")
+    src, src_mask = source_batch([4, 3])
+    with pytest.raises(ValueError, match="2 target prefixes for a batch of 1"):
+        greedy_search(model, src[:1], src_mask[:1], BOS, EOS, PREFIX_OPTIONS, prefixes=[[5], [6]])
+    with pytest.raises(ValueError, match="target prefix 1 holds the EOS id 3"):
+        beam_search(model, src, src_mask, BOS, EOS, PREFIX_OPTIONS, prefixes=[[5], [6, EOS]])
 
 
 def test_decode_settings_are_checked():

@@ -28,7 +28,8 @@ TRANSLATION = {
 UPSTREAM_OF_TRAIN = {
     *CONFIG, *MODELS, "corpus", "fileio", "tokenizer", "batching", "data", "loaders", "attention",
     "decoding", "metrics", "device", "checkpoint", "rundir", "evaluate", "optim", "distributed",
-    "events", "session", *TRANSLATION, "export",
+    "events", "session", *TRANSLATION, "export", "scoring", "sampling", "alignment",
+    "constrained", "constrained_phrases", "terminology",
 }  # fmt: skip
 
 CLI_MODULES = {
@@ -37,6 +38,8 @@ CLI_MODULES = {
     "cli.train_cmd",
     "cli.translate_cmd",
     "cli.export_cmd",
+    "cli.score_cmd",
+    "cli.translate_guides",
     "cli.progress",
 }
 CLI_PACKAGES = {"torch", "typer", "rich"}
@@ -64,7 +67,12 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "models.ensemble": ({"models.common"}, {"torch"}),
     "models": ({"config", *MODELS}, {"torch"}),
     "decoding": ({"config", "models.common"}, {"torch"}),
+    "sampling": ({"config", "decoding", "models.common"}, {"torch"}),
+    "constrained_phrases": (set(), {"torch"}),
+    "constrained": ({"config", "constrained_phrases", "decoding", "models.common"}, {"torch"}),
+    "terminology": ({"corpus"}, set()),
     "metrics": (set(), {"sacrebleu", "sacremoses"}),
+    "alignment": ({"batching", "corpus", "models.common", "tokenizer"}, {"torch"}),
     "device": ({"config"}, {"torch"}),
     "rundir": ({"events", "fileio"}, set()),
     "checkpoint": ({"config", "fileio", "tokenizer", "rundir", *MODELS}, {"torch"}),
@@ -72,9 +80,12 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
         {"config", "fileio", "tokenizer", "checkpoint", "models.transformer"},
         {"torch", "ctranslate2"},
     ),
-    "translation.common": ({"config", "decoding", "tokenizer"}, set()),
+    "translation.common": ({"config", "decoding", "sampling", "tokenizer"}, set()),
+    "scoring": ({"batching", "models.common", "tokenizer"}, {"torch"}),
     "translation.torch_backend": (
         {
+            "alignment",
+            "constrained",
             "config",
             "batching",
             "tokenizer",
@@ -82,12 +93,24 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
             "device",
             "checkpoint",
             "models.ensemble",
+            "sampling",
+            "scoring",
             "translation.common",
         },
         {"torch"},
     ),
     "translation.ct2_backend": (
-        {"config", "batching", "tokenizer", "decoding", "device", "export", "translation.common"},
+        {
+            "config",
+            "batching",
+            "tokenizer",
+            "decoding",
+            "device",
+            "export",
+            "sampling",
+            "scoring",
+            "translation.common",
+        },
         {"torch", "ctranslate2"},
     ),
     "translation.opener": (

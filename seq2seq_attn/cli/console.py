@@ -7,10 +7,25 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+PrecisionOption = Annotated[
+    str | None,
+    typer.Option(help="Checkpoints: fp32, bf16, fp16 (CUDA) or auto \\[default: fp32]."),
+]
+ComputeTypeOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Exported folders: CTranslate2's compute type (float32, int8, int8_float32, "
+        "bfloat16...) \\[default: the exported one]."
+    ),
+]
+"""The options that choose where and in which arithmetic a model runs (translate, score)."""
 
 console = Console()
 err_console = Console(stderr=True)

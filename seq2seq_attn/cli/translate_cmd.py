@@ -21,7 +21,13 @@ from ..fileio import write_text_atomic
 from ..metrics import Score, corpus_scores
 from ..plotting import PlottingError, plot_attention
 from ..translation import TranslationError, TranslationSettings, Translator, open_translator
-from .console import console, err_console, fail
+from .console import ComputeTypeOption, DeviceOption, PrecisionOption, console, err_console, fail
+from .translate_guides import (
+    GuideFiles,
+    read_guides,
+    sampling_options,
+    warn_unmet_constraints,
+)
 
 translate_app = typer.Typer(
     add_completion=False,
@@ -148,17 +154,91 @@ def translate_command(
             help="PNG heatmap(s) of the attention: FILE.png for one line, FILE-N.png per line.",
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    precision: Annotated[
-        str | None,
-        typer.Option(help="Checkpoints: fp32, bf16, fp16 (CUDA) or auto \\[default: fp32]."),
-    ] = None,
-    compute_type: Annotated[
-        str | None,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = None,
+    compute_type: ComputeTypeOption = None,
+    prefix: Annotated[
+        Path | None,
         typer.Option(
-            help="Exported folders: CTranslate2's compute type (float32, int8, int8_float32, "
-            "bfloat16...) \\[default: the exported one]."
+            help="Target prefixes, one per input line (may be empty): each translation starts "
+            "with its line's prefix and continues from it.",
+            rich_help_panel="Steering the output",
         ),
+    ] = None,
+    constraints: Annotated[
+        Path | None,
+        typer.Option(
+            help="Terminology constraints: one JSON list of target phrases per input line "
+            '(\'["red car", "Berlin"]\'; an empty line or [] for none). Every phrase appears in '
+            "that line's translation (constrained beam search; checkpoints only).",
+            rich_help_panel="Steering the output",
+        ),
+    ] = None,
+    tab_constraints: Annotated[
+        bool,
+        typer.Option(
+            help="The input lines carry their constraints: 'source<TAB>phrase<TAB>phrase...'.",
+            rich_help_panel="Steering the output",
+        ),
+    ] = False,
+    glossary: Annotated[
+        Path | None,
+        typer.Option(
+            help="A glossary, one 'source term<TAB>target term' per line: when a source term "
+            "occurs in a line (as whole words), its target term becomes a constraint.",
+            rich_help_panel="Steering the output",
+        ),
+    ] = None,
+    sample: Annotated[
+        bool,
+        typer.Option(
+            help="Sample translations instead of searching (--n-best N: N samples a line).",
+            rich_help_panel="Sampling",
+        ),
+    ] = False,
+    temperature: Annotated[
+        float, typer.Option(help="Sampling temperature.", rich_help_panel="Sampling")
+    ] = 1.0,
+    top_k: Annotated[
+        int,
+        typer.Option(
+            help="Sample among the K most probable tokens (0: all).", rich_help_panel="Sampling"
+        ),
+    ] = 0,
+    top_p: Annotated[
+        float,
+        typer.Option(
+            help="Nucleus sampling: among the most probable tokens that hold this share of the "
+            "probability (0 < p <= 1).",
+            rich_help_panel="Sampling",
+        ),
+    ] = 1.0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Random seed: the same seed gives the same samples, whatever the batching.",
+            rich_help_panel="Sampling",
+        ),
+    ] = 0,
+    alignments: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write word alignments from cross-attention here, one Pharaoh line "
+            "('source-target' word indices) per input line (checkpoints only).",
+            rich_help_panel="Attention",
+        ),
+    ] = None,
+    alignment_layer: Annotated[
+        int | None,
+        typer.Option(
+            help="--alignments from this decoder layer only (-1 = last) \\[default: the "
+            "average of all layers and heads, the rule chosen in docs/alignments.md].",
+            rich_help_panel="Attention",
+        ),
+    ] = None,
+    alignment_head: Annotated[
+        int | None,
+        typer.Option(help="--alignments from this head only.", rich_help_panel="Attention"),
     ] = None,
 ) -> None:
     """Translate text with a trained checkpoint: a file, a pipe, or lines typed at a prompt.
@@ -170,16 +250,36 @@ def translate_command(
     settings = TranslationSettings(
         device=device, precision=precision, compute_type=compute_type, beam_size=beam,
         length_penalty=length_penalty, max_length_ratio=max_length_ratio, n_best=n_best,
-        max_tokens=batch_tokens, attention=wants_attention,
+        max_tokens=batch_tokens, attention=wants_attention or alignments is not None,
+        sampling=sampling_options(sample, temperature, top_k, top_p, seed),
     )  # fmt: skip
+    files = GuideFiles(prefix, constraints, tab_constraints, glossary)
+    check_combination(settings, files)
     translator = open_model(checkpoint, settings, ensemble or [])
+    if files.constrains and not translator.capabilities.constraints:
+        raise fail(
+            f"{checkpoint} is a CTranslate2 folder, which has no constrained search: use the "
+            ".pt checkpoint it was exported from for --constraints, --tab-constraints and "
+            "--glossary",
+            code=2,
+        )
     if input_file is None and sys.stdin.isatty():
         interactive(translator)
         return
-    lines = read_input(input_file)
-    found = translator.n_best(lines)
+    guided = read_guides(read_input(input_file), str(input_file or "stdin"), files, read_input)
+    lines = guided.sources
+    found = translator.n_best(lines, guided.prefixes, guided.constraints)
+    if guided.constraints is not None:
+        warn_unmet_constraints(found, guided.constraints)
     best = translator.detokenize([hypotheses[0] for hypotheses in found])
     write_output(output, format_output(found, best, translator))
+    if alignments is not None:
+        best_found = [hypotheses[0] for hypotheses in found]
+        try:
+            links = translator.alignments(lines, best_found, alignment_layer, alignment_head)
+        except ValueError as error:
+            raise fail(f"--alignments: {error}", code=2) from None
+        write_file(alignments, "".join(line + "\n" for line in links))
     if wants_attention:
         if ensemble:
             err_console.print(
@@ -194,6 +294,20 @@ def translate_command(
     if ref is not None:
         scores = score_output(best, ref, input_file, metrics)
         print_scores(scores, json_scores, console if output is not None else err_console)
+
+
+def check_combination(settings: TranslationSettings, files: GuideFiles) -> None:
+    """Exit 2 with a clear message for options that do not go together."""
+    if settings.sampling is not None and files.constrains:
+        raise fail(
+            "--sample cannot be combined with constraints (--constraints, --tab-constraints, "
+            "--glossary): constraints need beam search",
+            code=2,
+        )
+    if settings.sampling is not None and settings.beam_size is not None:
+        raise fail(
+            "--sample and --beam: choose one (sampling draws --n-best samples a line)", code=2
+        )
 
 
 def open_model(checkpoint: Path, settings: TranslationSettings, ensemble: list[Path]) -> Translator:

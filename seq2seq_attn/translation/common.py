@@ -2,8 +2,10 @@
 :class:`TranslationSettings` dataclass a caller fills in, the one error type, and how source
 lines become model input (:func:`encode_sources`).
 
-A backend implements :meth:`Translator.n_best` (and :meth:`Translator.attention` when its
-:class:`Capabilities` say so); ``translate`` and ``detokenize`` come from the protocol.
+A backend implements :meth:`Translator.n_best` (with target prefixes, and with lexical
+constraints when its :class:`Capabilities` say so), :meth:`Translator.score` (forced decoding)
+and :meth:`Translator.attention` (when its capabilities say so); ``translate`` and
+``detokenize`` come from the protocol.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..config import DecodeConfig
 from ..decoding import Hypothesis
 from ..tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from ..sampling import Sampling
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +42,12 @@ class TranslationError(ValueError):
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend can do beyond ``n_best``: ``attention`` (cross-attention records)."""
+    """What a backend can do beyond n-best search, prefixes, sampling and scoring:
+    ``attention`` (cross-attention records and word alignments) and ``constraints`` (lexically
+    constrained search)."""
 
     attention: bool
+    constraints: bool
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,9 @@ class TranslationSettings:
     the exported one) and ``threads`` (None: torch's thread count) for exported folders;
     :func:`~seq2seq_attn.translation.open_translator` refuses the other kind's arithmetic.
     ``attention``: the caller will ask for attention records, which a backend without them
-    (``capabilities.attention`` False) refuses before it loads anything.
+    (``capabilities.attention`` False) refuses before it loads anything. ``sampling`` (None:
+    search) samples ``n_best`` outputs per input instead of searching; the beam size is then
+    not used.
     """
 
     device: str = "auto"
@@ -66,6 +76,7 @@ class TranslationSettings:
     max_sentences: int | None = None  # sentences per batch (None: as many as fit)
     threads: int | None = None
     attention: bool = False  # attention records will be asked for
+    sampling: Sampling | None = None  # sample instead of searching
 
     def decode_settings(self, model_decode: DecodeConfig) -> DecodeConfig:
         """``model_decode`` with this object's decode fields that are not None in its place;
@@ -77,6 +88,12 @@ class TranslationSettings:
         if self.n_best is None:  # the model's own, as many as the beam keeps
             return dataclasses.replace(decode, n_best=min(model_decode.n_best, decode.beam_size))
         n_best = self.n_best
+        if self.sampling is not None:  # n_best samples; no beam to fit them in
+            if n_best < 1:
+                raise TranslationError(f"--n-best {n_best}: ask for 1 or more samples")
+            return dataclasses.replace(
+                decode, beam_size=max(decode.beam_size, n_best), n_best=n_best
+            )
         if not 1 <= n_best <= decode.beam_size:
             raise TranslationError(
                 f"--n-best {n_best}: need 1 <= n_best <= beam_size, got beam_size="
@@ -94,9 +111,26 @@ class Translator(Protocol):
     decode: DecodeConfig
     capabilities: Capabilities
 
-    def n_best(self, src_texts: Sequence[str]) -> list[list[Hypothesis]]:
-        """The ``decode.n_best`` hypotheses of each input, best first, in input order; a blank
-        line gets one empty hypothesis and never reaches the model."""
+    def n_best(
+        self,
+        src_texts: Sequence[str],
+        prefixes: Sequence[str] | None = None,
+        constraints: Sequence[Sequence[str]] | None = None,
+    ) -> list[list[Hypothesis]]:
+        """The ``decode.n_best`` hypotheses of each input, best first (samples: in the order
+        drawn), in input order; a blank line gets one empty hypothesis and never reaches the
+        model.
+
+        ``prefixes`` (one text per input, may be empty): each output starts with it, and its
+        tokens count in the log-probability. ``constraints`` (per input, target phrases): each
+        must appear in the output (only where ``capabilities.constraints``); a phrase that did
+        not fit in the length limit leaves ``unmet_constraints`` above 0.
+        """
+        ...
+
+    def score(self, src_texts: Sequence[str], tgt_texts: Sequence[str]) -> list[list[float]]:
+        """Forced decoding: the log-probability of each target token and of the final EOS,
+        per (source, target) pair, in input order."""
         ...
 
     def attention(

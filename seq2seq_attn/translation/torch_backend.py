@@ -17,25 +17,61 @@ from typing import ClassVar
 
 import torch
 
+from ..alignment import align, format_pharaoh
 from ..batching import collate, length_batches
 from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..config import Config, DecodeConfig
+from ..constrained import constrained_beam_search
 from ..decoding import Hypothesis, Seq2Seq, beam_search, greedy_search
 from ..device import Precision, resolve_device, resolve_precision
 from ..models.ensemble import Ensemble
+from ..sampling import Sampling, sample_search
+from ..scoring import score_pairs
 from ..tokenizer import BOS_ID, EOS_ID, Tokenizer
 from .common import Capabilities, TranslationSettings, Translator, encode_sources
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class SearchGuides:
+    """What steers a search besides the decode settings, per input in input order (None: no
+    such guide): ``prefixes`` (target ids each output starts with), ``constraints`` (target-id
+    phrases each output must contain) and ``sampling`` (sample ``decode.n_best`` outputs
+    instead of searching; the input's index keys its random numbers)."""
+
+    prefixes: Sequence[Sequence[int]] | None = None
+    constraints: Sequence[Sequence[Sequence[int]]] | None = None
+    sampling: Sampling | None = None
+
+
 def _search(
-    model: Seq2Seq, src: torch.Tensor, src_mask: torch.Tensor, decode: DecodeConfig
+    model: Seq2Seq,
+    src: torch.Tensor,
+    src_mask: torch.Tensor,
+    decode: DecodeConfig,
+    guides: SearchGuides,
+    indices: list[int],
 ) -> list[list[Hypothesis]]:
-    """The ``n_best`` hypotheses of each row of a ``(B, S)`` batch (greedy: beam_size == 1)."""
+    """The hypotheses of each row of a ``(B, S)`` batch whose rows are the inputs ``indices``:
+    constrained beam search where a row has constraints, sampling, greedy (beam size 1) or
+    beam search."""
+    prefixes = None if guides.prefixes is None else [guides.prefixes[i] for i in indices]
+    constraints = None if guides.constraints is None else [guides.constraints[i] for i in indices]
+    if constraints is not None and any(constraints):
+        return constrained_beam_search(
+            model, src, src_mask, BOS_ID, EOS_ID, decode, constraints, prefixes
+        )
+    if guides.sampling is not None:
+        keys = torch.tensor(indices, device=src.device)  # (B,) the inputs' indices
+        return sample_search(
+            model, src, src_mask, BOS_ID, EOS_ID, decode, guides.sampling, keys, decode.n_best,
+            prefixes,
+        )  # fmt: skip
     if decode.beam_size == 1:
-        return [[found] for found in greedy_search(model, src, src_mask, BOS_ID, EOS_ID, decode)]
-    return beam_search(model, src, src_mask, BOS_ID, EOS_ID, decode)
+        found = greedy_search(model, src, src_mask, BOS_ID, EOS_ID, decode, prefixes=prefixes)
+        return [[hypothesis] for hypothesis in found]
+    return beam_search(model, src, src_mask, BOS_ID, EOS_ID, decode, prefixes=prefixes)
 
 
 def translate_n_best(
@@ -47,9 +83,11 @@ def translate_n_best(
     device: torch.device | str,
     amp_dtype: torch.dtype | None = None,
     max_sentences: int | None = None,
+    guides: SearchGuides | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate ``src_texts`` in length-sorted batches of at most ``max_tokens`` source slots
-    (and at most ``max_sentences`` sentences, when given).
+    (and at most ``max_sentences`` sentences, when given), steered by ``guides`` (prefixes,
+    constraints, sampling) when given.
 
     Returns, per input and in input order, its ``decode.n_best`` hypotheses, best first. A
     blank input gets one empty hypothesis and never reaches the model; an input longer than
@@ -70,7 +108,7 @@ def translate_n_best(
                 indices = [nonempty[row] for row in rows]
                 batch = collate([src_ids[i] for i in indices], [[] for _ in indices], indices)
                 src, src_mask = batch.src.to(device), batch.src_mask.to(device)  # (B, S)
-                found = _search(model, src, src_mask, decode)
+                found = _search(model, src, src_mask, decode, guides or SearchGuides(), indices)
                 for index, hypotheses in zip(indices, found, strict=True):
                     outputs[index] = hypotheses
     finally:
@@ -141,12 +179,36 @@ class TorchTranslator(Translator):
     precision: Precision
     max_tokens: int = 4096  # source token slots per batch
     max_sentences: int | None = None  # sentences per batch (None: as many as fit)
-    capabilities: ClassVar[Capabilities] = Capabilities(attention=True)
+    sampling: Sampling | None = None  # sample instead of searching
+    capabilities: ClassVar[Capabilities] = Capabilities(attention=True, constraints=True)
 
-    def n_best(self, src_texts: Sequence[str]) -> list[list[Hypothesis]]:
-        """The ``decode.n_best`` hypotheses of each input, best first, in input order."""
+    def n_best(
+        self,
+        src_texts: Sequence[str],
+        prefixes: Sequence[str] | None = None,
+        constraints: Sequence[Sequence[str]] | None = None,
+    ) -> list[list[Hypothesis]]:
+        """The ``decode.n_best`` hypotheses of each input, best first (samples: in the order
+        drawn), in input order; see :meth:`Translator.n_best`."""
+        encode = self.tokenizer.encode_tgt
+        guides = SearchGuides(
+            prefixes=None if prefixes is None else encode(list(prefixes)),
+            constraints=None if constraints is None else [
+                encode(list(phrases)) if phrases else [] for phrases in constraints
+            ],
+            sampling=self.sampling,
+        )  # fmt: skip
         return translate_n_best(
             self.model, self.tokenizer, src_texts, self.decode, self.max_tokens, self.device,
+            self.precision.dtype, self.max_sentences, guides,
+        )  # fmt: skip
+
+    def score(self, src_texts: Sequence[str], tgt_texts: Sequence[str]) -> list[list[float]]:
+        """Forced decoding (:func:`~seq2seq_attn.scoring.score_pairs`): the log-probability of
+        each target token and of the final EOS per pair, in input order; ``[]`` for a blank
+        source."""
+        return score_pairs(
+            self.model, self.tokenizer, src_texts, tgt_texts, self.max_tokens, self.device,
             self.precision.dtype, self.max_sentences,
         )  # fmt: skip
 
@@ -158,6 +220,26 @@ class TorchTranslator(Translator):
         return attention_record(
             self.model, self.tokenizer, index, src_text, hypothesis, self.device, layer, head
         )
+
+    def alignments(
+        self, src_texts: Sequence[str], hypotheses: Sequence[Hypothesis],
+        layer: int | None = None, head: int | None = None,
+    ) -> list[str]:  # fmt: skip
+        """One Pharaoh line per (source, hypothesis) pair: ``i-j`` links source word ``i`` to
+        target word ``j`` (0-based over the whitespace words of the source line and of the
+        detokenized hypothesis), each target word to the source word it attended to most
+        (:func:`~seq2seq_attn.alignment.align`), teacher-forced in batches of ``max_tokens``
+        source slots. ``layer`` and ``head`` pick a decoder layer and head (negative counts from
+        the last; None: the average, the rule chosen on the toy dev set, docs/alignments.md); one
+        out of range raises ``ValueError``. An ensemble aligns with its first model."""
+        if len(src_texts) != len(hypotheses):
+            raise ValueError(f"{len(src_texts)} sources but {len(hypotheses)} hypotheses")
+        links = align(
+            self.model, self.tokenizer, self.tokenizer.encode_src(list(src_texts)),
+            [hypothesis.tokens for hypothesis in hypotheses], layer, head, self.max_tokens,
+            self.device, output_words=True,
+        )  # fmt: skip
+        return [format_pharaoh(line) for line in links]
 
 
 def open_checkpoints(paths: Sequence[Path], settings: TranslationSettings) -> TorchTranslator:
@@ -177,7 +259,7 @@ def open_checkpoints(paths: Sequence[Path], settings: TranslationSettings) -> To
     precision = resolve_precision(settings.precision or "fp32", device, "--precision")
     return TorchTranslator(
         model.to(device), tokenizer, config, decode, device, precision, settings.max_tokens,
-        settings.max_sentences,
+        settings.max_sentences, settings.sampling,
     )  # fmt: skip
 
 
