@@ -119,3 +119,15 @@ def test_bad_option_combinations_are_one_clear_error(run_dir, options, message):
     result = translate_cli(run_dir, *options, stdin="x\n")
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
+
+
+def test_a_constraint_longer_than_the_limit_is_a_warning_naming_the_line(run_dir, corpus):  # noqa: F811
+    lines = source_lines(corpus, 2)
+    too_long = " ".join(["wowo"] * 60)  # more pieces than the model's 48 positions
+    stdin = f"{lines[0]}\n{lines[1]}\t{too_long}\n"
+    result = translate_cli(run_dir, "--tab-constraints", stdin=stdin)
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 2
+    flat = " ".join(result.stderr.split())
+    assert "line 2: 1 of 1 constraint(s) could not be placed" in flat, flat
+    assert "line 1:" not in flat
