@@ -10,9 +10,16 @@ changes so that attention has to look elsewhere than the diagonal:
 Noun phrases put adjectives after the noun in reverse order, the prepositional phrase becomes a
 postpositional phrase moved before the object, and the verb goes last. Sentences have 3 to 15
 words. ``{split}.align`` holds the gold word alignment of each pair in the Pharaoh format
-(``i-j``: source word ``i`` translates as target word ``j``, 0-based, sorted by ``i``). Usage::
+(``i-j``: source word ``i`` translates as target word ``j``, 0-based, sorted by ``i``).
 
-    python scripts/make_toy_corpus.py            # writes data/toy/{train,dev,test}.{src,tgt,align}
+A second domain (``--domain b``, written to ``data/toy-b``) keeps the grammar and the dictionary
+and adds words of its own: half of its nouns, adjectives and transitive verbs are new (never in
+domain A), the rest a small slice of domain A's; its noun phrases carry more adjectives and more
+of its sentences a prepositional phrase, so they are longer. Its training split is small (500
+pairs): the fine-tuning example of docs/finetuning.md adapts a domain-A model to it. Usage::
+
+    python scripts/make_toy_corpus.py              # data/toy/{train,dev,test}.{src,tgt,align}
+    python scripts/make_toy_corpus.py --domain b   # data/toy-b/...
     python scripts/make_toy_corpus.py --out DIR
 """
 
@@ -28,6 +35,32 @@ SPLIT_SIZES = {"train": 5000, "dev": 300, "test": 300}
 CLASS_SIZES = {"det": 4, "adj": 60, "noun": 120, "verb_t": 60, "verb_i": 20, "adv": 20, "prep": 12}
 SRC_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
 TGT_SYLLABLES = [c + v for c in "chjkqwxy" for v in ("a", "o", "u", "ei", "ai")]
+
+
+class Domain(NamedTuple):
+    """How one domain draws its sentences: split sizes, adjectives per noun phrase (drawn
+    uniformly from ``adjective_counts``) and the share of sentences with a prepositional phrase.
+    ``new_words`` counts the words of its own per class (none for domain A); ``shared_words``
+    how many of domain A's words of that class it also uses (all of them when absent)."""
+
+    seed: int
+    split_sizes: dict[str, int]
+    adjective_counts: tuple[int, ...]
+    pp_share: float
+    new_words: dict[str, int]
+    shared_words: dict[str, int]
+
+
+DOMAIN_A = Domain(SEED, SPLIT_SIZES, (0, 0, 1, 1, 2), 0.4, {}, {})
+DOMAIN_B = Domain(
+    SEED + 1,
+    {"train": 500, "dev": 300, "test": 300},
+    (0, 1, 1, 2, 2),
+    0.6,
+    new_words={"noun": 60, "adj": 30, "verb_t": 20},
+    shared_words={"noun": 30, "adj": 15, "verb_t": 20},
+)
+DOMAINS = {"a": (DOMAIN_A, "toy"), "b": (DOMAIN_B, "toy-b")}  # domain -> (draws, data/ folder)
 
 
 def _words(rng: random.Random, syllables: list[str], count: int, taken: set[str]) -> list[str]:
@@ -54,10 +87,28 @@ def make_lexicon(rng: random.Random) -> tuple[dict[str, list[str]], dict[str, st
     return classes, dictionary
 
 
-def _noun_phrase(rng: random.Random, classes: dict[str, list[str]]) -> tuple[list, list]:
+def domain_lexicon(
+    rng: random.Random, classes: dict[str, list[str]], dictionary: dict[str, str], domain: Domain
+) -> dict[str, list[str]]:
+    """The source words per class that ``domain`` draws from: ``domain.new_words`` new words of
+    a class (added to ``dictionary`` with new target words) plus the first
+    ``domain.shared_words`` of domain A's; domain A's own classes when it adds none."""
+    src_taken, tgt_taken = set(dictionary), set(dictionary.values())
+    chosen = {}
+    for name, words in classes.items():
+        new_src = _words(rng, SRC_SYLLABLES, domain.new_words.get(name, 0), src_taken)
+        new_tgt = _words(rng, TGT_SYLLABLES, len(new_src), tgt_taken)
+        dictionary.update(zip(new_src, new_tgt, strict=True))
+        chosen[name] = new_src + words[: domain.shared_words.get(name, len(words))]
+    return chosen
+
+
+def _noun_phrase(
+    rng: random.Random, classes: dict[str, list[str]], domain: Domain = DOMAIN_A
+) -> tuple[list, list]:
     """(source words, target order as positions in those words) of one noun phrase."""
     det, noun = rng.choice(classes["det"]), rng.choice(classes["noun"])
-    adjs = rng.sample(classes["adj"], rng.choice((0, 0, 1, 1, 2)))
+    adjs = rng.sample(classes["adj"], rng.choice(domain.adjective_counts))
     noun_at = len(adjs) + 1
     return [det, *adjs, noun], [0, noun_at, *range(noun_at - 1, 0, -1)]
 
@@ -71,10 +122,15 @@ class Pair(NamedTuple):
     links: list[tuple[int, int]]
 
 
-def make_pair(rng: random.Random, classes: dict[str, list[str]], dictionary: dict[str, str]):
-    """One :class:`Pair`; the target is built as a list of source positions, which gives
-    the gold alignment (source word ``i`` becomes target word ``j``)."""
-    subj_src, subj_order = _noun_phrase(rng, classes)
+def make_pair(
+    rng: random.Random,
+    classes: dict[str, list[str]],
+    dictionary: dict[str, str],
+    domain: Domain = DOMAIN_A,
+) -> Pair:
+    """One :class:`Pair` of ``domain``; the target is built as a list of source positions,
+    which gives the gold alignment (source word ``i`` becomes target word ``j``)."""
+    subj_src, subj_order = _noun_phrase(rng, classes, domain)
     src, tgt_order, tail_order = [*subj_src], [*subj_order], []
     transitive = rng.random() < 0.7
     verb = rng.choice(classes["verb_t" if transitive else "verb_i"])
@@ -82,16 +138,16 @@ def make_pair(rng: random.Random, classes: dict[str, list[str]], dictionary: dic
     src.append(verb)
     obj_order: list[int] = []
     if transitive:
-        obj_src, obj_np = _noun_phrase(rng, classes)
+        obj_src, obj_np = _noun_phrase(rng, classes, domain)
         obj_order = [len(src) + position for position in obj_np]
         src += obj_src
     if rng.random() < 0.3:
         tail_order.append(len(src))
         src.append(rng.choice(classes["adv"]))
     pp_order: list[int] = []
-    if rng.random() < 0.4:
+    if rng.random() < domain.pp_share:
         prep = rng.choice(classes["prep"])
-        pp_src, pp_np = _noun_phrase(rng, classes)
+        pp_src, pp_np = _noun_phrase(rng, classes, domain)
         prep_at = len(src)
         src += [prep, *pp_src]
         pp_order = [*(prep_at + 1 + position for position in pp_np), prep_at]
@@ -101,16 +157,19 @@ def make_pair(rng: random.Random, classes: dict[str, list[str]], dictionary: dic
     return Pair(" ".join(src), tgt, links)
 
 
-def make_corpus() -> dict[str, list[Pair]]:
-    """The three splits, disjoint (no source sentence appears in two splits)."""
-    rng = random.Random(SEED)
-    classes, dictionary = make_lexicon(rng)
-    seen: set[str] = set()
+def _draw_splits(
+    rng: random.Random,
+    classes: dict[str, list[str]],
+    dictionary: dict[str, str],
+    domain: Domain,
+    seen: set[str],
+) -> dict[str, list[Pair]]:
+    """``domain``'s splits, with no source sentence in ``seen`` or in two splits."""
     corpus: dict[str, list[Pair]] = {}
-    for split, size in SPLIT_SIZES.items():
+    for split, size in domain.split_sizes.items():
         pairs: list[Pair] = []
         while len(pairs) < size:
-            pair = make_pair(rng, classes, dictionary)
+            pair = make_pair(rng, classes, dictionary, domain)
             if pair.src not in seen:
                 seen.add(pair.src)
                 pairs.append(pair)
@@ -118,17 +177,36 @@ def make_corpus() -> dict[str, list[Pair]]:
     return corpus
 
 
+def make_corpora() -> tuple[dict[str, list[Pair]], dict[str, list[Pair]], dict[str, str]]:
+    """Domain A's and domain B's splits (no source sentence in two of them) and the dictionary
+    of both. Domain A is drawn first, from its own seed, so adding domain B changed none of it."""
+    rng = random.Random(SEED)
+    classes, dictionary = make_lexicon(rng)
+    seen: set[str] = set()
+    corpus_a = _draw_splits(rng, classes, dictionary, DOMAIN_A, seen)
+    rng_b = random.Random(DOMAIN_B.seed)
+    classes_b = domain_lexicon(rng_b, classes, dictionary, DOMAIN_B)
+    corpus_b = _draw_splits(rng_b, classes_b, dictionary, DOMAIN_B, seen)
+    return corpus_a, corpus_b, dictionary
+
+
+def make_corpus(domain: str = "a") -> dict[str, list[Pair]]:
+    """The three splits of ``domain`` (``a`` or ``b``)."""
+    corpus_a, corpus_b, _ = make_corpora()
+    return corpus_a if domain == "a" else corpus_b
+
+
 def pharaoh(links: list[tuple[int, int]]) -> str:
     """Links as one Pharaoh line: ``i-j`` (source word index - target word index) pairs."""
     return " ".join(f"{src_index}-{tgt_index}" for src_index, tgt_index in links)
 
 
-def write_corpus(out: Path) -> list[Path]:
-    """Write ``{split}.src`` / ``{split}.tgt`` and the gold alignments ``{split}.align`` under
-    ``out``; return the paths written."""
+def write_corpus(out: Path, domain: str = "a") -> list[Path]:
+    """Write ``domain``'s ``{split}.src`` / ``{split}.tgt`` and the gold alignments
+    ``{split}.align`` under ``out``; return the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for split, pairs in make_corpus().items():
+    for split, pairs in make_corpus(domain).items():
         columns = {
             "src": [pair.src for pair in pairs],
             "tgt": [pair.tgt for pair in pairs],
@@ -144,10 +222,12 @@ def write_corpus(out: Path) -> list[Path]:
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    default_out = Path(__file__).resolve().parent.parent / "data" / "toy"
-    parser.add_argument("--out", type=Path, default=default_out, help="output directory")
+    data_dir = Path(__file__).resolve().parent.parent / "data"
+    parser.add_argument("--domain", choices=sorted(DOMAINS), default="a", help="which domain")
+    parser.add_argument("--out", type=Path, help="output directory [default: data/toy(-b)]")
     args = parser.parse_args()
-    for path in write_corpus(args.out):
+    out = args.out or data_dir / DOMAINS[args.domain][1]
+    for path in write_corpus(out, args.domain):
         print(f"wrote {path}")
 
 
