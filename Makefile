@@ -20,7 +20,7 @@ $(TORCH_STAMP): FORCE
 $(INSTALL_STAMP): pyproject.toml $(TORCH_STAMP)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet '$(TORCH)'
-	$(BIN)/python -m pip install --quiet -e '.[dev,plot,ctranslate2,moses]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,plot,ctranslate2,moses,tensorboard]'
 	touch $@
 
 lint: install

@@ -10,16 +10,21 @@ One rule, wherever text comes from (a corpus, a prepared split, a file to transl
 - the text is UTF-8; an invalid byte raises :class:`TextFileError` naming ``file:line``.
 
 On top of it: reading two line-aligned files (the counts checked, both files named when they
-differ) and the pair readers of plain, TSV and JSON-lines corpora. Standard library only.
+differ), the pair readers of plain, TSV and JSON-lines corpora, and the cleaning filters
+(``data.clean``) that judge a pair by its text. Standard library only.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import itertools
 import json
+import unicodedata
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -217,3 +222,119 @@ def header_columns(path: str | Path, kind: str) -> list[str] | None:
     except json.JSONDecodeError as error:
         raise TextFileError(f"{path}: invalid JSON on the first row ({error.msg})") from None
     return list(row) if isinstance(row, dict) else []
+
+
+# ---- cleaning filters: which training pairs to drop (data.clean) -----------------------------
+
+CLEAN_FILTERS = ("identical", "control_chars", "non_letters", "length_ratio", "duplicate")
+"""The cleaning filters in the order they are tried; a pair is counted under the first that
+drops it (duplicates last: a pair is a duplicate of an earlier pair that was kept)."""
+
+JOINERS = frozenset("\u200c\u200d")  # zero-width (non-)joiners: spelling in Persian, Indic, emoji
+INVALID_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Co", "Cn"))
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
+def has_invalid_chars(text: str) -> bool:
+    """Whether ``text`` holds a character no sentence should: a control (Unicode category Cc,
+    tab excepted), format (Cf, the zero-width joiner and non-joiner excepted), surrogate (Cs),
+    private-use (Co) or unassigned (Cn) character, or U+FFFD (the trace of a bad decoding)."""
+    if REPLACEMENT_CHARACTER in text:
+        return True
+    if text.isprintable():  # the common case, in C: none of Cc, Cf, Cs, Co, Cn, Z* but " "
+        return False
+    return any(
+        unicodedata.category(char) in INVALID_CATEGORIES and char != "\t" and char not in JOINERS
+        for char in text
+    )
+
+
+def non_letter_share(text: str) -> float:
+    """The share of ``text``'s non-whitespace characters that are not letters (Unicode L*)
+    nor combining marks (M*, the vowel signs of Indic scripts): digits, punctuation, symbols;
+    0.0 for a text of whitespace only."""
+    visible = "".join(text.split())
+    if not visible:
+        return 0.0
+    others = itertools.filterfalse(str.isalpha, visible)  # str.isalpha: the categories L*
+    return sum(unicodedata.category(char)[0] != "M" for char in others) / len(visible)
+
+
+def length_ratio_exceeded(src: str, tgt: str, max_ratio: float) -> bool:
+    """Whether the longer side has more than ``max_ratio`` times the whitespace-separated words
+    of the shorter side (Moses' clean-corpus-n.perl counts the same way)."""
+    src_words, tgt_words = len(src.split()), len(tgt.split())
+    return max(src_words, tgt_words) > max_ratio * min(src_words, tgt_words)
+
+
+def rejecting_filter(
+    src: str,
+    tgt: str,
+    *,
+    drop_identical: bool = False,
+    drop_control_chars: bool = False,
+    max_non_letter_share: float | None = None,
+    max_length_ratio: float | None = None,
+) -> str | None:
+    """The name (from :data:`CLEAN_FILTERS`) of the first enabled filter that drops the pair,
+    or None to keep it. Identical means equal once surrounding whitespace is stripped; the
+    duplicate filter needs the whole corpus and is not applied here (see :func:`pair_hash`)."""
+    if drop_identical and src.strip() == tgt.strip():
+        return "identical"
+    if drop_control_chars and (has_invalid_chars(src) or has_invalid_chars(tgt)):
+        return "control_chars"
+    if max_non_letter_share is not None and (
+        max(non_letter_share(src), non_letter_share(tgt)) > max_non_letter_share
+    ):
+        return "non_letters"
+    if max_length_ratio is not None and length_ratio_exceeded(src, tgt, max_length_ratio):
+        return "length_ratio"
+    return None
+
+
+def pair_hash(src: str, tgt: str) -> int:
+    """A 64-bit hash of the exact pair, to find duplicates without keeping the text (two
+    different pairs collide with probability about n**2 / 2**65 in a corpus of n pairs); signed,
+    to fit an int64 column."""
+    src_bytes = src.encode("utf-8")
+    digest = hashlib.blake2b(len(src_bytes).to_bytes(8, "little"), digest_size=8)
+    digest.update(src_bytes)
+    digest.update(tgt.encode("utf-8"))
+    return int.from_bytes(digest.digest(), "little", signed=True)
+
+
+def clean_marks(
+    src: list[str], tgt: list[str], filters: dict[str, Any], hashed: bool
+) -> dict[str, list[int]]:
+    """For a batch of pairs: ``drop``, 1 + the index in :data:`CLEAN_FILTERS` of the filter
+    that drops each pair (:func:`rejecting_filter` with ``filters``; 0: kept), and
+    ``pair_hash``, its :func:`pair_hash` when ``hashed`` (else 0)."""
+    pairs = list(zip(src, tgt, strict=True))
+    reasons = [rejecting_filter(s, t, **filters) for s, t in pairs]
+    return {
+        "drop": [0 if reason is None else 1 + CLEAN_FILTERS.index(reason) for reason in reasons],
+        "pair_hash": [pair_hash(s, t) if hashed else 0 for s, t in pairs],
+    }
+
+
+@dataclass(frozen=True)
+class CleanReport:
+    """How many pairs each cleaning filter dropped (see :data:`CLEAN_FILTERS`)."""
+
+    identical: int = 0
+    control_chars: int = 0
+    non_letters: int = 0
+    length_ratio: int = 0
+    duplicate: int = 0
+
+    @property
+    def dropped(self) -> int:
+        """Pairs dropped by all filters together."""
+        return sum(getattr(self, name) for name in CLEAN_FILTERS)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.identical} identical, {self.duplicate} duplicate, {self.control_chars} with "
+            f"invalid or control characters, {self.non_letters} over the non-letter share, "
+            f"{self.length_ratio} over the length ratio"
+        )

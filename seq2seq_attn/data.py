@@ -2,8 +2,9 @@
 
 Flow: :func:`load_pairs` (text columns ``src``/``tgt``, read by :mod:`~seq2seq_attn.corpus` or
 from the hub) -> :func:`tokenize_pairs` (adds ``src_ids``/``tgt_ids``/``src_len``/``tgt_len``;
-drops empty and over-long pairs with a :class:`SplitReport`). :func:`load_split` runs both for a
-configured split; :mod:`~seq2seq_attn.loaders` cuts the result into batches.
+drops empty, unclean (``data.clean``, train only) and over-long pairs with a
+:class:`SplitReport`). :func:`load_split` runs both for a configured split;
+:mod:`~seq2seq_attn.loaders` cuts the result into batches.
 
 Everything stays in memory-mapped Arrow files under ``DataConfig.cache_dir``; only one batch at
 a time becomes Python lists, so corpora larger than memory work.
@@ -12,6 +13,7 @@ a time becomes Python lists, so corpora larger than memory work.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,13 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 from datasets.exceptions import DatasetGenerationError
 
-from .config import DataConfig
+from .config import CleanConfig, DataConfig
 from .corpus import (
+    CLEAN_FILTERS,
+    CleanReport,
     MisalignedError,
     TextFileError,
     check_parallel_files,
+    clean_marks,
     header_columns,
     jsonl_pairs,
     plain_pairs,
@@ -66,6 +72,9 @@ ID_FEATURES = datasets.Features(
         "tgt_len": datasets.Value("int32"),
     }
 )
+CLEAN_MARKS = datasets.Features(
+    {"drop": datasets.Value("int8"), "pair_hash": datasets.Value("int64")}
+)
 
 
 class DataError(ValueError):
@@ -74,21 +83,25 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class SplitReport:
-    """How many pairs a split had and why some were dropped."""
+    """How many pairs a split had and why some were dropped (``cleaned``: None when
+    ``data.clean`` was off)."""
 
     split: str
     total: int
     empty: int
     too_long: int
+    cleaned: CleanReport | None = None
 
     @property
     def kept(self) -> int:
-        """Pairs left after dropping empty and over-long ones."""
-        return self.total - self.empty - self.too_long
+        """Pairs left after dropping empty, unclean and over-long ones."""
+        cleaned = self.cleaned.dropped if self.cleaned else 0
+        return self.total - self.empty - cleaned - self.too_long
 
     def __str__(self) -> str:
+        cleaned = f", {self.cleaned.dropped} by cleaning" if self.cleaned else ""
         return (
-            f"{self.split}: {self.total} pairs, dropped {self.empty} empty and "
+            f"{self.split}: {self.total} pairs, dropped {self.empty} empty{cleaned} and "
             f"{self.too_long} over the length limit, kept {self.kept}"
         )
 
@@ -340,6 +353,47 @@ def _nonempty(src: list[str], tgt: list[str]) -> list[bool]:
     return [bool(s.strip()) and bool(t.strip()) for s, t in zip(src, tgt, strict=True)]
 
 
+def _unmarked(indices: list[int], drop: np.ndarray) -> list[bool]:
+    """Keep the rows at ``indices`` whose ``drop`` code is 0."""
+    return (drop[indices] == 0).tolist()
+
+
+def _clean(
+    ds: datasets.Dataset, clean: CleanConfig, cache_dir: str, split: str, processes: int
+) -> tuple[datasets.Dataset, CleanReport]:
+    """Drop the pairs ``clean`` rejects: each pair is marked (the filter that drops it, its
+    hash) in one cached step in ``processes`` processes; one sort of the hashes of the pairs
+    still kept then marks every copy after the first as a duplicate (about 25 bytes a pair in
+    memory, never the text); a cached filter keyed by the settings keeps the unmarked pairs."""
+    if len(ds) == 0:
+        return ds, CleanReport()
+    settings = json.dumps(dataclasses.asdict(clean), sort_keys=True)
+    filters = {k: v for k, v in dataclasses.asdict(clean).items() if k != "drop_duplicates"}
+    marks = _cached_map(
+        ds, cache_dir, "clean-marks", (settings,), processes, function=clean_marks,
+        input_columns=["src", "tgt"], remove_columns=ds.column_names, features=CLEAN_MARKS,
+        fn_kwargs={"filters": filters, "hashed": clean.drop_duplicates},
+    )  # fmt: skip
+    drop = marks.data.column("drop").to_numpy().copy()  # (N,) int8, from Arrow at C speed
+    if clean.drop_duplicates:
+        candidates = np.flatnonzero(drop == 0)  # (K,) rows no other filter drops
+        hashes = marks.data.column("pair_hash").to_numpy()[candidates]  # (K,) int64
+        _, first = np.unique(hashes, return_index=True)  # (U,) first copy of each pair
+        later = np.ones(len(candidates), dtype=bool)  # (K,)
+        later[first] = False
+        drop[candidates[later]] = 1 + CLEAN_FILTERS.index("duplicate")
+    counts = np.bincount(drop, minlength=1 + len(CLEAN_FILTERS))
+    report = CleanReport(**{name: int(counts[1 + i]) for i, name in enumerate(CLEAN_FILTERS)})
+    kept = _cached_filter(
+        ds, cache_dir, "clean", (settings,), processes, function=_unmarked,
+        fn_kwargs={"drop": drop}, with_indices=True, input_columns=[],
+    )  # fmt: skip
+    logger.info(
+        "%s: cleaning dropped %s (%d pairs), kept %d", split, report, report.dropped, len(kept)
+    )
+    return kept, report
+
+
 def _encode(batch: dict[str, list], tokenizer: Tokenizer) -> dict[str, list]:
     """Add ``src_ids``/``tgt_ids`` and their lengths to a batch of text pairs."""
     src_ids, tgt_ids = tokenizer.encode_src(batch["src"]), tokenizer.encode_tgt(batch["tgt"])
@@ -387,10 +441,12 @@ def tokenize_pairs(
     max_length: int | None = None,
     split: str = "data",
     num_proc: int = 0,
+    clean: CleanConfig | None = None,
 ) -> tuple[datasets.Dataset, SplitReport]:
-    """Drop empty pairs, add ``src_ids``/``tgt_ids``/``src_len``/``tgt_len``, drop pairs over
-    ``max_length`` tokens (``None``: keep all). Each step is cached under ``cache_dir``, keyed
-    by the input's fingerprint and the tokenizer's bytes, so a second run skips tokenization.
+    """Drop empty pairs, then those ``clean`` rejects (None or all off: none), add
+    ``src_ids``/``tgt_ids``/``src_len``/``tgt_len``, drop pairs over ``max_length`` tokens
+    (``None``: keep all). Each step is cached under ``cache_dir``, keyed by the input's
+    fingerprint, the cleaning settings and the tokenizer's bytes, so a second run skips them.
     The steps run in :func:`tokenizing_processes` processes, with progress bars on a large split.
     """
     cache_dir = str(cache_dir)
@@ -402,8 +458,11 @@ def tokenize_pairs(
             ds, cache_dir, "drop-empty", (), processes, function=_nonempty,
             input_columns=["src", "tgt"],
         )  # fmt: skip
+        cleaned, clean_report = nonempty, None
+        if clean is not None and clean.enabled:
+            cleaned, clean_report = _clean(nonempty, clean, cache_dir, split, processes)
         encoded = _cached_map(
-            nonempty, cache_dir, "tokenize", (tokenizer.fingerprint,), processes,
+            cleaned, cache_dir, "tokenize", (tokenizer.fingerprint,), processes,
             function=_encode, fn_kwargs={"tokenizer": tokenizer}, features=ID_FEATURES,
         )  # fmt: skip
         kept = encoded
@@ -413,7 +472,8 @@ def tokenize_pairs(
                 function=_short_enough, fn_kwargs={"max_length": max_length},
                 input_columns=["src_len", "tgt_len"],
             )  # fmt: skip
-    report = SplitReport(split, len(ds), len(ds) - len(nonempty), len(encoded) - len(kept))
+    empty, too_long = len(ds) - len(nonempty), len(encoded) - len(kept)
+    report = SplitReport(split, len(ds), empty, too_long, clean_report)
     logger.info("%s", report)
     return kept, report
 
@@ -421,12 +481,13 @@ def tokenize_pairs(
 def load_split(
     cfg: DataConfig, split: str, tokenizer: Tokenizer
 ) -> tuple[datasets.Dataset, SplitReport]:
-    """:func:`load_pairs` then :func:`tokenize_pairs`; ``max_length`` filters train only, so
-    that dev and test scores cover every sentence."""
-    max_length = cfg.max_length if split == "train" else None
+    """:func:`load_pairs` then :func:`tokenize_pairs`; ``max_length`` and ``clean`` filter
+    train only, so that dev and test scores cover every sentence."""
+    train = split == "train"
     return tokenize_pairs(
-        load_pairs(cfg, split), tokenizer, cfg.cache_dir, max_length, split, cfg.num_proc
-    )
+        load_pairs(cfg, split), tokenizer, cfg.cache_dir, cfg.max_length if train else None,
+        split, cfg.num_proc, cfg.clean if train else None,
+    )  # fmt: skip
 
 
 def disable_progress_bars() -> None:

@@ -1,10 +1,11 @@
 """Score a model's translations of a list of sentences, or of a configured split, against
-references with sacreBLEU: what validation runs during training."""
+references with sacreBLEU, and draw one sentence's attention: what validation runs during
+training."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -12,7 +13,7 @@ from .config import DataConfig, DecodeConfig
 from .decoding import Seq2Seq
 from .metrics import Score, corpus_scores
 from .tokenizer import Tokenizer
-from .translation.torch_backend import translate_n_best
+from .translation.torch_backend import attention_record, translate_n_best
 
 
 @dataclass
@@ -47,6 +48,34 @@ def score_translations(
     detokenized = tokenizer.decode_tgt([hypotheses[0].tokens for hypotheses in found])
     scores = corpus_scores(detokenized, ref_texts, metrics)
     return Evaluation(list(src_texts), list(ref_texts), detokenized, scores)
+
+
+def first_sentence_attention(
+    model: Seq2Seq,
+    tokenizer: Tokenizer,
+    src_texts: Sequence[str],
+    decode: DecodeConfig,
+    max_tokens: int,
+    device: torch.device | str,
+    amp_dtype: torch.dtype | None = None,
+) -> dict | None:
+    """The cross-attention of the first non-blank of ``src_texts`` for the model's greedy
+    translation of it, in eval mode (the model's mode is restored), as
+    :func:`~seq2seq_attn.translation.torch_backend.attention_record` returns it (``index`` is the
+    sentence's position in ``src_texts``); None when every text is blank."""
+    index = next((i for i, text in enumerate(src_texts) if text.strip()), None)
+    if index is None:
+        return None
+    greedy = replace(decode, beam_size=1, n_best=1)
+    found = translate_n_best(
+        model, tokenizer, [src_texts[index]], greedy, max_tokens, device, amp_dtype
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        return attention_record(model, tokenizer, index, src_texts[index], found[0][0], device)
+    finally:
+        model.train(was_training)
 
 
 def evaluate_split(

@@ -39,6 +39,7 @@ class RunInfo:
     start_step: int
     max_steps: int | None
     steps_per_epoch: int  # with accumulate_steps batches per step (for an ETA under max_epochs)
+    init_from: str | None = None  # the trained model the run started from: "path (step N)"
 
 
 @dataclass
@@ -54,6 +55,7 @@ class StepReport:
     tokens_per_second: float
     elapsed: float
     skipped: bool  # the loss or gradient was NaN/inf and no update was made
+    grad_norm: float  # total gradient norm before clipping (NaN/inf on a skipped step)
 
 
 class ReportedScore(Protocol):
@@ -81,6 +83,10 @@ class ValidationReport:
     best_bleu: float
     is_best: bool
     samples: list[tuple[str, str, str]] = field(default_factory=list)  # (src, ref, hypothesis)
+    # one fixed dev sentence's cross-attention for its greedy translation, as
+    # translation.torch_backend.attention_record writes it (tokens, weights (T + 1, S + 1));
+    # computed only when a callback's wants_attention is True
+    attention: dict | None = None
 
 
 @dataclass
@@ -107,6 +113,7 @@ class TrainSummary:
     precision: str = ""  # the autocast it trained in: fp32, bf16 or fp16
     target_tokens: int = 0  # target positions trained on
     step_seconds: float = 0.0  # seconds inside optimisation steps
+    init_from: str | None = None  # the trained model the run started from: "path (step N)"
 
     @property
     def target_tokens_per_second(self) -> float:
@@ -125,6 +132,9 @@ class TrainSummary:
 
 class TrainCallback:
     """Hooks the loop calls; subclass and override the ones you need (each does nothing here)."""
+
+    # True: validations compute ValidationReport.attention (one dev sentence decoded again)
+    wants_attention: bool = False
 
     def on_start(self, info: RunInfo) -> None:
         """Before the first step (after setup and resume)."""

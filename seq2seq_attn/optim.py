@@ -176,7 +176,7 @@ class NonFiniteLossError(RuntimeError):
 @dataclass
 class StepOutcome:
     """One update: per-token label-smoothed loss and NLL, its learning rate, whether skipped,
-    and the tokens it trained on (over all processes)."""
+    the tokens it trained on (over all processes) and the gradient norm before clipping."""
 
     loss: float
     nll: float
@@ -184,6 +184,7 @@ class StepOutcome:
     skipped: bool
     target_tokens: int  # target positions (EOS included) of the step's real batches
     tokens: int  # source + target tokens of the step's real batches
+    grad_norm: float  # total norm of the (unscaled) gradient before clipping
 
 
 class Collectives(Protocol):
@@ -230,7 +231,8 @@ class Trainer:
         return label_smoothed_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
 
     def _grad_norm(self) -> Tensor:
-        """Total gradient norm (0-dim), after clipping to ``clip_grad_norm`` when set."""
+        """Total gradient norm (0-dim) before clipping; then clips to ``clip_grad_norm`` when
+        set."""
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         if self.cfg.clip_grad_norm is None:
             return torch.nn.utils.get_total_norm([p.grad for p in parameters])
@@ -285,8 +287,9 @@ class Trainer:
         if not finite:
             logger.warning("step %d: loss %s, gradient norm %s: update skipped", step, loss, norm)
         return StepOutcome(
-            loss / total_tokens, nll / total_tokens, lr, not finite, total_tokens, tokens
-        )
+            loss / total_tokens, nll / total_tokens, lr, not finite, total_tokens, tokens,
+            norm_value,
+        )  # fmt: skip
 
     def raise_nonfinite(self, step: int) -> NoReturn:
         """Stop the run: too many non-finite steps in a row."""

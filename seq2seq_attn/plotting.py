@@ -9,8 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from .fileio import write_atomic
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class PlottingError(RuntimeError):
@@ -48,24 +52,32 @@ def plot_attention(records: Sequence[dict], path: Path) -> list[Path]:
     pyplot = _pyplot()
     targets = attention_picture_paths(records, Path(path))
     for record, target in zip(records, targets, strict=True):
-        src_tokens, tgt_tokens = record["src_tokens"], record["tgt_tokens"]
-        figure, axes = pyplot.subplots(
-            figsize=(max(4.0, 0.45 * len(src_tokens) + 1.5), max(3.0, 0.4 * len(tgt_tokens) + 1.2))
-        )
-        image = axes.imshow(record["weights"], cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
-        axes.set_xticks(range(len(src_tokens)), src_tokens, rotation=60, ha="right")
-        axes.set_yticks(range(len(tgt_tokens)), tgt_tokens)
-        axes.set_xlabel("source")
-        axes.set_ylabel("target")
-        layer = "last layer" if record["layer"] == -1 else f"layer {record['layer']}"
-        axes.set_title(f"sentence {record['index']}: {layer}, head {record['head']}")
-        figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
-        figure.tight_layout()
+        figure = attention_figure(record)
         write_atomic(
             target, lambda handle, figure=figure: figure.savefig(handle, format="png", dpi=120)
         )
         pyplot.close(figure)
     return targets
+
+
+def attention_figure(record: dict, title_prefix: str = "") -> Figure:
+    """The heatmap of one attention record (see :func:`plot_attention`) as a matplotlib figure,
+    titled with the sentence, layer and head after ``title_prefix``; close it when done."""
+    pyplot = _pyplot()
+    src_tokens, tgt_tokens = record["src_tokens"], record["tgt_tokens"]
+    figure, axes = pyplot.subplots(
+        figsize=(max(4.0, 0.45 * len(src_tokens) + 1.5), max(3.0, 0.4 * len(tgt_tokens) + 1.2))
+    )
+    image = axes.imshow(record["weights"], cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    axes.set_xticks(range(len(src_tokens)), src_tokens, rotation=60, ha="right")
+    axes.set_yticks(range(len(tgt_tokens)), tgt_tokens)
+    axes.set_xlabel("source")
+    axes.set_ylabel("target")
+    layer = "last layer" if record["layer"] == -1 else f"layer {record['layer']}"
+    axes.set_title(f"{title_prefix}sentence {record['index']}: {layer}, head {record['head']}")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    figure.tight_layout()
+    return figure
 
 
 def plot_learning_curves(validations: Sequence[dict], path: Path, title: str) -> Path:

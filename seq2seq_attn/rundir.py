@@ -5,7 +5,8 @@ Layout: ``config.yaml`` (the resolved config), the tokenizer's SentencePiece mod
 :mod:`seq2seq_attn.tokenizer`, the same in an exported folder), ``metrics.jsonl``, ``train.log``
 (written by ``attn-train``), ``last.pt``, ``best.pt``, the last ``train.keep_last`` numbered
 checkpoints ``step-00001234.pt``, the averaged checkpoints ``averaged-N.pt`` a benchmark may add,
-and ``summary.json``, written when a training session ends (a session stopped by a signal says
+the TensorBoard event files under ``tensorboard/`` (with ``train.tensorboard``), and
+``summary.json``, written when a training session ends (a session stopped by a signal says
 ``stopped``: resume it) and removed when the run resumes.
 """
 
@@ -28,6 +29,7 @@ LOG_FILE = "train.log"
 LAST_FILE = "last.pt"  # the newest checkpoint: what a run resumes from
 BEST_FILE = "best.pt"  # the checkpoint of the best dev BLEU so far
 SUMMARY_FILE = "summary.json"
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files (train.tensorboard)
 STEP_PREFIX, CHECKPOINT_SUFFIX = "step-", ".pt"
 STEP_PATTERN = f"{STEP_PREFIX}*{CHECKPOINT_SUFFIX}"  # the numbered checkpoints (kept keep_last)
 

@@ -8,6 +8,9 @@ directory. When any process cannot go on, all fail together. Then the generators
 the training data loaded (rank 0 builds the cache first), the model built, the dev split loaded
 on rank 0 (where validation runs) and the run's config and tokenizer written. What comes back
 is a :class:`Session`, ready for the loop in :mod:`seq2seq_attn.train`.
+
+A new run may start from a trained model (``init_from``, fine-tuning): see
+:mod:`seq2seq_attn.initial`.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .checkpoint import load_checkpoint
-from .config import Config, config_from_plain, to_plain, to_yaml
+from .checkpoint import find_checkpoint, load_checkpoint
+from .config import Config, config_from_plain, first_difference, to_plain, to_yaml
 from .data import load_pairs, load_split, texts, tokenize_pairs
 from .device import Precision, resolve_device, resolve_precision
 from .distributed import CACHE_TURNS, DistributedError, World
+from .initial import Origin, adopted, log_origin, open_initial
 from .models import Seq2Seq, build_model
 from .rundir import (
     LAST_FILE,
@@ -67,9 +71,10 @@ class Session:
     precision: Precision
     tokenizer: Tokenizer
     checkpoint: dict | None  # what the run resumes from (last.pt); None for a new run
-    model: Seq2Seq  # on the device, initialised from the seed
+    model: Seq2Seq  # on the device: from the seed, or (rank 0) the weights of ``origin``
     train_data: Dataset  # the tokenized training split
     dev: DevSet | None  # on rank 0 (validation runs there) when data.dev is set; else None
+    origin: Origin | None = None  # the trained model the run started from (fine-tuning)
 
     def write_run_files(self) -> None:
         """Rank 0's files of a run that has started: the metrics logged after the resumed
@@ -91,6 +96,7 @@ class Decision:
 
     config: dict  # its config as plain data, the machine-local data keys left out
     tokenizer: dict  # the tokenizer's state: trained now, or the checkpoint's
+    origin: dict | None = None  # Origin.to_plain() of the model the run started from
 
 
 @dataclass(frozen=True)
@@ -102,11 +108,24 @@ class Answer:
     step: int | None  # the step of the checkpoint it resumes from
 
 
+@dataclass
+class Start:
+    """What a run starts from, as :func:`agree` settles it."""
+
+    tokenizer: Tokenizer
+    checkpoint: dict | None  # last.pt to resume from; None for a new run
+    origin: Origin | None  # the trained model the run started from, or None
+    weights: dict | None  # that model's weights, on rank 0 of a new run only
+
+
 @contextmanager
-def open_session(config: Config, run_dir: Path, resume: bool) -> Iterator[Session]:
+def open_session(
+    config: Config, run_dir: Path, resume: bool, init_from: Path | None = None
+) -> Iterator[Session]:
     """The :class:`Session` of training ``config`` into ``run_dir`` (``resume``: from its
-    ``last.pt``), agreed by every process; the processes leave their group when the block ends
-    (after an error at once, else once all have finished).
+    ``last.pt``; ``init_from``: a new run starting from that checkpoint or run directory's
+    weights and tokenizer), agreed by every process; the processes leave their group when the
+    block ends (after an error at once, else once all have finished).
 
     Raises :class:`~seq2seq_attn.rundir.RunDirError`, ``ConfigError``, ``DataError``,
     ``CheckpointError`` or :class:`~seq2seq_attn.distributed.DistributedError`.
@@ -116,7 +135,7 @@ def open_session(config: Config, run_dir: Path, resume: bool) -> Iterator[Sessio
         config.train.ddp_timeout_minutes,
     )  # fmt: skip
     try:
-        yield _open(config, run_dir, resume, world, device)
+        yield _open(config, run_dir, resume, init_from, world, device)
     except BaseException:
         world.close(finished=False)
         raise
@@ -124,20 +143,30 @@ def open_session(config: Config, run_dir: Path, resume: bool) -> Iterator[Sessio
 
 
 def _open(
-    config: Config, run_dir: Path, resume: bool, world: World, device: torch.device
+    config: Config,
+    run_dir: Path,
+    resume: bool,
+    init_from: Path | None,
+    world: World,
+    device: torch.device,
 ) -> Session:
     """:func:`open_session` once the processes have joined."""
     precision = resolve_precision(config.train.precision, device, "train.precision")
-    tokenizer, checkpoint = agree(world, config, run_dir, resume)
+    start = agree(world, config, run_dir, resume, init_from)
+    config, tokenizer = adopted(config, start.origin), start.tokenizer
     seed_everything(config.train.seed + world.rank)  # other dropout masks on every process
     train_data = load_train_data(world, config, tokenizer)
     model = build_model(
         config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.joint
-    ).to(device)
+    )
+    if start.weights is not None:  # rank 0; DDP copies rank 0's weights to the others
+        model.load_state_dict(start.weights)
+    model = model.to(device)
     dev = load_dev_set(world, config, tokenizer, model.max_positions)
     return Session(
         config=config, run_dir=run_dir, world=world, device=device, precision=precision,
-        tokenizer=tokenizer, checkpoint=checkpoint, model=model, train_data=train_data, dev=dev,
+        tokenizer=tokenizer, checkpoint=start.checkpoint, model=model, train_data=train_data,
+        dev=dev, origin=start.origin,
     )  # fmt: skip
 
 
@@ -145,21 +174,26 @@ def _open(
 
 
 def agree(
-    world: World, config: Config, run_dir: Path, resume: bool
-) -> tuple[Tokenizer, dict | None]:
-    """The tokenizer and the checkpoint to resume from (None for a new run), the same on every
-    process: rank 0 decides (:func:`open_run_dir`, :func:`build_tokenizer`), the others check
-    its :class:`Decision` (:func:`check_decision`); all fail together when one cannot go on."""
-    tokenizer, checkpoint = None, None
+    world: World, config: Config, run_dir: Path, resume: bool, init_from: Path | None = None
+) -> Start:
+    """What the run starts from, the same on every process: rank 0 decides
+    (:func:`open_run_dir`, :func:`open_initial`, :func:`build_tokenizer`), the others check its
+    :class:`Decision` (:func:`check_decision`); all fail together when one cannot go on."""
+    start = None
     with world.together():  # a failure on rank 0 stops every process
         if world.is_main:
-            checkpoint = open_run_dir(config, run_dir, resume)
-            tokenizer = build_tokenizer(config, checkpoint)
-    mine = Decision(comparable_config(config), tokenizer.state_dict()) if world.is_main else None
+            start = decide_start(config, run_dir, resume, init_from)
+    mine = None
+    if world.is_main:
+        origin = None if start.origin is None else start.origin.to_plain()
+        mine = Decision(comparable_config(config), start.tokenizer.state_dict(), origin)
     decision, error = world.broadcast(mine), None
     if not world.is_main:
         tokenizer = Tokenizer.from_state_dict(decision.tokenizer)
         checkpoint, error = check_decision(world, config, decision, run_dir, resume)
+        origin = None if decision.origin is None else Origin(**decision.origin)
+        start = Start(tokenizer, checkpoint, origin, None)
+    checkpoint = start.checkpoint
     step = None if checkpoint is None else int(checkpoint["progress"]["step"])
     answers = world.gather(Answer(world.host, error, step))
     if world.distributed:
@@ -172,7 +206,29 @@ def agree(
             "by rank); every machine must see the same run directory (a shared filesystem, not "
             "copies)"
         )
-    return tokenizer, checkpoint
+    return start
+
+
+def decide_start(config: Config, run_dir: Path, resume: bool, init_from: Path | None) -> Start:
+    """Rank 0's part of :func:`agree`: the run directory opened (and ``last.pt`` loaded on
+    ``resume``), the model to start from loaded (a new run with ``init_from``), the tokenizer."""
+    initial = None
+    if init_from is not None and not resume:
+        initial = open_initial(config, init_from)  # before the run directory is created
+    checkpoint = open_run_dir(config, run_dir, resume)
+    if initial is not None:
+        origin, weights, tokenizer_state = initial
+        log_origin(config, origin)  # now that the run directory (and its train.log) exists
+        return Start(Tokenizer.from_state_dict(tokenizer_state), checkpoint, origin, weights)
+    origin = Origin.of_checkpoint(checkpoint)
+    if init_from is not None:
+        resumed_from = "nothing (it started from scratch)" if origin is None else origin.checkpoint
+        if origin is None or Path(origin.checkpoint) != find_checkpoint(init_from).resolve():
+            logger.warning(
+                "resuming %s from its %s: --init-from %s is ignored; the run started from %s",
+                run_dir, LAST_FILE, init_from, resumed_from,
+            )  # fmt: skip
+    return Start(build_tokenizer(config, checkpoint), checkpoint, origin, None)
 
 
 def open_run_dir(config: Config, run_dir: Path, resume: bool) -> dict | None:
@@ -182,7 +238,8 @@ def open_run_dir(config: Config, run_dir: Path, resume: bool) -> dict | None:
     if not resume:
         return None
     checkpoint = load_checkpoint(run_dir / LAST_FILE)
-    check_resumable(config_from_plain(checkpoint["config"]), config, run_dir / LAST_FILE)
+    resumed = adopted(config, Origin.of_checkpoint(checkpoint))
+    check_resumable(config_from_plain(checkpoint["config"]), resumed, run_dir / LAST_FILE)
     return checkpoint
 
 
@@ -235,22 +292,6 @@ def read_shared_checkpoint(world: World, run_dir: Path) -> tuple[dict | None, st
         return load_checkpoint(path), None
     except Exception as exc:  # every process must hear of it, or the others wait
         return None, f"rank {world.rank} on {world.host}: {exc}"
-
-
-def first_difference(
-    saved: object, current: object, key: str, labels: tuple[str, str] = ("in the run", "now")
-) -> str | None:
-    """The first dotted key where two plain configs differ, with both values (each followed by
-    its label), or None."""
-    if isinstance(saved, dict) and isinstance(current, dict):
-        for name in saved.keys() | current.keys():
-            found = first_difference(saved.get(name), current.get(name), f"{key}.{name}", labels)
-            if found:
-                return found
-        return None
-    if saved == current:
-        return None
-    return f"{key}: {saved!r} {labels[0]}, {current!r} {labels[1]}"
 
 
 def check_resumable(saved: Config, config: Config, path: Path) -> None:

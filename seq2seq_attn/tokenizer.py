@@ -12,6 +12,7 @@ import io
 import itertools
 import logging
 import os
+import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import sentencepiece as spm
 
 from .config import TokenizerConfig
 from .fileio import write_atomic
+from .subword_sampling import SubwordSampler, model_type, sampler_for
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class Tokenizer:
         self.tgt_model = None if tgt_model is None else bytes(tgt_model)
         self._src = _processor(self.src_model, "source")
         self._tgt = self._src if self.tgt_model is None else _processor(self.tgt_model, "target")
+        self._sampler_cache: dict[tuple[float, int], tuple[SubwordSampler, SubwordSampler]] = {}
 
     @property
     def joint(self) -> bool:
@@ -82,6 +85,42 @@ class Tokenizer:
     def encode_tgt(self, texts: Sequence[str]) -> list[list[int]]:
         """Target sentences -> lists of ids (no BOS/EOS)."""
         return self._tgt.encode(list(texts), out_type=int)
+
+    def sample_pairs(
+        self,
+        src_texts: Sequence[str],
+        tgt_texts: Sequence[str],
+        seeds: Sequence[int],
+        alpha: float,
+        nbest_size: int,
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """One sampled segmentation of each pair (subword regularization), as ids without
+        BOS/EOS: unigram sampling (``alpha``, ``nbest_size``) or BPE-dropout (``alpha``) as
+        ``tokenizer.sampling`` describes, by :mod:`~seq2seq_attn.subword_sampling`.
+
+        Pair ``k``'s two segmentations are a function of ``seeds[k]`` alone (a
+        :class:`random.Random` seeded with it samples the source, then the target), in any
+        process. Raises ValueError for a model that is neither unigram nor BPE.
+        """
+        src_sampler, tgt_sampler = self._samplers(alpha, nbest_size)
+        src_ids, tgt_ids = [], []
+        for src, tgt, seed in zip(src_texts, tgt_texts, seeds, strict=True):
+            rng = random.Random(seed)
+            src_ids.append(src_sampler.sample(src, rng))
+            tgt_ids.append(tgt_sampler.sample(tgt, rng))
+        return src_ids, tgt_ids
+
+    def _samplers(self, alpha: float, nbest_size: int) -> tuple[SubwordSampler, SubwordSampler]:
+        """The source and target samplers for these settings (built once: their tables and
+        caches are reused; one shared by both sides of a joint model)."""
+        key = (alpha, nbest_size)
+        if key not in self._sampler_cache:
+            src = sampler_for(self._src, model_type(self.src_model), alpha, nbest_size)
+            tgt = src if self.tgt_model is None else sampler_for(
+                self._tgt, model_type(self.tgt_model), alpha, nbest_size
+            )  # fmt: skip
+            self._sampler_cache[key] = src, tgt
+        return self._sampler_cache[key]
 
     def decode_src(self, ids: Iterable[Sequence[int]]) -> list[str]:
         """Source id rows -> detokenized text (see :meth:`decode_tgt`)."""

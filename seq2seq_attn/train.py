@@ -27,9 +27,9 @@ from pathlib import Path
 from .batching import Batch
 from .checkpoint import save_checkpoint
 from .config import Config, to_plain
-from .evaluate import Evaluation, score_translations
+from .evaluate import Evaluation, first_sentence_attention, score_translations
 from .events import Progress, RunInfo, StepReport, TrainCallback, TrainSummary, ValidationReport
-from .loaders import StepShare, iter_batches, iter_step_shares, make_sampler
+from .loaders import StepShare, SubwordSampling, iter_batches, iter_step_shares, make_sampler
 from .optim import Trainer
 from .rundir import (
     BEST_FILE,
@@ -40,6 +40,7 @@ from .rundir import (
     write_summary,
 )
 from .session import Session, open_session, restore_rng, rng_state
+from .tensorboard_log import TensorBoardLog
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def train(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    init_from: str | Path | None = None,
     callbacks: Sequence[TrainCallback] = (),
     stop: threading.Event | None = None,
 ) -> TrainSummary:
@@ -60,12 +62,20 @@ def train(
 
     A new run refuses a non-empty ``run_dir``; ``resume=True`` continues from its ``last.pt``
     exactly (same data, tokenizer and model sections required; train limits may change).
+    ``init_from`` (a checkpoint or a run directory) starts a new run from that trained model's
+    weights and tokenizer, with a fresh optimizer, schedule and step counter (fine-tuning; see
+    :mod:`seq2seq_attn.session`); on ``resume`` the run goes on from its ``last.pt``.
     Under ``torchrun`` this process joins the others (see the module's docstring); only rank 0
-    calls ``callbacks``. Raises :class:`~seq2seq_attn.rundir.RunDirError`, ``ConfigError``,
-    ``DataError``, ``NonFiniteLossError`` or ``DistributedError``.
+    calls ``callbacks``, and with ``train.tensorboard`` writes TensorBoard events there
+    (:mod:`seq2seq_attn.tensorboard_log`). Raises :class:`~seq2seq_attn.rundir.RunDirError`,
+    ``ConfigError`` (also for TensorBoard asked for but not installed), ``DataError``,
+    ``NonFiniteLossError`` or ``DistributedError``.
     """
-    with open_session(config, Path(run_dir), resume) as session:
-        main_callbacks = list(callbacks) if session.world.is_main else []
+    initial = None if init_from is None else Path(init_from)
+    # built before the session: a missing tensorboard package fails before any work is done
+    own = [TensorBoardLog(Path(run_dir), config)] if config.train.tensorboard else []
+    with open_session(config, Path(run_dir), resume, initial) as session:
+        main_callbacks = [*callbacks, *own] if session.world.is_main else []
         return Run(session, main_callbacks, stop).run()
 
 
@@ -77,6 +87,7 @@ class Run:
     ) -> None:
         config = self.config = session.config
         self.run_dir, self.world, self.tokenizer = session.run_dir, session.world, session.tokenizer
+        self.origin = session.origin
         self.device, self.precision, self.model = session.device, session.precision, session.model
         self.callbacks, self.stop = callbacks, stop or threading.Event()
         self.train_ds, self.validates = session.train_data, bool(config.data.dev)
@@ -108,6 +119,8 @@ class Run:
             "rng": rng_state(),  # rank 0's (what a single-process checkpoint holds)
             "world_size": self.world.world_size,
         }
+        if self.origin is not None:  # a resume finds where the run started from here
+            state["origin"] = self.origin.to_plain()
         if self.world.distributed:  # every process's generators, for an exact resume
             state["rng_per_rank"] = self.world.gather(rng_state())
         return state
@@ -140,10 +153,15 @@ class Run:
 
     def step_shares(self) -> Iterator[StepShare]:
         """This process's batches for each step of the rest of the current epoch (collated in
-        ``data.num_workers`` worker processes when set, into pinned memory on CUDA)."""
+        ``data.num_workers`` worker processes when set, into pinned memory on CUDA; with
+        sampled segmentations when ``tokenizer.sampling`` is enabled)."""
+        data, sampling = self.config.data, self.config.tokenizer.sampling
+        subwords = SubwordSampling(
+            self.tokenizer, sampling.alpha, sampling.nbest_size, data.max_length, data.max_tokens
+        ) if sampling.enabled else None  # fmt: skip
         return iter_step_shares(
             self.train_ds, self.sampler, self.config.train.accumulate_steps, self.world.rank,
-            self.world.world_size, self.config.data.num_workers, self.device.type == "cuda",
+            self.world.world_size, data.num_workers, self.device.type == "cuda", subwords,
         )  # fmt: skip
 
     def next_share(self) -> StepShare | None:
@@ -161,6 +179,7 @@ class Run:
             self.run_dir, str(self.device), self.precision.name, self.model.num_parameters(),
             len(self.train_ds), self.progress.step, cfg.max_steps,
             math.ceil(len(self.sampler) / (cfg.accumulate_steps * self.world.world_size)),
+            None if self.origin is None else self.origin.describe(),
         )  # fmt: skip
         for callback in self.callbacks:
             callback.on_start(info)
@@ -189,6 +208,7 @@ class Run:
             nonfinite_steps=progress.nonfinite_total, num_parameters=self.model.num_parameters(),
             device=str(self.device), precision=self.precision.name,
             target_tokens=progress.target_tokens, step_seconds=progress.step_seconds,
+            init_from=None if self.origin is None else self.origin.describe(),
         )  # fmt: skip
 
     def limit_reached(self) -> str | None:
@@ -256,7 +276,7 @@ class Run:
         report = StepReport(
             self.progress.step, epoch, outcome.loss, math.exp(min(outcome.nll, 100.0)),
             outcome.lr, tokens, tokens / seconds, self.elapsed,
-            outcome.skipped,
+            outcome.skipped, outcome.grad_norm,
         )  # fmt: skip
         for callback in self.callbacks:
             callback.on_step(report)
@@ -307,9 +327,15 @@ class Run:
         """Log a validation, append it to the metrics and hand it to the callbacks."""
         progress = self.progress
         samples = zip(evaluation.sources, evaluation.references, evaluation.hypotheses, strict=True)
+        attention = None
+        if any(callback.wants_attention for callback in self.callbacks):
+            attention = first_sentence_attention(
+                self.model, self.tokenizer, self.dev_pairs["src"], self.config.decode,
+                self.config.data.max_tokens, self.device, self.precision.dtype,
+            )  # fmt: skip
         report = ValidationReport(
             progress.step, loss, math.exp(min(nll, 100.0)), evaluation.scores,
-            progress.best_bleu, is_best, list(samples)[:NUM_SAMPLES],
+            progress.best_bleu, is_best, list(samples)[:NUM_SAMPLES], attention,
         )  # fmt: skip
         scores = {name: score.score for name, score in evaluation.scores.items()}
         logger.info("step %d: dev loss %.3f, BLEU %.2f", progress.step, loss, scores["bleu"])

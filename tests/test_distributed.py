@@ -338,3 +338,20 @@ def test_a_single_process_checkpoint_resumes_under_torchrun(corpus, cache, tmp_p
     assert (state["progress"]["step"], state["world_size"]) == (10, 2)
     log = (run_dir / "train.log").read_text()
     assert "resuming a checkpoint of 1 process(es) with 2" in log
+
+
+def test_two_processes_fine_tune_as_one_process_accumulating(corpus, cache, tmp_path):
+    # a run started from a trained model (--init-from) under torchrun: rank 0 loads the weights,
+    # DDP hands them to rank 1, and the update is the one a single process accumulating makes
+    train(tiny_config(corpus, cache, max_steps=12), tmp_path / "base")
+    config = tiny_config(corpus, cache, max_steps=2)
+    output = finish(torchrun(config, tmp_path / "ddp", "--init-from", str(tmp_path / "base")))
+    one_process = config_from_plain(to_plain_with(config, accumulate_steps=2))
+    train(one_process, tmp_path / "one", init_from=tmp_path / "base")
+    assert max_difference(parameters(tmp_path / "ddp"), parameters(tmp_path / "one")) < 1e-5
+    scratch = config_from_plain(to_plain_with(config, accumulate_steps=2))
+    train(scratch, tmp_path / "scratch")
+    assert max_difference(parameters(tmp_path / "ddp"), parameters(tmp_path / "scratch")) > 1e-3
+    state = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert state["origin"]["checkpoint"] == str((tmp_path / "base" / "best.pt").resolve())
+    assert "starting from the weights and tokenizer of" in output

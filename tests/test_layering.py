@@ -29,7 +29,8 @@ UPSTREAM_OF_TRAIN = {
     *CONFIG, *MODELS, "corpus", "fileio", "tokenizer", "batching", "data", "loaders", "attention",
     "decoding", "metrics", "device", "checkpoint", "rundir", "evaluate", "optim", "distributed",
     "events", "session", *TRANSLATION, "export", "scoring", "sampling", "alignment",
-    "constrained", "constrained_phrases", "terminology",
+    "constrained", "constrained_phrases", "terminology", "tensorboard_log", "initial",
+    "subword_sampling",
 }  # fmt: skip
 
 CLI_MODULES = {
@@ -56,10 +57,11 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "events": (set(), set()),
     "multi30k": ({"corpus", "fileio"}, set()),
     "plotting": ({"fileio"}, {"matplotlib"}),
-    "tokenizer": ({"config", "fileio"}, {"sentencepiece"}),
+    "subword_sampling": (set(), {"sentencepiece"}),
+    "tokenizer": ({"config", "fileio", "subword_sampling"}, {"sentencepiece"}),
     "batching": ({"tokenizer"}, {"torch"}),
-    "data": ({"config", "corpus", "tokenizer"}, {"datasets"}),
-    "loaders": ({"batching"}, {"datasets", "torch"}),
+    "data": ({"config", "corpus", "tokenizer"}, {"datasets", "numpy"}),
+    "loaders": ({"batching", "tokenizer"}, {"datasets", "torch"}),
     "attention": (set(), {"torch"}),
     "models.common": ({"attention"}, {"torch"}),
     "models.rnn": ({"config", "attention", "models.common"}, {"torch"}),
@@ -145,10 +147,22 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     ),
     "optim": ({"config", "tokenizer", "batching", "device", "models"}, {"torch"}),
     "distributed": ({"config"}, {"torch"}),
+    "initial": ({"config", "checkpoint"}, set()),
     "session": (
-        {"config", "data", "tokenizer", "device", "distributed", "checkpoint", "rundir", "models"},
+        {
+            "config",
+            "data",
+            "tokenizer",
+            "device",
+            "distributed",
+            "checkpoint",
+            "rundir",
+            "models",
+            "initial",
+        },
         {"torch", "datasets"},
     ),
+    "tensorboard_log": ({"config", "events", "plotting", "rundir"}, {"torch"}),
     "train": (UPSTREAM_OF_TRAIN, {"torch"}),
     **{
         module: (UPSTREAM_OF_TRAIN | {"train", "plotting", *CLI_MODULES}, CLI_PACKAGES)

@@ -197,3 +197,17 @@ def test_nonfinite_loss_skips_the_update_and_is_counted():
     assert all(p.grad is None for p in trainer.model.parameters())
     with pytest.raises(RuntimeError, match=r"NaN/inf in 1 steps in a row .* try a lower train\.lr"):
         trainer.raise_nonfinite(1)
+
+
+def test_the_step_reports_the_gradient_norm_before_clipping():
+    batches = [collate(SRC, TGT, range(4))]
+    unclipped = gradients_of_step(tiny_trainer(clip_grad_norm=None), batches)
+    expected = torch.linalg.vector_norm(torch.stack([g.norm() for g in unclipped])).item()
+    trainer = tiny_trainer(clip_grad_norm=0.01)
+    seen = []
+    trainer.optimizer.step = lambda: seen.extend(p.grad.clone() for p in trainer.model.parameters())
+    outcome = trainer.train_step(batches, step=1)
+    assert expected > 0.01
+    assert outcome.grad_norm == pytest.approx(expected, rel=1e-5)
+    clipped = torch.linalg.vector_norm(torch.stack([g.norm() for g in seen])).item()
+    assert clipped == pytest.approx(0.01, rel=1e-4)  # the update used the clipped gradient

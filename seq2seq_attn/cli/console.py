@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 PrecisionOption = Annotated[
@@ -69,6 +70,7 @@ def package_logging(log_file: Path | None, live: bool, rank: int = 0) -> Iterato
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    """Print ``message`` as an error and return the exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print ``message`` as an error (as written: brackets are not markup) and return the exit
+    to raise."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code=code)

@@ -39,6 +39,7 @@ class LiveProgress(TrainCallback):
             f"[bold]{info.run_dir}[/]: {info.num_parameters:,} parameters, "
             f"{info.train_pairs:,} training pairs, device {info.device}, precision "
             f"{info.precision}, starting at step {info.start_step}"
+            + (f", the weights of {info.init_from}" if info.init_from else "")
         )
         self.progress.start()
         total = info.max_steps
@@ -92,9 +93,9 @@ class PlainProgress(TrainCallback):
     def on_start(self, info: RunInfo) -> None:
         """Log the run's banner."""
         logger.info(
-            "%s: %d parameters, %d training pairs, device %s, precision %s, from step %d",
+            "%s: %d parameters, %d training pairs, device %s, precision %s, from step %d%s",
             info.run_dir, info.num_parameters, info.train_pairs, info.device, info.precision,
-            info.start_step,
+            info.start_step, f", the weights of {info.init_from}" if info.init_from else "",
         )  # fmt: skip
 
     def on_step(self, report: StepReport) -> None:
@@ -131,7 +132,8 @@ def print_summary(rich_console: Console, summary: TrainSummary) -> None:
     rich_console.print(
         f"stopped ({summary.reason}) at step {summary.step}, epoch {summary.epoch}, after "
         f"{summary.elapsed / 60:.1f} min; best dev BLEU {best}\n"
-        f"last checkpoint: {summary.last_checkpoint}\n"
+        + (f"started from: {summary.init_from}\n" if summary.init_from else "")
+        + f"last checkpoint: {summary.last_checkpoint}\n"
         f"best checkpoint: {summary.best_checkpoint or 'none (no validation yet)'}"
     )
     if summary.nonfinite_steps:

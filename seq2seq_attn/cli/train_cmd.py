@@ -79,6 +79,15 @@ def train_command(
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --run-dir from last.pt.")
     ] = False,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="CHECKPOINT|RUN_DIR",
+            help="Start a new run from a trained model (fine-tuning): its weights and "
+            "tokenizer, a fresh optimizer, schedule and step count. The config's model section "
+            "must describe that model (dropout may differ); a run directory means its best.pt.",
+        ),
+    ] = None,
     device: Annotated[
         str | None, typer.Option(help="auto, cpu or cuda \\[default: the config's train.device].")
     ] = None,
@@ -86,11 +95,21 @@ def train_command(
         str | None,
         typer.Option(help="auto, fp32, bf16 or fp16 \\[default: the config's train.precision]."),
     ] = None,
+    tensorboard: Annotated[
+        bool | None,
+        typer.Option(
+            "--tensorboard/--no-tensorboard",
+            help="Write TensorBoard events into RUN_DIR/tensorboard/ (needs "
+            "'seq2seq-attn\\[tensorboard]') \\[default: the config's train.tensorboard].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train a model from a YAML config; Ctrl-C stops cleanly and --resume continues."""
     settings = list(overrides or [])
     settings += [f"train.device={device}"] if device else []
     settings += [f"train.precision={precision}"] if precision else []
+    settings += [] if tensorboard is None else [f"train.tensorboard={str(tensorboard).lower()}"]
     try:
         loaded = load_config(config, settings)
     except ConfigError as error:
@@ -115,8 +134,9 @@ def train_command(
             log_file = run_dir / LOG_FILE if rank == 0 else None
             with package_logging(log_file, live, rank):
                 summary = train(
-                    loaded, run_dir, resume=resume, callbacks=[callback], stop=stopper.event
-                )
+                    loaded, run_dir, resume=resume, init_from=init_from, callbacks=[callback],
+                    stop=stopper.event,
+                )  # fmt: skip
     except (RunDirError, ConfigError) as error:
         raise fail(str(error), code=2) from None
     except (DataError, CheckpointError, NonFiniteLossError, DistributedError) as error:

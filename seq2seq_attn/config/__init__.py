@@ -9,6 +9,7 @@ value and the fix. The names below are the package's API.
 from .loader import (
     ConfigError,
     apply_overrides,
+    first_difference,
     from_mapping,
     read_yaml,
     require,
@@ -17,9 +18,11 @@ from .loader import (
 )
 from .model import ModelConfig, RNNConfig, TransformerConfig
 from .sections import (
+    CleanConfig,
     Config,
     DataConfig,
     DecodeConfig,
+    SubwordSamplingConfig,
     TokenizerConfig,
     TrainConfig,
     config_from_plain,
@@ -27,17 +30,20 @@ from .sections import (
 )
 
 __all__ = [
+    "CleanConfig",
     "Config",
     "ConfigError",
     "DataConfig",
     "DecodeConfig",
     "ModelConfig",
     "RNNConfig",
+    "SubwordSamplingConfig",
     "TokenizerConfig",
     "TrainConfig",
     "TransformerConfig",
     "apply_overrides",
     "config_from_plain",
+    "first_difference",
     "from_mapping",
     "load_config",
     "read_yaml",

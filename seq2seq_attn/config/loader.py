@@ -199,3 +199,19 @@ def to_plain(section: object) -> dict:
         return value
 
     return plain(dataclasses.asdict(section))
+
+
+def first_difference(
+    saved: object, current: object, key: str, labels: tuple[str, str] = ("in the run", "now")
+) -> str | None:
+    """The first dotted key where two plain configs differ, with both values (each followed by
+    its label), or None."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for name in saved.keys() | current.keys():
+            found = first_difference(saved.get(name), current.get(name), f"{key}.{name}", labels)
+            if found:
+                return found
+        return None
+    if saved == current:
+        return None
+    return f"{key}: {saved!r} {labels[0]}, {current!r} {labels[1]}"

@@ -32,6 +32,50 @@ TOKENIZER_TYPES = ("unigram", "bpe")
 
 
 @dataclass
+class CleanConfig:
+    """``data.clean``: opt-in filters that drop bad pairs from the training split (all off by
+    default; dev and test are never cleaned, so that they are scored on every sentence).
+
+    - ``max_length_ratio``: drop a pair whose longer side has more than this many times the
+      whitespace-separated words of the shorter side (as Moses' ``clean-corpus-n.perl``; leave
+      it off for a language written without spaces);
+    - ``drop_identical``: drop a pair whose source equals its target (surrounding whitespace
+      ignored): untranslated copies;
+    - ``drop_duplicates``: drop every later copy of an exact pair, keeping the first (found by
+      a 64-bit hash of each pair, so the text is never held in memory);
+    - ``drop_control_chars``: drop a pair with a control (Cc, tab excepted), format (Cf, the
+      zero-width joiner and non-joiner excepted), surrogate, private-use or unassigned
+      character, or U+FFFD (the trace of a bad decoding) on either side;
+    - ``max_non_letter_share``: drop a pair where more than this share of one side's
+      non-whitespace characters are not letters or combining marks (digits, punctuation,
+      symbols: tables, URLs, markup).
+    """
+
+    max_length_ratio: float | None = None
+    drop_identical: bool = False
+    drop_duplicates: bool = False
+    drop_control_chars: bool = False
+    max_non_letter_share: float | None = None
+
+    def __post_init__(self) -> None:
+        ratio, share = self.max_length_ratio, self.max_non_letter_share
+        require(
+            ratio is None or ratio >= 1, "data.clean.max_length_ratio", ratio,
+            "use a ratio >= 1 (3.0 drops a pair whose one side has 3x the words of the other) "
+            "or null",
+        )  # fmt: skip
+        require(
+            share is None or 0 < share < 1, "data.clean.max_non_letter_share", share,
+            "use a share in (0, 1) such as 0.5, or null",
+        )  # fmt: skip
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any filter is on."""
+        return self != CleanConfig()
+
+
+@dataclass
 class DataConfig:
     """Where the parallel corpus comes from, how it is filtered and how batches are sized.
 
@@ -53,6 +97,8 @@ class DataConfig:
     of the step (pinned memory on CUDA); the batches and their order stay the same.
     ``num_proc`` processes tokenize and filter a split (0: every core for a split of 100,000
     pairs or more, one process below); the cached result is the same whatever the number.
+    ``clean`` (:class:`CleanConfig`) drops bad training pairs before they are tokenized; its
+    settings are part of the cache key.
     """
 
     kind: str = "plain"
@@ -70,6 +116,7 @@ class DataConfig:
     cache_dir: str = "data/cache"
     num_workers: int = 0  # DataLoader worker processes that collate batches ahead of the step
     num_proc: int = 0  # processes that tokenize a split (0: every core for >= 100k pairs)
+    clean: CleanConfig = field(default_factory=CleanConfig)  # opt-in cleaning of the train split
 
     def __post_init__(self) -> None:
         require(self.kind in DATA_KINDS, "data.kind", self.kind, f"use one of {DATA_KINDS}")
@@ -128,11 +175,39 @@ class DataConfig:
 
 
 @dataclass
+class SubwordSamplingConfig:
+    """``tokenizer.sampling``: subword regularization of the training pairs (off by default).
+
+    With ``enabled``, every epoch gives each training pair a new segmentation of both sides,
+    sampled over the SentencePiece model (as its ``enable_sampling``, but reproducibly: see
+    :mod:`~seq2seq_attn.subword_sampling`): for ``tokenizer.type: unigram`` from the lattice of
+    all segmentations (``nbest_size: -1``) or from the ``nbest_size`` best ones, with ``alpha``
+    the smoothing exponent (small: near uniform, large: near the best segmentation; Kudo 2018);
+    for ``bpe``, BPE-dropout with ``alpha`` the probability of dropping each merge (Provilkov et
+    al. 2020; ``nbest_size`` is not used). See :class:`~seq2seq_attn.loaders.SubwordSampling`
+    for the batches it makes.
+    """
+
+    enabled: bool = False
+    alpha: float = 0.1
+    nbest_size: int = -1
+
+
+@dataclass
 class TokenizerConfig:
     """SentencePiece training: model type, vocabulary size, coverage, one joint model or two.
 
     PAD=0, UNK=1, BOS=2, EOS=3 are fixed. ``max_sentences`` caps the sentences (per model) that
     SentencePiece samples for training; ``seed`` seeds that sampling.
+
+    ``sampling`` (:class:`SubwordSamplingConfig`) is subword regularization for training only:
+    a new sampled segmentation of each training pair every epoch, a function of ``train.seed``,
+    the epoch and the pair alone (so resuming is exact and ``data.num_workers`` changes
+    nothing). Validation, the dev loss, translation and the tokenized cache always use the
+    deterministic segmentation, and the batches are still bucketed by its lengths: a batch
+    whose sampled (longer) segmentations no longer fit ``data.max_tokens`` is collated as
+    several pieces trained in the same step, and a side whose sample is longer than
+    ``data.max_length`` keeps its deterministic ids.
     """
 
     type: str = "unigram"
@@ -141,6 +216,7 @@ class TokenizerConfig:
     joint: bool = True
     max_sentences: int = 1_000_000
     seed: int = 0
+    sampling: SubwordSamplingConfig = field(default_factory=SubwordSamplingConfig)
 
     def __post_init__(self) -> None:
         require(self.type in TOKENIZER_TYPES, "tokenizer.type", self.type, f"use {TOKENIZER_TYPES}")
@@ -163,6 +239,28 @@ class TokenizerConfig:
             "use a positive int (1000000 is plenty)",
         )
         require(self.seed >= 0, "tokenizer.seed", self.seed, "use a non-negative int")
+        self._check_sampling()
+
+    def _check_sampling(self) -> None:
+        """The sampling values this ``type`` accepts (checked even while sampling is off)."""
+        alpha, nbest_size = self.sampling.alpha, self.sampling.nbest_size
+        if self.type == "bpe":
+            require(
+                0 < alpha < 1, "tokenizer.sampling.alpha", alpha,
+                "with tokenizer.type bpe it is the BPE-dropout probability: use a value in "
+                "(0, 1) such as 0.1",
+            )  # fmt: skip
+        else:
+            require(
+                alpha > 0, "tokenizer.sampling.alpha", alpha,
+                "with tokenizer.type unigram it is the smoothing exponent: use a value > 0 "
+                "such as 0.1 (sampling from the whole lattice) or 0.5",
+            )  # fmt: skip
+        require(
+            nbest_size == -1 or nbest_size >= 2, "tokenizer.sampling.nbest_size", nbest_size,
+            "use -1 (sample from every segmentation) or a number >= 2 of best segmentations "
+            "to sample from (1 would always give the best one, no sampling)",
+        )  # fmt: skip
 
 
 # ---- train and decode sections, the whole config, YAML loading -----------------------------
@@ -194,6 +292,7 @@ class TrainConfig:
     keep_last: int = 3
     early_stopping_patience: int | None = None
     log_every: int = 50
+    tensorboard: bool = False  # TensorBoard event files in RUN_DIR/tensorboard/ (rank 0)
     max_nonfinite_in_a_row: int = 5
     ddp_backend: Literal["auto", "gloo", "nccl"] = "auto"  # under torchrun: auto = NCCL on CUDA
     ddp_timeout_minutes: float = 30.0  # how long a process waits for the others (validation!)
