@@ -13,8 +13,8 @@ words. ``{split}.align`` holds the gold word alignment of each pair in the Phara
 (``i-j``: source word ``i`` translates as target word ``j``, 0-based, sorted by ``i``).
 
 A second domain (``--domain b``, written to ``data/toy-b``) keeps the grammar and the dictionary
-and adds words of its own: half of its nouns, adjectives and transitive verbs are new (never in
-domain A), the rest a small slice of domain A's; its noun phrases carry more adjectives and more
+and adds words of its own: two thirds of its nouns and adjectives and half of its transitive
+verbs are new (never in domain A), the rest a small slice of domain A's; its noun phrases carry more adjectives and more
 of its sentences a prepositional phrase, so they are longer. Its training split is small (500
 pairs): the fine-tuning example of docs/finetuning.md adapts a domain-A model to it. Usage::
 

@@ -231,16 +231,22 @@ CLEAN_FILTERS = ("identical", "control_chars", "non_letters", "length_ratio", "d
 drops it (duplicates last: a pair is a duplicate of an earlier pair that was kept)."""
 
 JOINERS = frozenset("\u200c\u200d")  # zero-width (non-)joiners: spelling in Persian, Indic, emoji
-INVALID_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Co", "Cn"))
+# no Cn (unassigned): which characters are assigned depends on Python's Unicode version, and a
+# new emoji is not junk
+INVALID_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Co"))
+BYTE_ORDER_MARK = "\ufeff"  # at the start of a text: what an editor left on a file's first line
 REPLACEMENT_CHARACTER = "\ufffd"
 
 
 def has_invalid_chars(text: str) -> bool:
     """Whether ``text`` holds a character no sentence should: a control (Unicode category Cc,
-    tab excepted), format (Cf, the zero-width joiner and non-joiner excepted), surrogate (Cs),
-    private-use (Co) or unassigned (Cn) character, or U+FFFD (the trace of a bad decoding)."""
+    tab excepted), format (Cf, the zero-width joiner and non-joiner excepted, and a byte order
+    mark that starts the text), surrogate (Cs) or private-use (Co) character, or U+FFFD (the
+    trace of a bad decoding). Unassigned characters pass: Python's Unicode version decides them.
+    """
     if REPLACEMENT_CHARACTER in text:
         return True
+    text = text.removeprefix(BYTE_ORDER_MARK)
     if text.isprintable():  # the common case, in C: none of Cc, Cf, Cs, Co, Cn, Z* but " "
         return False
     return any(

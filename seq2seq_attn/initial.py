@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 from .config import Config, ConfigError, ModelConfig, config_from_plain, first_difference, to_plain
+from .rundir import BEST_FILE, LAST_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,12 @@ class Origin:
         """The origin a run's checkpoint records (None: the run started from scratch)."""
         recorded = None if checkpoint is None else checkpoint.get("origin")
         return None if recorded is None else cls(**recorded)
+
+    def named_by(self, init_from: Path) -> bool:
+        """Whether ``--init-from init_from`` may mean this origin's checkpoint (a run directory:
+        its best.pt or last.pt); never raises, whatever ``init_from`` holds now."""
+        names = (BEST_FILE, LAST_FILE) if init_from.is_dir() else ("",)
+        return Path(self.checkpoint) in {(init_from / name).resolve() for name in names}
 
     def to_plain(self) -> dict:
         """As plain data, for checkpoints."""
@@ -74,6 +81,12 @@ def open_initial(config: Config, init_from: Path) -> tuple[Origin, dict, dict]:
     }
     step = state.get("progress", {}).get("step")
     origin = Origin(str(path), None if step is None else int(step), tokenizer)
+    try:  # before the run directory exists: the adopted tokenizer must suit the config
+        adopted(config, origin)
+    except ConfigError as error:
+        raise ConfigError(
+            f"{error} (the tokenizer section is {path}'s: tokenizer.type {tokenizer['type']!r})"
+        ) from None
     return origin, state["model"], state["tokenizer"]
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .checkpoint import find_checkpoint, load_checkpoint
+from .checkpoint import load_checkpoint
 from .config import Config, config_from_plain, first_difference, to_plain, to_yaml
 from .data import load_pairs, load_split, texts, tokenize_pairs
 from .device import Precision, resolve_device, resolve_precision
@@ -223,7 +223,7 @@ def decide_start(config: Config, run_dir: Path, resume: bool, init_from: Path | 
     origin = Origin.of_checkpoint(checkpoint)
     if init_from is not None:
         resumed_from = "nothing (it started from scratch)" if origin is None else origin.checkpoint
-        if origin is None or Path(origin.checkpoint) != find_checkpoint(init_from).resolve():
+        if origin is None or not origin.named_by(init_from):
             logger.warning(
                 "resuming %s from its %s: --init-from %s is ignored; the run started from %s",
                 run_dir, LAST_FILE, init_from, resumed_from,

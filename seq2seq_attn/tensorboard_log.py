@@ -86,6 +86,11 @@ class TensorBoardLog(TrainCallback):
         self.log_every = config.train.log_every
         self.writer = None  # opened by on_start, when the step the run starts from is known
 
+    def use_config(self, config: Config) -> None:
+        """Record ``config`` as the hyper-parameters: the config the run resolved (a run started
+        from a trained model uses that model's tokenizer section), not the one it was given."""
+        self.hparams = flat_hparams(to_plain(config))
+
     def on_start(self, info: RunInfo) -> None:
         """Open the writer; a resumed run purges events logged after its start step, a new one
         records the config as hyper-parameters."""
@@ -93,7 +98,9 @@ class TensorBoardLog(TrainCallback):
         from torch.utils.tensorboard.summary import hparams
 
         first_session = not any(self.log_dir.glob(EVENT_FILES))
-        purge_step = info.start_step + 1 if info.start_step else None
+        # purge_step 0 on a new run too: every event loader then reads a resume's session
+        # start as a restart and hides what a crashed session logged after it
+        purge_step = info.start_step + 1 if info.start_step else 0
         self.writer = SummaryWriter(str(self.log_dir), purge_step=purge_step)
         if first_session:
             for summary in hparams(self.hparams, dict.fromkeys(DEV_METRICS, 0.0)):

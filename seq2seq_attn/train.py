@@ -75,6 +75,8 @@ def train(
     # built before the session: a missing tensorboard package fails before any work is done
     own = [TensorBoardLog(Path(run_dir), config)] if config.train.tensorboard else []
     with open_session(config, Path(run_dir), resume, initial) as session:
+        for log in own:  # the config the run uses (a fine-tuning run's tokenizer is the model's)
+            log.use_config(session.config)
         main_callbacks = [*callbacks, *own] if session.world.is_main else []
         return Run(session, main_callbacks, stop).run()
 
@@ -310,29 +312,30 @@ class Run:
         if outcome is not None:
             self.report_validation(*outcome, is_best)
 
-    def evaluate_dev(self) -> tuple[float, float, Evaluation]:
-        """Rank 0's part of a validation: the dev loss and NLL, and the dev split translated
-        greedily and scored."""
+    def evaluate_dev(self) -> tuple[float, float, Evaluation, dict | None]:
+        """Rank 0's part of a validation: the dev loss and NLL, the dev split translated
+        greedily and scored, and (when a callback wants it) the attention of one dev sentence."""
         loss, nll = self.trainer.evaluation_loss(self.dev_loader())
         evaluation = score_translations(
             self.model, self.tokenizer, self.dev_pairs["src"], self.dev_pairs["tgt"],
             replace(self.config.decode, beam_size=1, n_best=1), self.config.data.max_tokens,
             self.device, amp_dtype=self.precision.dtype,
         )  # fmt: skip
-        return loss, nll, evaluation
-
-    def report_validation(
-        self, loss: float, nll: float, evaluation: Evaluation, is_best: bool
-    ) -> None:
-        """Log a validation, append it to the metrics and hand it to the callbacks."""
-        progress = self.progress
-        samples = zip(evaluation.sources, evaluation.references, evaluation.hypotheses, strict=True)
         attention = None
         if any(callback.wants_attention for callback in self.callbacks):
             attention = first_sentence_attention(
                 self.model, self.tokenizer, self.dev_pairs["src"], self.config.decode,
                 self.config.data.max_tokens, self.device, self.precision.dtype,
             )  # fmt: skip
+        return loss, nll, evaluation, attention
+
+    def report_validation(
+        self, loss: float, nll: float, evaluation: Evaluation, attention: dict | None,
+        is_best: bool,
+    ) -> None:  # fmt: skip
+        """Log a validation, append it to the metrics and hand it to the callbacks."""
+        progress = self.progress
+        samples = zip(evaluation.sources, evaluation.references, evaluation.hypotheses, strict=True)
         report = ValidationReport(
             progress.step, loss, math.exp(min(nll, 100.0)), evaluation.scores,
             progress.best_bleu, is_best, list(samples)[:NUM_SAMPLES], attention,

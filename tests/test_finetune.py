@@ -143,3 +143,18 @@ def test_attn_train_init_from_on_the_command_line(base_run, domain_b, tmp_path):
     assert "starting from the weights and tokenizer of " in log
     best_step = load_checkpoint(base_run / "best.pt")["progress"]["step"]
     assert read_summary(tmp_path / "tuned").init_from.endswith(f"best.pt (step {best_step})")
+
+
+def test_sampling_settings_that_do_not_suit_the_models_tokenizer_stop_before_any_file(
+    corpus, domain_b, tmp_path
+):
+    base = toy_config(corpus, max_steps=2, validate_every=0)
+    base.tokenizer.type = "bpe"
+    train(config_from_plain(to_plain(base)), tmp_path / "bpe-base")
+    config = toy_config(domain_b)
+    config.tokenizer.sampling.enabled, config.tokenizer.sampling.alpha = True, 1.5  # unigram: ok
+    with pytest.raises(ConfigError, match=r"tokenizer\.sampling\.alpha.*tokenizer\.type 'bpe'"):
+        train(
+            config_from_plain(to_plain(config)), tmp_path / "tuned", init_from=tmp_path / "bpe-base"
+        )
+    assert not (tmp_path / "tuned").exists()

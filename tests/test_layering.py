@@ -147,7 +147,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     ),
     "optim": ({"config", "tokenizer", "batching", "device", "models"}, {"torch"}),
     "distributed": ({"config"}, {"torch"}),
-    "initial": ({"config", "checkpoint"}, set()),
+    "initial": ({"config", "checkpoint", "rundir"}, set()),
     "session": (
         {
             "config",

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+
 from tensorboard.backend.event_processing.event_accumulator import (
     IMAGES,
     SCALARS,

@@ -44,8 +44,8 @@ class CleanConfig:
     - ``drop_duplicates``: drop every later copy of an exact pair, keeping the first (found by
       a 64-bit hash of each pair, so the text is never held in memory);
     - ``drop_control_chars``: drop a pair with a control (Cc, tab excepted), format (Cf, the
-      zero-width joiner and non-joiner excepted), surrogate, private-use or unassigned
-      character, or U+FFFD (the trace of a bad decoding) on either side;
+      zero-width joiner and non-joiner and a leading byte order mark excepted), surrogate or
+      private-use character, or U+FFFD (the trace of a bad decoding) on either side;
     - ``max_non_letter_share``: drop a pair where more than this share of one side's
       non-whitespace characters are not letters or combining marks (digits, punctuation,
       symbols: tables, URLs, markup).
