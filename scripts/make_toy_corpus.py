@@ -15,8 +15,9 @@ words. ``{split}.align`` holds the gold word alignment of each pair in the Phara
 A second domain (``--domain b``, written to ``data/toy-b``) keeps the grammar and the dictionary
 and adds words of its own: two thirds of its nouns and adjectives and half of its transitive
 verbs are new (never in domain A), the rest a small slice of domain A's; its noun phrases carry
-more adjectives and more of its sentences a prepositional phrase, so they are longer. Its training split is small (500
-pairs): the fine-tuning example of docs/finetuning.md adapts a domain-A model to it. Usage::
+more adjectives and more of its sentences a prepositional phrase, so they are longer. Its
+training split is small (500 pairs): the fine-tuning example of docs/finetuning.md adapts a
+domain-A model to it. Usage::
 
     python scripts/make_toy_corpus.py              # data/toy/{train,dev,test}.{src,tgt,align}
     python scripts/make_toy_corpus.py --domain b   # data/toy-b/...
