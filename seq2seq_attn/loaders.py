@@ -196,19 +196,17 @@ def iter_batches(
     sampler: TokenBatchSampler,
     num_workers: int = 0,
     pin_memory: bool = False,
-    sampling: SubwordSampling | None = None,
 ) -> Iterator[Batch]:
-    """The rest of the sampler's current epoch as padded batches, in its order (with
-    ``sampling``, each of the sampler's batches as one or more pieces).
+    """The rest of the sampler's current epoch as padded batches, in its order.
 
     With ``num_workers`` > 0, DataLoader worker processes collate the batches ahead of time;
     the sampler still advances only as batches are handed to the caller, so a checkpoint taken
     between two batches records the batches trained on, not the ones prefetched.
     """
     remaining = sampler.batches(sampler.epoch)[sampler.position :]
-    produced = _collated(ds, remaining, num_workers, pin_memory, sampler, sampler.seed, sampling)
+    produced = _collated(ds, remaining, num_workers, pin_memory, sampler, sampler.seed, None)
     for _handed_out, pieces in zip(sampler, produced, strict=True):  # the sampler counts them
-        yield from pieces
+        yield from pieces  # one piece: no sampling
 
 
 @dataclass
