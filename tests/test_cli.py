@@ -69,7 +69,9 @@ def help_panels(output: str) -> dict[str, list[list[str]]]:
     [train_app, translate_app, export_app, score_app],
     ids=["attn-train", "attn-translate", "attn-export", "attn-score"],
 )
-def test_help_describes_the_command(app):
+def test_help_describes_the_command(app, monkeypatch):
+    # the width typer gives rich, whatever earlier tests left in the process's terminal state
+    monkeypatch.setattr("typer.rich_utils.MAX_WIDTH", 200)
     command = typer.main.get_command(app)
     result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}, terminal_width=200)
     assert result.exit_code == 0, result.output
