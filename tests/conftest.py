@@ -26,9 +26,14 @@ def one_thread():
 def corpus(tmp_path_factory) -> Path:
     """400 training and 20 dev pairs of the toy corpus (``train.src`` ...), with room for a
     data cache under ``cache/`` shared by one test module (some tests move it)."""
-    directory = tmp_path_factory.mktemp("corpus")
-    for split, count in (("train", 400), ("dev", 20)):
+    return corpus_slice(TOY, tmp_path_factory.mktemp("corpus"), train=400, dev=20)
+
+
+def corpus_slice(source: Path, directory: Path, **counts: int) -> Path:
+    """The first ``counts[split]`` pairs of each split of a generated corpus in ``source``
+    (``train.src`` ...), written into ``directory``."""
+    for split, count in counts.items():
         for side in ("src", "tgt"):
-            lines = (TOY / f"{split}.{side}").read_text(encoding="utf-8").splitlines()[:count]
+            lines = (source / f"{split}.{side}").read_text(encoding="utf-8").splitlines()[:count]
             (directory / f"{split}.{side}").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return directory

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import corpus_slice
 from test_train import Recorder, toy_config
 
 from seq2seq_attn.checkpoint import CheckpointError, load_checkpoint
@@ -34,12 +35,7 @@ def base_run(corpus, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def domain_b(tmp_path_factory) -> Path:
     """200 training and 20 dev pairs of the toy corpus's second domain."""
-    directory = tmp_path_factory.mktemp("domain-b")
-    for split, count in (("train", 200), ("dev", 20)):
-        for side in ("src", "tgt"):
-            lines = (TOY_B / f"{split}.{side}").read_text(encoding="utf-8").splitlines()[:count]
-            (directory / f"{split}.{side}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return directory
+    return corpus_slice(TOY_B, tmp_path_factory.mktemp("domain-b"), train=200, dev=20)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
