@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import IO
 
 FILE_MODE = 0o644  # temporary files are private (0600); what the project writes is plain data
+TEMPORARY_SUFFIX = ".tmp"
+# what tempfile.mkstemp(prefix=".NAME.", suffix=".tmp") names a write's temporary file
+TEMPORARY_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}" + re.escape(TEMPORARY_SUFFIX))
 
 
 def write_atomic(path: str | Path, content: bytes | Callable[[IO[bytes]], object]) -> None:
@@ -33,7 +37,7 @@ def write_atomic(path: str | Path, content: bytes | Callable[[IO[bytes]], object
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+        prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent
     )
     try:
         with os.fdopen(descriptor, "wb") as handle:
@@ -46,6 +50,13 @@ def write_atomic(path: str | Path, content: bytes | Callable[[IO[bytes]], object
         Path(temporary).unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def temporary_target(name: str) -> str | None:
+    """The file a temporary of :func:`write_atomic` named ``name`` was to replace (``last.pt``
+    for ``.last.pt.k2j4x_9a.tmp``), or None when ``name`` is not such a temporary."""
+    found = TEMPORARY_NAME.fullmatch(name)
+    return None if found is None else found.group("target")
 
 
 def _write(handle: IO[bytes], content: bytes | Callable[[IO[bytes]], object]) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .batching import Batch, BatchList, TokenBatchSampler, collate, length_batches, rank_share
+from .stop_signals import ignore_stop_signals
 from .tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -187,6 +188,7 @@ def _collated(
     loader = torch.utils.data.DataLoader(
         epoch_batches, batch_size=None, collate_fn=_as_is, num_workers=num_workers,
         pin_memory=pin_memory, generator=torch.Generator().manual_seed(worker_seed),
+        worker_init_fn=ignore_stop_signals,  # a signal to the process group: the main one stops
     )  # fmt: skip
     return (_pieces(item) for item in loader)
 

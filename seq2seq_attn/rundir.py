@@ -8,18 +8,30 @@ checkpoints ``step-00001234.pt``, the averaged checkpoints ``averaged-N.pt`` a b
 the TensorBoard event files under ``tensorboard/`` (with ``train.tensorboard``), and
 ``summary.json``, written when a training session ends (a session stopped by a signal says
 ``stopped``: resume it) and removed when the run resumes.
+
+A training holds the run directory's lock (:func:`locked_run_dir`, ``.train.lock``) for as long
+as it runs: a second training of the same folder fails at once, naming the holder. What a run
+that failed before its first ``last.pt`` left is set aside under ``failed-starts/`` when the
+run starts again with ``resume="auto"`` (:func:`settle_resume`), and the temporaries of writes
+that a kill cut short are swept when a run starts or resumes (:func:`sweep_temporaries`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import fnmatch
 import json
 import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .events import TrainSummary
-from .fileio import write_text_atomic
+from .fileio import temporary_target, write_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +44,14 @@ SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files (train.tensorboard)
 STEP_PREFIX, CHECKPOINT_SUFFIX = "step-", ".pt"
 STEP_PATTERN = f"{STEP_PREFIX}*{CHECKPOINT_SUFFIX}"  # the numbered checkpoints (kept keep_last)
+LOCK_FILE = ".train.lock"  # locked by the training using the folder; says who that is
+FAILED_STARTS_DIR = "failed-starts"  # what runs that failed before their first last.pt left
+AUTO = "auto"  # resume="auto": resume when there is a last.pt, else start the run
+# the files training writes atomically (their temporaries are swept), tokenizer models included
+OWN_FILE_PATTERNS = (
+    CONFIG_FILE, METRICS_FILE, LAST_FILE, BEST_FILE, SUMMARY_FILE, STEP_PATTERN,
+    f"averaged-*{CHECKPOINT_SUFFIX}", "*.model",
+)  # fmt: skip
 
 
 class RunDirError(RuntimeError):
@@ -57,6 +77,21 @@ def numbered_checkpoints(run_dir: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def number_last(run_dir: Path, step: int, keep: int) -> Path:
+    """Give ``last.pt`` (just saved at ``step``) its numbered name too, then delete all but the
+    ``keep`` newest numbered checkpoints. The numbered file is a hard link of ``last.pt`` (a
+    copy where the filesystem has none), so the two cost the disk space of one and disk use
+    peaks one checkpoint (the temporary of the next save) above the steady state."""
+    numbered = step_checkpoint(run_dir, step)
+    numbered.unlink(missing_ok=True)
+    try:
+        os.link(run_dir / LAST_FILE, numbered)
+    except OSError:  # no hard links here (FAT, some network filesystems)
+        write_atomic(numbered, (run_dir / LAST_FILE).read_bytes())
+    prune_numbered(run_dir, keep)
+    return numbered
+
+
 def prune_numbered(run_dir: Path, keep: int) -> None:
     """Delete all but the ``keep`` newest ``step-*.pt`` checkpoints."""
     numbered = list(numbered_checkpoints(run_dir).values())
@@ -67,6 +102,7 @@ def prune_numbered(run_dir: Path, keep: int) -> None:
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     """Create ``run_dir`` for a new run (refusing a non-empty one), or check that it has a
     ``last.pt`` to resume from."""
+    check_folder(run_dir)
     if resume:
         if not (run_dir / LAST_FILE).is_file():
             raise RunDirError(
@@ -78,14 +114,134 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
+def check_folder(run_dir: Path) -> None:
+    """Refuse a ``run_dir`` that exists and is not a folder."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(
+            f"{run_dir}: not a folder; --run-dir names the folder a run writes into: choose "
+            "another path"
+        )
+
+
+def leftovers(run_dir: Path) -> list[Path]:
+    """What ``run_dir`` holds but its lock and the runs set aside there: files that make it a
+    run directory in use."""
+    if not run_dir.is_dir():
+        return []
+    own = (LOCK_FILE, FAILED_STARTS_DIR)
+    return sorted(path for path in run_dir.iterdir() if path.name not in own)
+
+
 def check_new_run_dir(run_dir: Path) -> None:
     """Refuse to start a new run in a non-empty ``run_dir`` (nothing there is ever overwritten)."""
-    if run_dir.exists() and any(run_dir.iterdir()):
-        found = ", ".join(sorted(path.name for path in run_dir.iterdir())[:5])
+    check_folder(run_dir)
+    if found := leftovers(run_dir):
+        found = ", ".join(path.name for path in found[:5])
         raise RunDirError(
             f"{run_dir}: the run directory is not empty ({found}); pass --resume to continue "
             "that run, or choose another --run-dir"
         )
+
+
+def settle_resume(run_dir: Path, resume: bool | str, is_main: bool = True) -> bool:
+    """Whether the run resumes: ``resume`` as given, or for ``"auto"`` whether ``run_dir`` has
+    a ``last.pt``. On ``is_main`` (rank 0, holding the lock), an ``"auto"`` run that starts
+    anew first sets aside what a failed start left (under ``failed-starts/``), so that the
+    same command serves every start of a requeued job."""
+    if resume != AUTO:
+        if not isinstance(resume, bool):
+            raise RunDirError(f"resume={resume!r}: use True, False or {AUTO!r}")
+        return resume
+    check_folder(run_dir)
+    if (run_dir / LAST_FILE).is_file():
+        return True
+    if is_main and (found := leftovers(run_dir)):
+        aside = run_dir / FAILED_STARTS_DIR / time.strftime("%Y%m%d-%H%M%S")
+        while aside.exists():  # two failed starts within a second
+            aside = aside.with_name(aside.name + "+")
+        aside.mkdir(parents=True)
+        for path in found:
+            path.rename(aside / path.name)
+        logger.warning(
+            "%s: no %s to resume from; what an earlier start left (%s) is set aside in %s",
+            run_dir, LAST_FILE, ", ".join(path.name for path in found[:5]), aside,
+        )  # fmt: skip
+    return False
+
+
+def sweep_temporaries(run_dir: Path) -> list[str]:
+    """Delete the temporaries that writes of a killed run left in ``run_dir`` (``.last.pt.
+    k2j4x_9a.tmp``: only those of the run's own files); returns their names."""
+    swept = []
+    for path in run_dir.iterdir() if run_dir.is_dir() else []:
+        target = temporary_target(path.name)
+        if target is not None and path.is_file() and _own_file(target):
+            path.unlink()
+            swept.append(path.name)
+    if swept:
+        logger.info("%s: removed %d unfinished write(s): %s", run_dir, len(swept), ", ".join(swept))
+    return swept
+
+
+def _own_file(name: str) -> bool:
+    """Whether ``name`` is a file training writes into a run directory."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in OWN_FILE_PATTERNS)
+
+
+# ---- the lock --------------------------------------------------------------------------------
+
+_HELD_LOCKS: dict[Path, int] = {}  # run directory -> the lock file's descriptor, in this process
+
+
+def _close_locks_in_child() -> None:
+    """A forked child (a DataLoader worker) drops its copies of the lock descriptors, so that
+    the lock goes with the process that took it."""
+    for descriptor in _HELD_LOCKS.values():
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_locks_in_child)
+
+
+@contextlib.contextmanager
+def locked_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s exclusive lock while the block runs (creating the folder): an OS lock
+    (``flock``) that a killed process releases. Taken again by the process holding it, it is a
+    no-op. Raises :class:`RunDirError` naming the holder (pid, host, since when) when another
+    process has it."""
+    check_folder(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key = run_dir.resolve()
+    if key in _HELD_LOCKS:
+        yield
+        return
+    descriptor = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 1024, 0).decode("utf-8", "replace").strip()
+        os.close(descriptor)
+        raise RunDirError(
+            f"{run_dir}: another training is using this run directory ({holder or 'unknown'}); "
+            "wait for it to end or stop it, or choose another --run-dir"
+        ) from None
+    except OSError as error:  # a filesystem without locks
+        logger.warning(
+            "%s: cannot lock the run directory (%s); make sure no other training uses it",
+            run_dir, error.strerror,
+        )  # fmt: skip
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    holder = f"pid {os.getpid()} on {socket.gethostname()} since {since}"
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, (holder + "\n").encode("utf-8"), 0)
+    _HELD_LOCKS[key] = descriptor
+    try:
+        yield
+    finally:
+        if _HELD_LOCKS.pop(key, None) is not None:
+            os.close(descriptor)  # releases the lock
 
 
 def write_config(run_dir: Path, yaml_text: str) -> None:

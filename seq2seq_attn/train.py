@@ -16,6 +16,7 @@ they all stop at the same step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -27,6 +28,7 @@ from pathlib import Path
 from .batching import Batch
 from .checkpoint import save_checkpoint
 from .config import Config, to_plain
+from .distributed import environment_rank
 from .evaluate import Evaluation, first_sentence_attention, score_translations
 from .events import Progress, RunInfo, StepReport, TrainCallback, TrainSummary, ValidationReport
 from .loaders import StepShare, SubwordSampling, iter_batches, iter_step_shares, make_sampler
@@ -35,11 +37,14 @@ from .rundir import (
     BEST_FILE,
     LAST_FILE,
     append_metrics,
-    prune_numbered,
-    step_checkpoint,
+    locked_run_dir,
+    number_last,
+    settle_resume,
+    sweep_temporaries,
     write_summary,
 )
 from .session import Session, open_session, restore_rng, rng_state
+from .stop_signals import uninterrupted
 from .tensorboard_log import TensorBoardLog
 
 logger = logging.getLogger(__name__)
@@ -49,11 +54,26 @@ NUM_SAMPLES = 3
 STOP_REASONS = ("max_steps", "max_epochs", "max_minutes", "early_stopping", "stopped")
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a read-only folder); the message says
+    which file, why, and what is still safe on disk."""
+
+    def __init__(self, path: Path, error: OSError, safe_step: int | None) -> None:
+        safe = (
+            f"no {LAST_FILE} was written yet" if safe_step is None
+            else f"{LAST_FILE} of step {safe_step} is intact"
+        )  # fmt: skip
+        super().__init__(
+            f"{path}: cannot write the checkpoint ({error.strerror or error}); nothing was "
+            f"corrupted: {safe}. Free some space (or fix the folder) and resume the run"
+        )
+
+
 def train(
     config: Config,
     run_dir: str | Path,
     *,
-    resume: bool = False,
+    resume: bool | str = False,
     init_from: str | Path | None = None,
     callbacks: Sequence[TrainCallback] = (),
     stop: threading.Event | None = None,
@@ -61,7 +81,10 @@ def train(
     """Train a model as ``config`` says, writing everything into ``run_dir``.
 
     A new run refuses a non-empty ``run_dir``; ``resume=True`` continues from its ``last.pt``
-    exactly (same data, tokenizer and model sections required; train limits may change).
+    exactly (same data, tokenizer and model sections required; train limits may change);
+    ``resume="auto"`` resumes when there is a ``last.pt`` and else starts the run (setting aside
+    what a failed start left: :func:`~seq2seq_attn.rundir.settle_resume`). Rank 0 holds the run
+    directory's lock throughout and sweeps the temporaries a killed run left.
     ``init_from`` (a checkpoint or a run directory) starts a new run from that trained model's
     weights and tokenizer, with a fresh optimizer, schedule and step counter (fine-tuning; see
     :mod:`seq2seq_attn.session`); on ``resume`` the run goes on from its ``last.pt``.
@@ -71,14 +94,19 @@ def train(
     ``ConfigError`` (also for TensorBoard asked for but not installed), ``DataError``,
     ``NonFiniteLossError`` or ``DistributedError``.
     """
-    initial = None if init_from is None else Path(init_from)
-    # built before the session: a missing tensorboard package fails before any work is done
-    own = [TensorBoardLog(Path(run_dir), config)] if config.train.tensorboard else []
-    with open_session(config, Path(run_dir), resume, initial) as session:
-        for log in own:  # the config the run uses (a fine-tuning run's tokenizer is the model's)
-            log.use_config(session.config)
-        main_callbacks = [*callbacks, *own] if session.world.is_main else []
-        return Run(session, main_callbacks, stop).run()
+    initial, run_dir = None if init_from is None else Path(init_from), Path(run_dir)
+    is_main = environment_rank() == 0
+    with locked_run_dir(run_dir) if is_main else contextlib.nullcontext():
+        if is_main:
+            sweep_temporaries(run_dir)
+        resumes = settle_resume(run_dir, resume, is_main)
+        # built before the session: a missing tensorboard package fails before any work is done
+        own = [TensorBoardLog(run_dir, config)] if config.train.tensorboard else []
+        with open_session(config, run_dir, resumes, initial) as session:
+            for log in own:  # the config the run uses (a fine-tuned run's tokenizer: the model's)
+                log.use_config(session.config)
+            main_callbacks = [*callbacks, *own] if session.world.is_main else []
+            return Run(session, main_callbacks, stop).run()
 
 
 class Run:
@@ -104,9 +132,11 @@ class Run:
         )
         self.progress = Progress()
         self.start_time = time.monotonic()
-        self.saved_step = -1  # the step last.pt holds
+        self.saved_step = -1  # the step last.pt holds (-1: a validation since then is not in it)
+        self.safe_step: int | None = None  # the step of the last.pt on disk
         if session.checkpoint is not None:
             self.load_state_dict(session.checkpoint)
+            self.safe_step = self.progress.step
         session.write_run_files()
 
     def state_dict(self) -> dict:
@@ -142,16 +172,32 @@ class Run:
 
     def save(self, path: Path) -> None:
         """Write a checkpoint to ``path`` in the run directory (the file on rank 0; every process
-        takes part: the checkpoint gathers their generator states)."""
+        takes part: the checkpoint gathers their generator states). A second Ctrl-C waits for
+        the write; a failed write (a full disk) raises :class:`CheckpointWriteError`."""
         self.progress.elapsed = self.elapsed
         self.start_time = time.monotonic()
-        state = self.state_dict()
-        if self.world.is_main:
-            save_checkpoint(state, path)
+        with uninterrupted():
+            state = self.state_dict()
+            if self.world.is_main:
+                try:
+                    save_checkpoint(state, path)
+                except OSError as error:
+                    raise CheckpointWriteError(path, error, self.safe_step) from None
         if path.name == LAST_FILE:
-            self.saved_step = self.progress.step
+            self.saved_step = self.safe_step = self.progress.step
         for callback in self.callbacks:
             callback.on_checkpoint(path)
+
+    def save_numbered(self) -> None:
+        """Save ``last.pt``, give it the step's number too and keep ``train.keep_last``
+        numbered checkpoints (:func:`~seq2seq_attn.rundir.number_last`)."""
+        self.save(self.run_dir / LAST_FILE)
+        if self.world.is_main:
+            keep = self.config.train.keep_last
+            with uninterrupted():
+                numbered = number_last(self.run_dir, self.progress.step, keep)
+            for callback in self.callbacks:
+                callback.on_checkpoint(numbered)
 
     def step_shares(self) -> Iterator[StepShare]:
         """This process's batches for each step of the rest of the current epoch (collated in
@@ -253,10 +299,7 @@ class Run:
             if cfg.validate_every and self.validates and step % cfg.validate_every == 0:
                 self.validate()
             if cfg.save_every and step % cfg.save_every == 0:
-                self.save(step_checkpoint(self.run_dir, step))
-                if self.world.is_main:
-                    prune_numbered(self.run_dir, cfg.keep_last)
-                self.save(self.run_dir / LAST_FILE)
+                self.save_numbered()
         return reason
 
     def one_step(self, share: StepShare) -> None:

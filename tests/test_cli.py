@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 
 from seq2seq_attn.checkpoint import load_checkpoint
 from seq2seq_attn.cli import export_app, score_app, train_app, translate_app
-from seq2seq_attn.cli.train_cmd import StopOnSignal
 
 runner = CliRunner()
 SCRIPTS = Path(sys.executable).parent
@@ -218,18 +217,6 @@ def test_signal_saves_a_loadable_last_checkpoint(tmp_path, corpus, sig, code):
     state = load_checkpoint(run_dir / "last.pt")
     assert state["progress"]["step"] >= 3
     assert not list(run_dir.glob(".*.tmp"))  # no half-written checkpoint left behind
-
-
-def test_second_signal_interrupts_at_once():
-    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite runs as a background job
-    with StopOnSignal() as stopper:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)  # let the handler run
-        assert stopper.event.is_set() and stopper.received == signal.SIGINT
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.05)
-    assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
 def test_a_run_ended_by_the_time_guard_says_so(tmp_path, corpus):

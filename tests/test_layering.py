@@ -30,7 +30,7 @@ UPSTREAM_OF_TRAIN = {
     "decoding", "metrics", "device", "checkpoint", "rundir", "evaluate", "optim", "distributed",
     "events", "session", *TRANSLATION, "export", "scoring", "sampling", "alignment",
     "constrained", "constrained_phrases", "terminology", "tensorboard_log", "initial",
-    "subword_sampling",
+    "subword_sampling", "stop_signals",
 }  # fmt: skip
 
 CLI_MODULES = {
@@ -55,13 +55,14 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "corpus": (set(), set()),
     "fileio": (set(), set()),
     "events": (set(), set()),
+    "stop_signals": (set(), set()),
     "multi30k": ({"corpus", "fileio"}, set()),
     "plotting": ({"fileio"}, {"matplotlib"}),
     "subword_sampling": (set(), {"sentencepiece"}),
     "tokenizer": ({"config", "fileio", "subword_sampling"}, {"sentencepiece"}),
     "batching": ({"tokenizer"}, {"torch"}),
     "data": ({"config", "corpus", "tokenizer"}, {"datasets", "numpy"}),
-    "loaders": ({"batching", "tokenizer"}, {"datasets", "torch"}),
+    "loaders": ({"batching", "stop_signals", "tokenizer"}, {"datasets", "torch"}),
     "attention": (set(), {"torch"}),
     "models.common": ({"attention"}, {"torch"}),
     "models.rnn": ({"config", "attention", "models.common"}, {"torch"}),

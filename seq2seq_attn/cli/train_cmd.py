@@ -7,8 +7,8 @@ so ``attn-train --help`` and config errors answer quickly.
 
 from __future__ import annotations
 
-import signal
-import threading
+import contextlib
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -17,46 +17,23 @@ import typer
 from ..checkpoint import CheckpointError
 from ..config import ConfigError, load_config
 from ..distributed import environment_rank
-from ..rundir import LOG_FILE, RunDirError, check_new_run_dir
-from .console import console, err_console, fail, logger, package_logging
+from ..rundir import (
+    AUTO,
+    LAST_FILE,
+    LOG_FILE,
+    RunDirError,
+    check_new_run_dir,
+    locked_run_dir,
+    settle_resume,
+)
+from ..stop_signals import StopOnSignal
+from .console import console, err_console, fail, package_logging
 
 train_app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
     help="Train an attention-based translation model (RNN with attention or Transformer).",
 )
-
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number
-
-
-class StopOnSignal:
-    """SIGINT/SIGTERM ask training to stop after the current step (it then saves ``last.pt``);
-    a second signal interrupts at once (checkpoint writes are atomic, so nothing is corrupted)."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.received: signal.Signals | None = None
-        self._previous: dict[signal.Signals, object] = {}
-
-    def __enter__(self) -> StopOnSignal:
-        for sig in EXIT_SIGNAL:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        """First signal: set the stop flag. Second: raise KeyboardInterrupt now."""
-        if self.event.is_set():
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum)
-        self.event.set()
-        logger.warning(
-            "%s: stopping after this step and saving last.pt (again to quit at once)",
-            self.received.name,
-        )
 
 
 @train_app.command()
@@ -78,6 +55,14 @@ def train_command(
     ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --run-dir from last.pt.")
+    ] = False,
+    auto_resume: Annotated[
+        bool,
+        typer.Option(
+            help="Resume when --run-dir has a last.pt, else start the run there (setting aside "
+            "what a failed start left, in failed-starts/): one command for every start of a "
+            "requeued job (torchrun --max-restarts, Slurm --requeue).",
+        ),
     ] = False,
     init_from: Annotated[
         Path | None,
@@ -118,29 +103,38 @@ def train_command(
     from ..data import DataError, disable_progress_bars
     from ..distributed import DistributedError
     from ..optim import NonFiniteLossError
-    from ..train import train
+    from ..train import CheckpointWriteError, train
     from .progress import LiveProgress, PlainProgress
 
     rank = environment_rank()  # under torchrun only rank 0 draws progress and writes train.log
     live = console.is_terminal and rank == 0
     disable_progress_bars()
-    stopper = StopOnSignal()
+    logging.raiseExceptions = False  # a log write that fails (a full disk) must not print a trace
+    stopper = StopOnSignal(then_ignore=True)  # duplicates arriving as it exits change nothing
     every = loaded.train.log_every or 50
     callback = LiveProgress(console, max(every // 10, 1)) if live else PlainProgress(every)
     try:
         with stopper:
-            if not resume and rank == 0:
-                check_new_run_dir(run_dir)
-            log_file = run_dir / LOG_FILE if rank == 0 else None
-            with package_logging(log_file, live, rank):
-                summary = train(
-                    loaded, run_dir, resume=resume, init_from=init_from, callbacks=[callback],
-                    stop=stopper.event,
-                )  # fmt: skip
+            if rank == 0 and not (resume or auto_resume):
+                check_new_run_dir(run_dir)  # before the lock: a folder in use gets no lock file
+            with locked_run_dir(run_dir) if rank == 0 else contextlib.nullcontext():
+                resumes = settle_resume(run_dir, AUTO if auto_resume else resume, rank == 0)
+                if rank == 0 and not resumes:
+                    check_new_run_dir(run_dir)
+                log_file = run_dir / LOG_FILE if rank == 0 else None
+                with package_logging(log_file, live, rank):
+                    summary = train(
+                        loaded, run_dir, resume=resumes, init_from=init_from,
+                        callbacks=[callback], stop=stopper.event,
+                    )  # fmt: skip
     except (RunDirError, ConfigError) as error:
         raise fail(str(error), code=2) from None
-    except (DataError, CheckpointError, NonFiniteLossError, DistributedError) as error:
+    except (
+        DataError, CheckpointError, CheckpointWriteError, NonFiniteLossError, DistributedError
+    ) as error:  # fmt: skip
         raise fail(str(error), code=1) from None
+    except OSError as error:  # a full disk or a folder that became unwritable
+        raise fail(_os_failure(error, run_dir), code=1) from None
     except KeyboardInterrupt:
         hint = _resume_hint(config, run_dir)
         err_console.print(f"interrupted; resume from the last checkpoint with: {hint}")
@@ -149,7 +143,18 @@ def train_command(
         if rank == 0:
             hint = _resume_hint(config, run_dir)
             err_console.print(f"stopped by {stopper.received.name}; resume with: {hint}")
-        raise typer.Exit(code=EXIT_SIGNAL[stopper.received])
+        raise typer.Exit(code=stopper.exit_code)
+
+
+def _os_failure(error: OSError, run_dir: Path) -> str:
+    """One line for a file that could not be written or read, saying what is safe on disk."""
+    where = error.filename or run_dir
+    safe = (
+        f"the checkpoints written before are intact ({run_dir / LAST_FILE})"
+        if (run_dir / LAST_FILE).is_file()
+        else "no checkpoint was written yet"
+    )  # fmt: skip
+    return f"{where}: {error.strerror or error}; {safe}: fix this and resume the run"
 
 
 def _resume_hint(config: Path, run_dir: Path) -> str:
