@@ -102,10 +102,17 @@ class World:
             torch.cuda.set_device(device)
         backend = resolve_backend(backend, device)
         world.device = device if backend == "nccl" else torch.device("cpu")
-        dist.init_process_group(
-            backend, timeout=timedelta(minutes=timeout_minutes),
-            device_id=device if backend == "nccl" else None,
-        )  # fmt: skip
+        try:
+            dist.init_process_group(
+                backend, timeout=timedelta(minutes=timeout_minutes),
+                device_id=device if backend == "nccl" else None,
+            )  # fmt: skip
+        except (RuntimeError, ValueError) as error:  # a peer gone before it connected
+            detail = " ".join(str(error).split())
+            raise DistributedError(
+                f"rank {rank} on {world.host} could not join the other processes ({detail}); "
+                "torchrun --max-restarts starts them again, or start the job again"
+            ) from None
         world.backend, world.distributed = backend, True
         return world, device
 

@@ -310,6 +310,21 @@ def test_sigint_to_torchrun_saves_last_pt_and_resume_is_exact(corpus, cache, tmp
     assert all(torch.equal(resumed["model"][name], expected[name]) for name in expected)
 
 
+def test_slurms_doubled_group_sigterm_saves_every_process_at_one_step(corpus, cache, tmp_path):
+    config = tiny_config(corpus, cache, max_steps=100_000, num_workers=1)
+    run_dir = tmp_path / "slurm"
+    process = torchrun(config, run_dir, "--auto-resume")
+    wait_for_step(run_dir, 8, process)
+    os.killpg(process.pid, signal.SIGTERM)  # slurmstepd signals every process of the step ...
+    time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)  # ... and torchrun forwards its own SIGTERM
+    output = process.communicate(timeout=TIMEOUT)[0]
+    assert "stopped by SIGTERM" in output and "KeyboardInterrupt" not in output, output[-3000:]
+    assert not processes_naming(str(run_dir)), "processes left behind"
+    logged = max(record["step"] for record in read_metrics(run_dir, "train"))
+    assert load_checkpoint(run_dir / "last.pt")["progress"]["step"] == logged
+
+
 def test_a_killed_worker_stops_the_others_and_the_run_resumes(corpus, cache, tmp_path):
     config = tiny_config(corpus, cache, max_steps=80, save_every=5)
     run_dir = tmp_path / "killed"
