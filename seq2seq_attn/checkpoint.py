@@ -9,13 +9,15 @@ objects is refused, never executed.
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from .config import Config, config_from_plain
+from .config import Config, ConfigError, config_from_plain
 from .fileio import write_atomic
 from .models import Seq2Seq, build_model
 from .rundir import BEST_FILE, LAST_FILE, STEP_PATTERN, numbered_checkpoints
@@ -73,7 +75,9 @@ def recent_checkpoints(run_dir: str | Path, count: int) -> dict[int, Path]:
     averages): the numbered ones up to the step of ``last.pt`` (a kill between two saves can
     leave a newer one), then ``last.pt`` itself when no numbered checkpoint holds its step."""
     run_dir = Path(run_dir)
-    last_step = int(load_checkpoint(run_dir / LAST_FILE)["progress"]["step"])
+    last = load_checkpoint(run_dir / LAST_FILE)
+    fields = _Fields(run_dir / LAST_FILE, REBUILD_FIX)
+    last_step = fields.count(fields.mapping(last, "progress"), "step", "progress")
     recent = {
         step: path for step, path in numbered_checkpoints(run_dir).items() if step <= last_step
     }
@@ -123,6 +127,233 @@ def _corrupt(path: Path, error: Exception) -> CheckpointError:
     )
 
 
+# ---- fields checked before use -------------------------------------------------------------
+
+MAX_COUNT = 2**63 - 1  # steps, epochs, positions, seeds: what an int64 holds
+MAX_WORLD_SIZE = 1 << 20  # processes of one run
+PROGRESS_COUNTS = ("step", "best_step", "bad_validations", "last_validated", "nonfinite_total",
+                   "target_tokens")  # fmt: skip
+PROGRESS_KEYS = (*PROGRESS_COUNTS, "elapsed", "step_seconds", "best_bleu")  # events.Progress
+ORIGIN_KEYS = ("checkpoint", "step", "tokenizer")
+PYTHON_RNG_WORDS = 625  # random.getstate(): 624 Mersenne Twister words and the position
+REBUILD_FIX = f"use another checkpoint of the run ({LAST_FILE}, {BEST_FILE} or a numbered one)"
+RESUME_FIX = (
+    "the file is damaged or was not written by seq2seq-attn: copy an intact numbered "
+    f"checkpoint of the run ({STEP_PATTERN}) over {LAST_FILE} and resume, or start a new run"
+)
+
+
+def _describe(value: object) -> str:
+    """What a checkpoint field holds, in a few words (never the repr of a large value)."""
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        bits = value.bit_length()
+        return repr(value) if bits <= 64 else f"an int of {bits} bits"
+    if isinstance(value, str) and len(value) <= 40:
+        return f"the str {value!r}"
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, str | bytes | list | tuple | Mapping):
+        return f"a {type(value).__name__} of length {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def _is_int(value: object, low: int = 0, high: int = MAX_COUNT) -> bool:
+    """Whether ``value`` is an int (never a bool) in ``[low, high]``."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_number(value: object, low: float = -math.inf) -> bool:
+    """Whether ``value`` is a finite int or float (never a bool) of at least ``low``."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return ok and math.isfinite(value) and value >= low
+
+
+class _Fields:
+    """Checked reads of one checkpoint's fields: a field that is missing or holds the wrong
+    kind of value raises :class:`CheckpointError` naming the file, the field, what it holds
+    and ``fix``, before anything uses it."""
+
+    def __init__(self, path: Path | str, fix: str) -> None:
+        self.path, self.fix = path, fix
+
+    def require(self, ok: bool, field: str, expected: str, value: object) -> None:
+        """Raise unless ``ok``: ``field`` holds ``value``, not ``expected``."""
+        if not ok:
+            raise CheckpointError(
+                f"{self.path}: field {field} holds {_describe(value)}, expected {expected}; "
+                f"{self.fix}"
+            )
+
+    def get(self, state: Mapping, key: str, parent: str = "") -> object:
+        """``state[key]``, where ``state`` is the field ``parent`` ("" for the top level)."""
+        if key not in state:
+            where = f"field {parent} has no key {key!r}" if parent else f"no field {key}"
+            raise CheckpointError(f"{self.path}: {where}; {self.fix}")
+        return state[key]
+
+    def mapping(self, state: Mapping, key: str, parent: str = "") -> Mapping:
+        """``state[key]``, required to be a mapping."""
+        value = self.get(state, key, parent)
+        self.require(isinstance(value, Mapping), _join(parent, key), "a mapping", value)
+        return value
+
+    def count(self, state: Mapping, key: str, parent: str = "", low: int = 0) -> int:
+        """``state[key]``, required to be an int in ``[low, 2**63 - 1]``."""
+        value = self.get(state, key, parent)
+        self.require(_is_int(value, low), _join(parent, key), f"an int >= {low}", value)
+        return value
+
+    def only_keys(self, state: Mapping, known: tuple[str, ...], field: str) -> None:
+        """Refuse a key of ``state`` (the field ``field``) that is not in ``known``."""
+        for key in state:
+            if key not in known:
+                raise CheckpointError(
+                    f"{self.path}: field {field} has the unknown key {_describe(key)} (known: "
+                    f"{', '.join(known)}); {self.fix}"
+                )
+
+
+def _join(parent: str, key: str) -> str:
+    """The dotted name of ``key`` inside the field ``parent``."""
+    return f"{parent}.{key}" if parent else key
+
+
+def check_model_fields(state: Mapping, path: Path | str, fix: str = REBUILD_FIX) -> None:
+    """Check the fields that rebuild a model (``config``, ``tokenizer``, ``model``) before any
+    is used: a mapping, SentencePiece bytes (``tgt_model`` bytes or None), a mapping of names
+    to tensors; :class:`CheckpointError` naming ``path``, the field and ``fix`` otherwise."""
+    fields = _Fields(path, fix)
+    fields.mapping(state, "config")
+    tokenizer = fields.mapping(state, "tokenizer")
+    src_model = fields.get(tokenizer, "src_model", "tokenizer")
+    fields.require(
+        isinstance(src_model, bytes) and len(src_model) > 0, "tokenizer.src_model",
+        "the bytes of a SentencePiece model", src_model,
+    )  # fmt: skip
+    tgt_model = tokenizer.get("tgt_model")
+    fields.require(
+        tgt_model is None or (isinstance(tgt_model, bytes) and len(tgt_model) > 0),
+        "tokenizer.tgt_model", "the bytes of a SentencePiece model, or None (joint)", tgt_model,
+    )  # fmt: skip
+    for name, tensor in fields.mapping(state, "model").items():
+        field = f"model[{name!r}]" if isinstance(name, str) else f"model[{_describe(name)}]"
+        fields.require(
+            isinstance(name, str) and isinstance(tensor, torch.Tensor), field,
+            "a tensor named by a str", tensor,
+        )  # fmt: skip
+
+
+def check_training_checkpoint(state: Mapping, path: Path | str) -> None:
+    """Check every field a resume reads (those of :func:`check_model_fields`, ``progress``,
+    ``sampler``, the optimizer's, the generators', ``origin``) before any is used; raises
+    :class:`CheckpointError` naming ``path``, the field, what it holds and the fix."""
+    check_model_fields(state, path, RESUME_FIX)
+    fields = _Fields(path, RESUME_FIX)
+    _check_progress(fields, state)
+    sampler = fields.mapping(state, "sampler")
+    for key in ("epoch", "position", "seed"):
+        fields.count(sampler, key, "sampler")
+    for key in ("max_tokens", "num_pairs"):
+        if key in sampler:
+            fields.count(sampler, key, "sampler")
+    _check_optimisation(fields, state)
+    _check_generators(fields, state)
+    _check_origin(fields, state)
+
+
+def _check_progress(fields: _Fields, state: Mapping) -> None:
+    """``progress``: the counters of :class:`~seq2seq_attn.events.Progress` (``step`` required,
+    the others have defaults), seconds and the best BLEU."""
+    progress = fields.mapping(state, "progress")
+    fields.only_keys(progress, PROGRESS_KEYS, "progress")
+    fields.count(progress, "step", "progress")
+    for key, value in progress.items():
+        if key in PROGRESS_COUNTS:
+            fields.require(_is_int(value), f"progress.{key}", "an int >= 0", value)
+        else:  # seconds, and the best BLEU (None before the first validation)
+            optional = key == "best_bleu"
+            ok = _is_number(value, low=0) or (optional and value is None)
+            expected = "a number >= 0" + (" or None" if optional else "")
+            fields.require(ok, f"progress.{key}", expected, value)
+
+
+def _check_optimisation(fields: _Fields, state: Mapping) -> None:
+    """The optimizer's, schedule's and loss scaler's states, and the non-finite step count."""
+    optimizer = fields.mapping(state, "optimizer")
+    fields.mapping(optimizer, "state", "optimizer")
+    groups = fields.get(optimizer, "param_groups", "optimizer")
+    fields.require(
+        isinstance(groups, list | tuple) and len(groups) > 0, "optimizer.param_groups",
+        "a non-empty list of parameter groups", groups,
+    )  # fmt: skip
+    for index, group in enumerate(groups):
+        field = f"optimizer.param_groups[{index}]"
+        fields.require(isinstance(group, Mapping), field, "a mapping", group)
+        params = fields.get(group, "params", field)
+        ok = isinstance(params, list | tuple) and all(_is_int(item) for item in params)
+        fields.require(ok, f"{field}.params", "a list of parameter indices", params)
+    schedule = fields.mapping(state, "schedule")
+    scale = fields.get(schedule, "scale", "schedule")
+    fields.require(_is_number(scale) and scale > 0, "schedule.scale", "a number > 0", scale)
+    best = fields.get(schedule, "best", "schedule")
+    fields.require(best is None or _is_number(best), "schedule.best", "a number or None", best)
+    fields.count(schedule, "bad_validations", "schedule")
+    fields.mapping(state, "scaler")
+    fields.count(state, "nonfinite_in_a_row")
+
+
+def _check_generators(fields: _Fields, state: Mapping) -> None:
+    """``rng`` (rank 0's generators), ``world_size`` and ``rng_per_rank`` (one per process)."""
+    _check_rng(fields, fields.mapping(state, "rng"), "rng")
+    world_size = fields.count(state, "world_size", low=1) if "world_size" in state else 1
+    fields.require(world_size <= MAX_WORLD_SIZE, "world_size", "a number of processes", world_size)
+    if "rng_per_rank" in state:
+        per_rank = state["rng_per_rank"]
+        fields.require(
+            isinstance(per_rank, list | tuple) and len(per_rank) == world_size, "rng_per_rank",
+            f"a list of world_size = {world_size} generator states", per_rank,
+        )  # fmt: skip
+        for rank, rng in enumerate(per_rank):
+            field = f"rng_per_rank[{rank}]"
+            fields.require(isinstance(rng, Mapping), field, "a mapping", rng)
+            _check_rng(fields, rng, field)
+
+
+def _check_rng(fields: _Fields, rng: Mapping, field: str) -> None:
+    """What :func:`~seq2seq_attn.session.rng_state` wrote: Python's and torch's generators."""
+    python = fields.get(rng, "python", field)
+    ok = isinstance(python, list | tuple) and len(python) == 3 and _is_int(python[0])
+    words = python[1] if ok else None
+    ok = ok and isinstance(words, list | tuple) and len(words) == PYTHON_RNG_WORDS
+    ok = ok and all(_is_int(word, high=2**32 - 1) for word in words)
+    ok = ok and (python[2] is None or isinstance(python[2], float))
+    expected = f"[version, {PYTHON_RNG_WORDS} 32-bit words, gauss] (random.getstate)"
+    fields.require(ok, f"{field}.python", expected, python)
+    states = [fields.get(rng, "torch", field)]
+    cuda = rng.get("cuda", [])
+    fields.require(isinstance(cuda, list | tuple), f"{field}.cuda", "a list of tensors", cuda)
+    for index, value in enumerate([*states, *cuda]):
+        name = f"{field}.torch" if index == 0 else f"{field}.cuda[{index - 1}]"
+        ok = isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+        fields.require(ok, name, "a generator state (a 1-D uint8 tensor)", value)
+
+
+def _check_origin(fields: _Fields, state: Mapping) -> None:
+    """``origin``: absent or None (a run from scratch), else the model the run started from."""
+    origin = state.get("origin")
+    if origin is None:
+        return
+    fields.require(isinstance(origin, Mapping), "origin", "a mapping or None", origin)
+    fields.only_keys(origin, ORIGIN_KEYS, "origin")
+    checkpoint = fields.get(origin, "checkpoint", "origin")
+    fields.require(isinstance(checkpoint, str), "origin.checkpoint", "a path", checkpoint)
+    step = fields.get(origin, "step", "origin")
+    fields.require(step is None or _is_int(step), "origin.step", "an int >= 0 or None", step)
+    fields.mapping(origin, "tokenizer", "origin")
+
+
 def model_from_checkpoint(
     state: dict, path: Path | str = "checkpoint"
 ) -> tuple[Seq2Seq, Tokenizer, Config]:
@@ -134,13 +365,36 @@ def model_from_checkpoint(
             f"{path}: not a seq2seq-attn training checkpoint (no {', '.join(missing)}); use "
             f"{LAST_FILE}, {BEST_FILE} or a {STEP_PATTERN} file of a run directory"
         )
-    config = config_from_plain(state["config"], f"{path} (its config)")
-    tokenizer = Tokenizer.from_state_dict(state["tokenizer"])
+    check_model_fields(state, path)
+    config = _config_of(state, path)
+    try:
+        tokenizer = Tokenizer.from_state_dict(state["tokenizer"])
+    except (ValueError, RuntimeError) as error:  # bytes that are no SentencePiece model
+        detail = str(error).split("\n")[0]
+        raise CheckpointError(f"{path}: field tokenizer: {detail}; {REBUILD_FIX}") from None
     model = build_model(
         config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.joint
     )
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:  # names or shapes that its config's model does not have
+        detail = " ".join(str(error).split())[:500]
+        raise CheckpointError(
+            f"{path}: field model does not fit the model its config describes ({detail}); "
+            f"{REBUILD_FIX}"
+        ) from None
     return model.eval(), tokenizer, config
+
+
+def _config_of(state: Mapping, path: Path | str) -> Config:
+    """The checkpoint's config, validated like a YAML one; errors name the file."""
+    source = f"{path} (its config)"
+    try:
+        return config_from_plain(state["config"], source)
+    except ConfigError as error:
+        if str(error).startswith(source):
+            raise
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def average_checkpoints(paths: list[Path]) -> dict:
@@ -161,7 +415,8 @@ def average_checkpoints(paths: list[Path]) -> dict:
         missing = [key for key in ("config", "tokenizer", "model") if key not in state]
         if missing:
             raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing)})")
-        if state["config"]["model"] != newest["config"]["model"] or (
+        check_model_fields(state, path)
+        if state["config"].get("model") != newest["config"].get("model") or (
             state["tokenizer"] != newest["tokenizer"]
         ):
             raise CheckpointError(

@@ -81,14 +81,14 @@ def _invalid_utf8(origin: str, data: bytes, error: UnicodeDecodeError, first: in
     )
 
 
-def decode_lines(data: bytes, origin: str) -> list[str]:
+def decode_lines(data: bytes, origin: str, first: int = 1) -> list[str]:
     """UTF-8 ``data`` split into lines by the module's rule (on ``\\n``, a ``\\r`` before it
     dropped, a final line end closing the last line, blank lines kept). Invalid UTF-8 raises
-    :class:`TextFileError` naming ``origin`` and the line."""
+    :class:`TextFileError` naming ``origin`` and the line (``data``'s first is line ``first``)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise _invalid_utf8(origin, data, error, first=1) from None
+        raise _invalid_utf8(origin, data, error, first=first) from None
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()

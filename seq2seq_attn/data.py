@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import datasets
 import numpy as np
@@ -40,6 +38,7 @@ from .corpus import (
     plain_pairs,
     tsv_pairs,
 )
+from .data_cache import cached_filter, cached_map, files_fingerprint
 from .tokenizer import Tokenizer
 
 __all__ = [
@@ -56,8 +55,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Bump when the readers or derived columns change, so that old caches are not reused.
-CACHE_VERSION = "1"
 LARGE_SPLIT = 100_000  # pairs from which a split is tokenized in parallel, with progress bars
 LARGE_TEXT_BYTES = 10_000_000  # text files from which reading them shows progress bars
 TEXT_FEATURES = datasets.Features(
@@ -167,78 +164,7 @@ def _file_source(cfg: DataConfig, spec: str) -> tuple[Callable[..., Iterator], d
     return reader, kwargs, [path]
 
 
-def _files_fingerprint(kind: str, kwargs: dict, files: list[Path]) -> str:
-    """A cache key that changes when a file (path, size or mtime) or a column name changes."""
-    stamps = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    text = json.dumps([CACHE_VERSION, kind, sorted(kwargs.items()), stamps])
-    return hashlib.sha256(text.encode()).hexdigest()[:40]
-
-
 # ---- loading -------------------------------------------------------------------------------
-
-
-def _cache_file(cache_dir: str | Path, fingerprint: str) -> str:
-    """Where a derived Arrow file with this fingerprint lives."""
-    directory = Path(cache_dir) / "processed"
-    directory.mkdir(parents=True, exist_ok=True)
-    return str(directory / f"{fingerprint}.arrow")
-
-
-def _derived_fingerprint(ds: datasets.Dataset, step: str, *parts: object) -> str:
-    """Fingerprint of ``step`` applied to ``ds`` with ``parts`` as its arguments."""
-    # Dataset._fingerprint is private, but it is what datasets chains its own caching on.
-    text = json.dumps([CACHE_VERSION, ds._fingerprint, step, [str(p) for p in parts]])
-    return hashlib.sha256(text.encode()).hexdigest()[:40]
-
-
-def _cached_processes(cache_file: str, wanted: int) -> int:
-    """How many processes built the complete cached result in ``cache_file`` (one file: 1;
-    pieces ``NAME_0000i_of_0000N.arrow``: N), else ``wanted``; so that a cache built on another
-    number of cores is reused, not rebuilt."""
-    path = Path(cache_file)
-    if path.is_file():
-        return 1
-    for first in path.parent.glob(f"{path.stem}_00000_of_*{path.suffix}"):
-        count = int(first.stem.rsplit("_of_", 1)[1])
-        pieces = (f"{path.stem}_{index:05d}_of_{count:05d}{path.suffix}" for index in range(count))
-        if all((path.parent / piece).is_file() for piece in pieces):
-            return count
-    return wanted
-
-
-def _cached_map(
-    ds: datasets.Dataset, cache_dir: str, step: str, parts: tuple, processes: int, **kwargs: Any
-) -> datasets.Dataset:
-    """``ds.map(**kwargs)`` in ``processes`` processes, cached under ``cache_dir`` and
-    fingerprinted by ``step`` and ``parts``."""
-    fingerprint = _derived_fingerprint(ds, step, *parts)
-    cache_file = _cache_file(cache_dir, fingerprint)
-    processes = _cached_processes(cache_file, processes)
-    return ds.map(
-        batched=True,
-        new_fingerprint=fingerprint,
-        cache_file_name=cache_file,
-        desc=step,
-        num_proc=processes if processes > 1 else None,
-        **kwargs,
-    )
-
-
-def _cached_filter(
-    ds: datasets.Dataset, cache_dir: str, step: str, parts: tuple, processes: int, **kwargs: Any
-) -> datasets.Dataset:
-    """``ds.filter(**kwargs)`` cached like :func:`_cached_map`."""
-    fingerprint = _derived_fingerprint(ds, step, *parts)
-    cache_file = _cache_file(cache_dir, fingerprint)
-    processes = _cached_processes(cache_file, processes)
-    return ds.filter(
-        batched=True,
-        new_fingerprint=fingerprint,
-        cache_file_name=cache_file,
-        desc=step,
-        num_proc=processes if processes > 1 else None,
-        **kwargs,
-    )
 
 
 def _translation_to_pairs(batch: dict[str, list], src_lang: str, tgt_lang: str) -> dict:
@@ -262,7 +188,7 @@ def normalise_columns(ds: datasets.Dataset, cfg: DataConfig, source: str) -> dat
                     f"{source}: no language {lang!r} ({key}) in its 'translation' column; "
                     f"the available languages are {languages}"
                 )
-        return _cached_map(
+        return cached_map(
             ds,
             cfg.cache_dir,
             "translation-to-pairs",
@@ -334,7 +260,7 @@ def _load_files(cfg: DataConfig, spec: str) -> datasets.Dataset:
                 features=TEXT_FEATURES,
                 gen_kwargs=kwargs,
                 cache_dir=str(Path(cfg.cache_dir) / "text"),
-                fingerprint=_files_fingerprint(cfg.kind, kwargs, files),
+                fingerprint=files_fingerprint(cfg.kind, kwargs, files),
             )
     except DatasetGenerationError as error:
         if isinstance(error.__cause__, TextFileError):
@@ -369,7 +295,7 @@ def _clean(
         return ds, CleanReport()
     settings = json.dumps(dataclasses.asdict(clean), sort_keys=True)
     filters = {k: v for k, v in dataclasses.asdict(clean).items() if k != "drop_duplicates"}
-    marks = _cached_map(
+    marks = cached_map(
         ds, cache_dir, "clean-marks", (settings,), processes, function=clean_marks,
         input_columns=["src", "tgt"], remove_columns=ds.column_names, features=CLEAN_MARKS,
         fn_kwargs={"filters": filters, "hashed": clean.drop_duplicates},
@@ -384,7 +310,7 @@ def _clean(
         drop[candidates[later]] = 1 + CLEAN_FILTERS.index("duplicate")
     counts = np.bincount(drop, minlength=1 + len(CLEAN_FILTERS))
     report = CleanReport(**{name: int(counts[1 + i]) for i, name in enumerate(CLEAN_FILTERS)})
-    kept = _cached_filter(
+    kept = cached_filter(
         ds, cache_dir, "clean", (settings,), processes, function=_unmarked,
         fn_kwargs={"drop": drop}, with_indices=True, input_columns=[],
     )  # fmt: skip
@@ -454,20 +380,20 @@ def tokenize_pairs(
     if len(ds) >= LARGE_SPLIT:
         logger.info("%s: tokenizing %d pairs in %d process(es)", split, len(ds), processes)
     with _progress_bars(len(ds) >= LARGE_SPLIT):
-        nonempty = _cached_filter(
+        nonempty = cached_filter(
             ds, cache_dir, "drop-empty", (), processes, function=_nonempty,
             input_columns=["src", "tgt"],
         )  # fmt: skip
         cleaned, clean_report = nonempty, None
         if clean is not None and clean.enabled:
             cleaned, clean_report = _clean(nonempty, clean, cache_dir, split, processes)
-        encoded = _cached_map(
+        encoded = cached_map(
             cleaned, cache_dir, "tokenize", (tokenizer.fingerprint,), processes,
             function=_encode, fn_kwargs={"tokenizer": tokenizer}, features=ID_FEATURES,
         )  # fmt: skip
         kept = encoded
         if max_length is not None:
-            kept = _cached_filter(
+            kept = cached_filter(
                 encoded, cache_dir, "drop-long", (max_length,), processes,
                 function=_short_enough, fn_kwargs={"max_length": max_length},
                 input_columns=["src_len", "tgt_len"],

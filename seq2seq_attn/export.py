@@ -4,8 +4,9 @@
 ``ctranslate2.specs.TransformerSpec`` (pre/post-norm, sinusoidal or learned positions,
 ReLU/GELU, tied or untied output, joint or separate vocabularies) and writes a folder that
 CTranslate2 loads directly: ``model.bin`` and its vocabularies, the SentencePiece model(s) and
-``seq2seq_attn.json`` (the decode settings and where the weights came from). The folder is
-translated by :mod:`seq2seq_attn.translation.ct2_backend`.
+``seq2seq_attn.json`` (the decode settings and where the weights came from): the
+:data:`EXPORT_FILES`. A folder may hold other files too (notes, test sets): a new export
+replaces only its own. The folder is translated by :mod:`seq2seq_attn.translation.ct2_backend`.
 
 ``ctranslate2`` is an optional dependency: it is imported only when a function here needs it.
 """
@@ -22,8 +23,8 @@ import torch
 
 from .checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from .config import DecodeConfig
-from .fileio import write_folder_atomic
-from .tokenizer import BOS_ID, EOS_ID, UNK_ID, Tokenizer
+from .fileio import replace_files_atomic, sweep_staging
+from .tokenizer import BOS_ID, EOS_ID, SRC_FILE, TGT_FILE, UNK_ID, Tokenizer
 
 if TYPE_CHECKING:
     from .models.transformer import Transformer
@@ -32,6 +33,18 @@ MODEL_FILE = "model.bin"
 """CTranslate2's weights file: any CTranslate2 model folder has one."""
 INFO_FILE = "seq2seq_attn.json"
 """The file that marks a folder as exported by this project (format, decode settings)."""
+EXPORT_FILES = frozenset(
+    {
+        MODEL_FILE,
+        "config.json",  # CTranslate2's model config
+        *(f"{side}_vocabulary.json" for side in ("shared", "source", "target")),  # CTranslate2
+        SRC_FILE,  # Tokenizer.save
+        TGT_FILE,  # Tokenizer.save, separate vocabularies only
+        INFO_FILE,
+    }
+)
+"""Every file an export may write; ``--force`` replaces these (and removes those the new export
+does not write), keeping any other file of the folder."""
 FORMAT_VERSION = 1
 QUANTIZATIONS = (
     "none", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
@@ -157,10 +170,14 @@ def export_checkpoint(
     """Write a CTranslate2 model folder for a Transformer checkpoint (or a run directory's
     ``best.pt``, else ``last.pt``) and return its path.
 
-    The folder is built beside ``output_dir`` and renamed into place when complete, so an
-    interrupted export leaves nothing half-written; an existing non-empty ``output_dir`` is
-    replaced only with ``force``. Raises :class:`ExportError` for an RNN checkpoint, an unknown
-    quantization or an occupied folder, ``CheckpointError`` for a missing or damaged checkpoint.
+    A symbolic link as ``output_dir`` is followed (``current -> exports/v3`` writes
+    ``exports/v3``; the link stays). The files are written beside the folder and moved in when
+    complete, so an interrupted export leaves the earlier files or the new ones; what a killed
+    export left there is cleared first. A non-empty folder is written only with ``force`` and
+    when it holds an earlier export: its :data:`EXPORT_FILES` are replaced, any other file is
+    kept. Raises :class:`ExportError` for an RNN checkpoint, an unknown quantization, a link
+    that leads nowhere or an occupied folder, ``CheckpointError`` for a missing or damaged
+    checkpoint.
     """
     if quantization not in QUANTIZATIONS:
         raise ExportError(
@@ -168,8 +185,9 @@ def export_checkpoint(
             f"{', '.join(QUANTIZATIONS)}"
         )
     output_dir = Path(output_dir)
+    folder = _target_folder(output_dir)
     path = find_checkpoint(Path(checkpoint))
-    _check_output_dir(output_dir, path, force)
+    _check_output_dir(folder, path, force)
     model, tokenizer, config = model_from_checkpoint(load_checkpoint(path, mmap=True), path)
     if config.model.family != "transformer":
         raise ExportError(
@@ -179,7 +197,7 @@ def export_checkpoint(
     spec = transformer_spec(model, tokenizer)
     spec.validate()
     spec.optimize(quantization=None if quantization == "none" else quantization)
-    with write_folder_atomic(output_dir) as staging:
+    with replace_files_atomic(folder, EXPORT_FILES) as staging:
         spec.save(str(staging))
         tokenizer.save(staging)
         info = {
@@ -194,9 +212,29 @@ def export_checkpoint(
     return output_dir
 
 
+def _target_folder(output_dir: Path) -> Path:
+    """The folder to write for ``output_dir``, symbolic links followed, with the staging
+    folders a killed export left beside it cleared first (which may bring the folder back);
+    :class:`ExportError` for a link that leads nowhere."""
+    try:
+        folder = output_dir.resolve()
+    except (OSError, RuntimeError) as error:  # a loop of links
+        raise ExportError(
+            f"{output_dir}: cannot follow the link ({error}); choose another -o"
+        ) from None
+    sweep_staging(folder, EXPORT_FILES)
+    if output_dir.is_symlink() and not folder.exists():
+        raise ExportError(
+            f"{output_dir}: a symbolic link to {folder}, which does not exist; create that "
+            "folder (mkdir), or point the link or -o at a folder"
+        )
+    return folder
+
+
 def _check_output_dir(output_dir: Path, checkpoint: Path, force: bool) -> None:
     """Refuse an ``output_dir`` whose files an export would destroy: a file, the checkpoint's
-    own folder, or a non-empty folder (with ``force``: one written by attn-export is replaced)."""
+    own folder, or a non-empty folder (with ``force``: one written by attn-export has its
+    :data:`EXPORT_FILES` replaced)."""
     if output_dir.exists() and not output_dir.is_dir():
         raise ExportError(f"{output_dir}: exists and is not a folder; choose another -o")
     if output_dir.resolve() in checkpoint.resolve().parents:
@@ -208,7 +246,7 @@ def _check_output_dir(output_dir: Path, checkpoint: Path, force: bool) -> None:
     if not force:
         raise ExportError(
             f"{output_dir}: the folder is not empty; choose another -o, or pass --force to "
-            "replace an earlier export"
+            "replace an earlier export (its other files are kept)"
         )
     if not is_exported(output_dir):
         raise ExportError(

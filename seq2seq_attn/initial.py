@@ -15,7 +15,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+from .checkpoint import CheckpointError, check_model_fields, find_checkpoint, load_checkpoint
 from .config import Config, ConfigError, ModelConfig, config_from_plain, first_difference, to_plain
 from .rundir import BEST_FILE, LAST_FILE
 
@@ -72,6 +72,7 @@ def open_initial(config: Config, init_from: Path) -> tuple[Origin, dict, dict]:
             f"or the run directory of a seq2seq-attn training run (an exported CTranslate2 "
             "folder cannot be trained further)"
         )
+    check_model_fields(state, path)
     source = config_from_plain(state["config"], f"{path} (its config)")
     check_same_model(source.model, config.model, path)
     tokenizer = {

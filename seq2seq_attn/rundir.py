@@ -7,7 +7,7 @@ Layout: ``config.yaml`` (the resolved config), the tokenizer's SentencePiece mod
 checkpoints ``step-00001234.pt``, the averaged checkpoints ``averaged-N.pt`` a benchmark may add,
 the TensorBoard event files under ``tensorboard/`` (with ``train.tensorboard``), and
 ``summary.json``, written when a training session ends (a session stopped by a signal says
-``stopped``: resume it) and removed when the run resumes.
+``stopped``: resume it) and removed when the run resumes, and the lock file ``.train.lock``.
 
 A training holds the run directory's lock (:func:`locked_run_dir`, ``.train.lock``) for as long
 as it runs: a second training of the same folder fails at once, naming the holder. What a run
@@ -97,6 +97,18 @@ def prune_numbered(run_dir: Path, keep: int) -> None:
     numbered = list(numbered_checkpoints(run_dir).values())
     for path in numbered[: max(0, len(numbered) - keep)]:
         path.unlink()
+
+
+def check_run_dir(run_dir: Path, resume: bool | str) -> None:
+    """What can be said of ``run_dir`` before taking its lock (which creates the folder and a
+    lock file): a new run needs an empty folder, ``resume=True`` a ``last.pt`` (``"auto"``
+    takes either)."""
+    if resume == AUTO:
+        check_folder(run_dir)
+    elif resume:
+        prepare_run_dir(run_dir, True)
+    else:
+        check_new_run_dir(run_dir)
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
@@ -210,8 +222,10 @@ def locked_run_dir(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir``'s exclusive lock while the block runs (creating the folder): an OS lock
     (``flock``) that a killed process releases. Taken again by the process holding it, it is a
     no-op. Raises :class:`RunDirError` naming the holder (pid, host, since when) when another
-    process has it."""
+    process has it. A folder it created that holds nothing else when the block ends (a run
+    refused before it wrote anything) is removed again."""
     check_folder(run_dir)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     key = run_dir.resolve()
     if key in _HELD_LOCKS:
@@ -241,6 +255,10 @@ def locked_run_dir(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         if _HELD_LOCKS.pop(key, None) is not None:
+            if created and not leftovers(run_dir) and not (run_dir / FAILED_STARTS_DIR).exists():
+                (run_dir / LOCK_FILE).unlink()  # while still locked: no one can have taken it
+                with contextlib.suppress(OSError):  # unless something appeared meanwhile
+                    run_dir.rmdir()
             os.close(descriptor)  # releases the lock
 
 

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import check_training_checkpoint, load_checkpoint
 from .config import Config, config_from_plain, first_difference, to_plain, to_yaml
 from .data import load_pairs, load_split, texts, tokenize_pairs
+from .data_cache import fingerprint
 from .device import Precision, resolve_device, resolve_precision
 from .distributed import CACHE_TURNS, DistributedError, World
 from .initial import Origin, adopted, log_origin, open_initial
@@ -156,6 +157,8 @@ def _open(
     config, tokenizer = adopted(config, start.origin), start.tokenizer
     seed_everything(config.train.seed + world.rank)  # other dropout masks on every process
     train_data = load_train_data(world, config, tokenizer)
+    if start.checkpoint is not None:
+        check_same_data(start.checkpoint, train_data, run_dir / LAST_FILE)
     model = build_model(
         config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.joint
     )
@@ -238,6 +241,7 @@ def open_run_dir(config: Config, run_dir: Path, resume: bool) -> dict | None:
     if not resume:
         return None
     checkpoint = load_checkpoint(run_dir / LAST_FILE)
+    check_training_checkpoint(checkpoint, run_dir / LAST_FILE)
     resumed = adopted(config, Origin.of_checkpoint(checkpoint))
     check_resumable(config_from_plain(checkpoint["config"]), resumed, run_dir / LAST_FILE)
     return checkpoint
@@ -311,6 +315,24 @@ def check_resumable(saved: Config, config: Config, path: Path) -> None:
                 f"{path}: cannot resume with a different {section} section ({found}); resume "
                 "with the run's config.yaml or start a new run directory"
             )
+
+
+def check_same_data(checkpoint: dict, train_data: Dataset, path: Path) -> None:
+    """Refuse to resume on training data other than the run's: another number of pairs, or
+    (checkpoints that record it) other content, tokenization or filtering."""
+    sampler, recorded = checkpoint.get("sampler", {}), checkpoint.get("train_data")
+    saved_pairs = sampler.get("num_pairs", len(train_data))
+    if saved_pairs != len(train_data) or recorded not in (None, fingerprint(train_data)):
+        found = (
+            f"{saved_pairs} training pairs then, {len(train_data)} now"
+            if saved_pairs != len(train_data)
+            else "the same number of pairs, other content"
+        )  # fmt: skip
+        raise RunDirError(
+            f"{path}: the training data changed since this checkpoint ({found}); resume with "
+            "the data the run was trained on, or start a new run (--init-from "
+            f"{path} starts one from its weights)"
+        )
 
 
 # ---- data and generators ---------------------------------------------------------------------

@@ -65,14 +65,14 @@ def read_constraints_file(path: str | Path, expected_lines: int) -> list[list[st
 
 
 def split_inline_constraints(
-    lines: Sequence[str], source_name: str
+    lines: Sequence[str], source_name: str, first: int = 1
 ) -> tuple[list[str], list[list[str]]]:
     """Input lines ``source<TAB>phrase<TAB>phrase...`` split into the sources and, per line,
     its target phrases (a line without a tab has none). ``source_name`` (the input file, or
-    ``<stdin>``) names a line in errors: an empty phrase (two tabs in a row, or one at the
-    end)."""
+    ``<stdin>``) and the line number (``lines[0]`` is line ``first``) name a line in errors: an
+    empty phrase (two tabs in a row, or one at the end)."""
     sources, phrases = [], []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(lines, start=first):
         source, *line_phrases = line.split("\t")
         for index, phrase in enumerate(line_phrases, start=2):
             if not phrase.strip():

@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
@@ -150,15 +150,24 @@ class Tokenizer:
         return {"src_model": self.src_model, "tgt_model": self.tgt_model}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, bytes | None]) -> Tokenizer:
-        """Rebuild from :meth:`state_dict` (no file needed)."""
-        src_model = state.get("src_model")
-        if not isinstance(src_model, bytes):
+    def from_state_dict(cls, state: Mapping[str, bytes | None]) -> Tokenizer:
+        """Rebuild from :meth:`state_dict` (no file needed); ValueError names a field that
+        holds anything but a model's bytes (``tgt_model``: or None) before it is used."""
+        if not isinstance(state, Mapping):
             raise ValueError(
-                f"tokenizer state has no 'src_model' bytes (keys: {sorted(state)}); "
-                "pass the dict returned by Tokenizer.state_dict()"
+                f"tokenizer state is a {type(state).__name__}, not a mapping; pass the dict "
+                "returned by Tokenizer.state_dict()"
             )
-        return cls(src_model, state.get("tgt_model"))
+        for key in ("src_model", "tgt_model"):
+            value = state.get(key)
+            if not isinstance(value, bytes) and (key == "src_model" or value is not None):
+                allowed = "bytes" if key == "src_model" else "bytes or None (one joint model)"
+                raise ValueError(
+                    f"tokenizer state: {key!r} holds a {type(value).__name__}, expected the "
+                    f"{allowed} of a SentencePiece model; pass the dict returned by "
+                    "Tokenizer.state_dict()"
+                )
+        return cls(state["src_model"], state.get("tgt_model"))
 
     def save(self, directory: str | Path) -> None:
         """Write ``src.model`` (and ``tgt.model`` when not joint) into ``directory``."""

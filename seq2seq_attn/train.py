@@ -28,6 +28,7 @@ from pathlib import Path
 from .batching import Batch
 from .checkpoint import save_checkpoint
 from .config import Config, to_plain
+from .data_cache import fingerprint
 from .distributed import environment_rank
 from .evaluate import Evaluation, first_sentence_attention, score_translations
 from .events import Progress, RunInfo, StepReport, TrainCallback, TrainSummary, ValidationReport
@@ -37,6 +38,7 @@ from .rundir import (
     BEST_FILE,
     LAST_FILE,
     append_metrics,
+    check_run_dir,
     locked_run_dir,
     number_last,
     settle_resume,
@@ -96,6 +98,8 @@ def train(
     """
     initial, run_dir = None if init_from is None else Path(init_from), Path(run_dir)
     is_main = environment_rank() == 0
+    if is_main:
+        check_run_dir(run_dir, resume)  # a folder that will be refused gets no lock file
     with locked_run_dir(run_dir) if is_main else contextlib.nullcontext():
         if is_main:
             sweep_temporaries(run_dir)
@@ -147,6 +151,7 @@ class Run:
             "tokenizer": self.tokenizer.state_dict(),
             **self.trainer.state_dict(),
             "sampler": self.sampler.state_dict(),
+            "train_data": fingerprint(self.train_ds),  # a resume checks it is the same
             "progress": asdict(self.progress),
             "rng": rng_state(),  # rank 0's (what a single-process checkpoint holds)
             "world_size": self.world.world_size,

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from seq2seq_attn.checkpoint import (
+    PROGRESS_KEYS,
     CheckpointError,
+    check_model_fields,
+    check_training_checkpoint,
     find_checkpoint,
     load_checkpoint,
+    model_from_checkpoint,
     recent_checkpoints,
     save_checkpoint,
 )
+from seq2seq_attn.config import ConfigError, config_from_plain
+from seq2seq_attn.events import Progress
 from seq2seq_attn.rundir import step_checkpoint
+from seq2seq_attn.tokenizer import Tokenizer
+from seq2seq_attn.train import train
 
 
 def sample_state() -> dict:
@@ -130,3 +141,128 @@ def test_a_run_directory_means_its_best_checkpoint_else_its_last(tmp_path):
     save_checkpoint(sample_state(), run / "best.pt")
     assert find_checkpoint(run) == run / "best.pt"
     assert find_checkpoint(run / "last.pt") == run / "last.pt"
+
+
+# ---- fields checked before use -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory, one_thread) -> Path:
+    """``last.pt`` of a two-step run of a tiny Transformer on the toy corpus slice."""
+    config = config_from_plain({
+        "data": {"src_lang": "src", "tgt_lang": "tgt", "train": str(corpus / "train"),
+                 "dev": "", "test": "", "max_tokens": 256, "max_length": 40,
+                 "cache_dir": str(corpus / "cache")},
+        "tokenizer": {"vocab_size": 64},
+        "model": {"max_positions": 64, "transformer": {"d_model": 16, "num_heads": 2,
+                  "encoder_layers": 1, "decoder_layers": 1, "ff_size": 32}},
+        "train": {"max_steps": 2, "save_every": 2, "validate_every": 0, "warmup_steps": 1,
+                  "precision": "fp32", "device": "cpu"},
+    })  # fmt: skip
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(config, run)
+    return run / "last.pt"
+
+
+def test_a_training_checkpoint_passes_the_checks_of_a_resume(trained):
+    state = load_checkpoint(trained)
+    check_training_checkpoint(state, trained)
+    check_model_fields(state, trained)
+    assert set(PROGRESS_KEYS) == {field.name for field in dataclasses.fields(Progress)}
+    assert set(state["progress"]) == set(PROGRESS_KEYS)
+
+
+def set_field(state: dict, dotted: str, value: object) -> None:
+    """``state[a][b]... = value`` for ``dotted`` = ``a.b...`` (a missing ``value``: delete)."""
+    *parents, key = dotted.split(".")
+    for parent in parents:
+        state = state[parent]
+    if value is MISSING:
+        del state[key]
+    else:
+        state[key] = value
+
+
+MISSING = object()
+BROKEN_FIELDS = [
+    ("tokenizer", {"src_model": 10**12}, r"field tokenizer\.src_model holds 1000000000000, "),
+    ("tokenizer.tgt_model", 10**12, r"field tokenizer\.tgt_model holds 1000000000000, expected"),
+    ("tokenizer.tgt_model", "joint", r"field tokenizer\.tgt_model holds the str 'joint'"),
+    ("tokenizer", "abc", r"field tokenizer holds the str 'abc', expected a mapping"),
+    ("tokenizer", [1, 2], r"field tokenizer holds a list of length 2, expected a mapping"),
+    ("tokenizer.src_model", b"", r"field tokenizer\.src_model holds a bytes of length 0"),
+    ("config", None, r"field config holds None, expected a mapping"),
+    ("model", {"weight": 3}, r"field model\['weight'\] holds 3, expected a tensor"),
+    ("progress", MISSING, r": no field progress; "),
+    ("progress.step", MISSING, r"field progress has no key 'step'"),
+    ("progress.step", -1, r"field progress\.step holds -1, expected an int >= 0"),
+    ("progress.step", 2**70, r"field progress\.step holds an int of 71 bits"),
+    ("progress.step", "7", r"field progress\.step holds the str '7', expected an int"),
+    ("progress.elapsed", float("nan"), r"field progress\.elapsed holds nan, expected a number"),
+    ("progress.best_bleu", "high", r"field progress\.best_bleu holds the str 'high', expected a "
+                                   r"number >= 0 or None"),
+    ("progress.speed", 1.0, r"field progress has the unknown key the str 'speed' \(known: step,"),
+    ("sampler.position", 2.5, r"field sampler\.position holds 2\.5, expected an int >= 0"),
+    ("sampler.epoch", True, r"field sampler\.epoch holds True, expected an int"),
+    ("optimizer.param_groups", [], r"field optimizer\.param_groups holds a list of length 0"),
+    ("optimizer.state", [], r"field optimizer\.state holds a list of length 0, expected a mapp"),
+    ("schedule.scale", float("inf"), r"field schedule\.scale holds inf, expected a number > 0"),
+    ("schedule.best", "x", r"field schedule\.best holds the str 'x', expected a number or None"),
+    ("scaler", None, r"field scaler holds None, expected a mapping"),
+    ("nonfinite_in_a_row", -2, r"field nonfinite_in_a_row holds -2, expected an int >= 0"),
+    ("rng.python", [3, [0] * 3, None], r"field rng\.python holds a list of length 3, expected "
+                                       r"\[version, 625 32-bit words, gauss\]"),
+    ("rng.torch", torch.zeros(3), r"field rng\.torch holds a torch\.float32 tensor of shape \(3"),
+    ("world_size", 0, r"field world_size holds 0, expected an int >= 1"),
+    ("rng_per_rank", [], r"field rng_per_rank holds a list of length 0, expected a list of worl"),
+    ("origin", {"checkpoint": 5, "step": None, "tokenizer": {}},
+     r"field origin\.checkpoint holds 5, expected a path"),
+    ("origin", {"path": "x"}, r"field origin has the unknown key the str 'path'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("field", "value", "message"), BROKEN_FIELDS, ids=lambda x: str(x)[:30])
+def test_a_broken_field_is_named_before_a_resume_uses_it(trained, field, value, message):
+    state = load_checkpoint(trained)
+    set_field(state, field, value)
+    with pytest.raises(CheckpointError) as error:
+        check_training_checkpoint(state, trained)
+    text = str(error.value)
+    assert re.search(message, text), text
+    assert text.startswith(f"{trained}: ") and text.endswith("or start a new run")
+
+
+def test_model_from_checkpoint_checks_fields_before_use(trained, tmp_path):
+    state = load_checkpoint(trained)
+    tokenizer = model_from_checkpoint(state, trained)[1]
+    huge = state | {"tokenizer": {"src_model": tokenizer.src_model, "tgt_model": 10**12}}
+    with pytest.raises(CheckpointError, match=r"field tokenizer\.tgt_model holds 1000000000000"):
+        model_from_checkpoint(huge, trained)  # never bytes(10**12): a terabyte of zeros
+    garbage = state | {"tokenizer": {"src_model": b"not a SentencePiece model"}}
+    with pytest.raises(CheckpointError, match=r"last\.pt: field tokenizer: .*another checkpoint"):
+        model_from_checkpoint(garbage, trained)
+    weights = dict(state["model"])
+    name = next(iter(weights))
+    misshapen = state | {"model": weights | {name: torch.zeros(1)}}
+    with pytest.raises(CheckpointError, match=r"last\.pt: field model does not fit the model its "
+                                              r"config describes \(.*size mismatch"):  # fmt: skip
+        model_from_checkpoint(misshapen, trained)
+    infinite = copy.deepcopy(state["config"])
+    infinite["train"]["lr"] = float("inf")
+    its_config = re.escape(f"{trained} (its config): train.lr: invalid value inf")
+    with pytest.raises(ConfigError, match=f"^{its_config}"):
+        model_from_checkpoint(state | {"config": infinite}, trained)
+    save_checkpoint({"progress": {"step": "x"}}, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match=r"last\.pt: field progress\.step holds the str 'x'"):
+        recent_checkpoints(tmp_path, 2)
+
+
+def test_tokenizer_state_refuses_anything_but_model_bytes(trained):
+    tokenizer = load_checkpoint(trained)["tokenizer"]
+    with pytest.raises(ValueError, match=r"'tgt_model' holds a int, expected the bytes or None"):
+        Tokenizer.from_state_dict(tokenizer | {"tgt_model": 10**12})
+    with pytest.raises(ValueError, match=r"'tgt_model' holds a list, expected the bytes or None"):
+        Tokenizer.from_state_dict(tokenizer | {"tgt_model": [1, 2]})
+    with pytest.raises(ValueError, match=r"tokenizer state is a str, not a mapping"):
+        Tokenizer.from_state_dict("src_model")
+    assert Tokenizer.from_state_dict(tokenizer).joint

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from seq2seq_attn.config import (
+    CleanConfig,
     Config,
     ConfigError,
     DecodeConfig,
@@ -210,3 +215,93 @@ def test_multi30k_configs_budget_steps_not_minutes(path):
     train = load_config(path).train
     assert train.max_steps is not None
     assert train.max_minutes is None or train.max_minutes >= 50
+
+
+def float_keys(cls: type, prefix: str) -> list[tuple[str, bool]]:
+    """``(dotted key, holds a tuple)`` of every float a config section holds, nested sections,
+    optional floats and tuples of floats included."""
+    found = []
+    for name, hint in typing.get_type_hints(cls).items():
+        key, args = f"{prefix}.{name}", typing.get_args(hint)
+        if dataclasses.is_dataclass(hint):
+            found += float_keys(hint, key)
+        elif hint is float or float in args:
+            found.append((key, typing.get_origin(hint) is tuple))
+    return found
+
+
+CONFIG_FLOAT_KEYS = [
+    item
+    for section, hint in typing.get_type_hints(Config).items()
+    for item in float_keys(hint, section)
+]
+
+
+def test_every_float_of_the_config_is_found():
+    keys = {key for key, _ in CONFIG_FLOAT_KEYS}
+    assert {"train.lr", "train.betas", "train.weight_decay", "train.clip_grad_norm",
+            "train.ddp_timeout_minutes", "decode.max_length_ratio", "model.dropout",
+            "data.clean.max_length_ratio", "tokenizer.sampling.alpha"} <= keys  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "in_tuple"), CONFIG_FLOAT_KEYS, ids=lambda item: str(item))
+@pytest.mark.parametrize("text", [".nan", ".inf", "-.inf", "1e999"])
+def test_no_config_float_may_be_nan_or_infinite(key, in_tuple, text):
+    value = f"[0.9, {text}]" if in_tuple else text
+    shown = {".nan": "nan", ".inf": "inf", "-.inf": "-inf", "1e999": "inf"}[text]
+    with pytest.raises(ConfigError) as error:
+        config_from_plain(apply_overrides({}, [f"{key}={value}"]))
+    assert str(error.value).startswith(f"{key}: invalid value {shown}; use a finite number")
+
+
+def test_inf_on_the_command_line_is_refused_in_every_spelling(tmp_path):
+    path = write(tmp_path / "run.yaml", "train:\n  lr: 1e-3\n")
+    with pytest.raises(ConfigError, match=r"^train\.lr: expected a number, got 'inf'$"):
+        load_config(path, ["train.lr=inf"])  # YAML reads a bare inf as a string
+    with pytest.raises(ConfigError, match=r"^train\.lr: invalid value inf; use a finite number"):
+        load_config(path, ["train.lr=.inf"])
+    with pytest.raises(ConfigError, match=r"^train\.lr: invalid value \(an int beyond 1\.8e308\)"):
+        load_config(path, ["train.lr=" + "9" * 400])
+    with pytest.raises(ConfigError, match=r"^--set 'train\.seed=9+': invalid value: Exceeds"):
+        load_config(path, ["train.seed=" + "9" * 5000])
+    dates = write(tmp_path / "dates.yaml", "train:\n  lr: 2020-13-45\n")
+    with pytest.raises(ConfigError, match=r"dates\.yaml: invalid value: month must be in 1\.\.12"):
+        load_config(dates)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"weight_decay": -1}, "train.weight_decay: invalid value -1.0; use 0 (none) or a pos"),
+        ({"weight_decay": 2000}, "train.weight_decay: invalid value 2000.0; with adamw each step"),
+        ({"ddp_timeout_minutes": 10081}, "train.ddp_timeout_minutes: invalid value 10081.0; use"),
+        ({"seed": -1}, "train.seed: invalid value -1; use a whole number in [0, 4294967295]"),
+        ({"seed": 2**32}, "train.seed: invalid value 4294967296; use a whole number in [0, 42"),
+    ],
+)
+def test_train_ranges_the_optimizer_and_torch_need(values, message):
+    with pytest.raises(ConfigError) as error:
+        from_mapping(TrainConfig, values, "train")
+    assert str(error.value).startswith(message)
+
+
+def test_train_ranges_accept_their_limits():
+    train = from_mapping(TrainConfig, {"weight_decay": 1999, "ddp_timeout_minutes": 10080}, "train")
+    assert datetime.timedelta(minutes=train.ddp_timeout_minutes).days == 7
+    adam = {"optimizer": "adam", "weight_decay": 2000, "seed": 2**32 - 1}  # L2 in the gradient
+    assert from_mapping(TrainConfig, adam, "train").weight_decay == 2000.0
+
+
+def test_decode_and_tokenizer_ranges():
+    with pytest.raises(ConfigError, match=r"^decode\.max_length_offset: invalid value -1; "):
+        from_mapping(DecodeConfig, {"max_length_offset": -1}, "decode")
+    with pytest.raises(ConfigError, match=r"^tokenizer\.seed: invalid value 4294967296; use"):
+        config_from_plain({"tokenizer": {"seed": 2**32}})
+    model_decode = DecodeConfig()  # what translation settings override, past the YAML loader
+    for key in ("max_length_ratio", "length_penalty"):
+        with pytest.raises(ConfigError, match=rf"^decode\.{key}: invalid value inf; .*finite"):
+            dataclasses.replace(model_decode, **{key: math.inf})
+    with pytest.raises(ConfigError, match=r"^data\.clean\.max_length_ratio: invalid value inf"):
+        CleanConfig(max_length_ratio=math.inf)
+    with pytest.raises(ConfigError, match=r"^train\.lr: invalid value inf; use a positive"):
+        TrainConfig(lr=math.inf)

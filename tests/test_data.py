@@ -296,3 +296,30 @@ def test_a_cache_built_by_other_process_counts_is_reused(tmp_path, toy_tokenizer
         )
         assert sorted(path.name for path in processed.iterdir()) == built
         assert again[:] == two[:]
+
+
+def test_the_cache_is_keyed_on_content_not_size_and_mtime(tmp_path, toy_tokenizer):
+    calls = []
+
+    class CountingTokenizer(Tokenizer):
+        def encode_src(self, texts):
+            calls.append(len(texts))
+            return super().encode_src(texts)
+
+    counting = CountingTokenizer(toy_tokenizer.src_model)
+    prefix = write_plain(tmp_path / "corpus", PAIRS)
+    cfg = plain_cfg(tmp_path, prefix)
+    first, _ = load_split(cfg, "train", counting)
+    files = [Path(f"{prefix}.{lang}") for lang in ("de", "en")]
+    before = [path.stat() for path in files]
+    edited = [("ein Mond", "a cat"), *PAIRS[1:]]  # the same sizes: Hund -> Mond, dog -> cat
+    write_plain(tmp_path / "corpus", edited)
+    for path, stat in zip(files, before, strict=True):
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as `touch -r` would
+        assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    second, _ = load_split(cfg, "train", counting)
+    assert rows(second) == edited and sum(calls) == 6, "the stale cache was reused"
+    assert second["src_ids"] == toy_tokenizer.encode_src([src for src, _ in edited])
+    assert second["src_ids"][0] != first["src_ids"][0]
+    third, _ = load_split(cfg, "train", counting)  # unchanged content: the cache is used
+    assert sum(calls) == 6 and third["src_ids"] == second["src_ids"]

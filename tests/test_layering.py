@@ -26,9 +26,9 @@ TRANSLATION = {
 }  # fmt: skip
 
 UPSTREAM_OF_TRAIN = {
-    *CONFIG, *MODELS, "corpus", "fileio", "tokenizer", "batching", "data", "loaders", "attention",
-    "decoding", "metrics", "device", "checkpoint", "rundir", "evaluate", "optim", "distributed",
-    "events", "session", *TRANSLATION, "export", "scoring", "sampling", "alignment",
+    *CONFIG, *MODELS, "corpus", "fileio", "tokenizer", "batching", "data", "data_cache", "loaders",
+    "attention", "decoding", "metrics", "device", "checkpoint", "rundir", "evaluate", "optim",
+    "distributed", "events", "session", *TRANSLATION, "export", "scoring", "sampling", "alignment",
     "constrained", "constrained_phrases", "terminology", "tensorboard_log", "initial",
     "subword_sampling", "stop_signals",
 }  # fmt: skip
@@ -41,6 +41,8 @@ CLI_MODULES = {
     "cli.export_cmd",
     "cli.score_cmd",
     "cli.translate_guides",
+    "cli.translate_run",
+    "cli.translate_stream",
     "cli.progress",
 }
 CLI_PACKAGES = {"torch", "typer", "rich"}
@@ -61,7 +63,8 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "subword_sampling": (set(), {"sentencepiece"}),
     "tokenizer": ({"config", "fileio", "subword_sampling"}, {"sentencepiece"}),
     "batching": ({"tokenizer"}, {"torch"}),
-    "data": ({"config", "corpus", "tokenizer"}, {"datasets", "numpy"}),
+    "data_cache": (set(), {"datasets"}),
+    "data": ({"config", "corpus", "data_cache", "tokenizer"}, {"datasets", "numpy"}),
     "loaders": ({"batching", "stop_signals", "tokenizer"}, {"datasets", "torch"}),
     "attention": (set(), {"torch"}),
     "models.common": ({"attention"}, {"torch"}),
@@ -153,6 +156,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
         {
             "config",
             "data",
+            "data_cache",
             "tokenizer",
             "device",
             "distributed",

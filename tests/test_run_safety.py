@@ -296,3 +296,33 @@ def test_a_file_as_run_dir_is_one_line(tmp_path, corpus):
         assert result.exit_code == 2, options
         assert "run: not a folder; --run-dir names" in " ".join(result.output.split())
     assert not_a_folder.read_text(encoding="utf-8") == "a file\n"
+
+
+def test_resuming_on_changed_training_data_is_one_line(tmp_path, corpus):
+    own = tmp_path / "corpus"
+    own.mkdir()
+    for name in ("train.src", "train.tgt", "dev.src", "dev.tgt"):
+        (own / name).write_bytes((corpus / name).read_bytes())
+    config = write_config(tmp_path / "c.yaml", own, "rnn", max_steps=4)
+    run_dir = tmp_path / "run"
+    assert runner.invoke(train_app, [str(config), "--run-dir", str(run_dir)]).exit_code == 0
+    resume = [str(config), "--run-dir", str(run_dir), "--resume", "--set", "train.max_steps=8"]
+    lines = (own / "train.src").read_text(encoding="utf-8").splitlines()
+    stat = (own / "train.src").stat()
+    edited = ["x" * len(lines[0]), *lines[1:]]  # the same size, the time put back
+    (own / "train.src").write_text("\n".join(edited) + "\n", encoding="utf-8")
+    os.utime(own / "train.src", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    result = runner.invoke(train_app, resume)
+    assert result.exit_code == 2
+    said = " ".join(result.output.split())
+    assert "the training data changed since this checkpoint (the same number of pairs" in said
+    (own / "train.src").write_text("\n".join([*lines, "one more"]) + "\n", encoding="utf-8")
+    (own / "train.tgt").write_text(
+        (corpus / "train.tgt").read_text(encoding="utf-8") + "one more\n", encoding="utf-8"
+    )
+    result = runner.invoke(train_app, resume)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "training pairs then" in " ".join(result.output.split())
+    (own / "train.src").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (own / "train.tgt").write_bytes((corpus / "train.tgt").read_bytes())
+    assert runner.invoke(train_app, resume).exit_code == 0

@@ -100,7 +100,7 @@ def test_a_run_writes_a_complete_run_directory(corpus, tmp_path):
     assert (summary.step, summary.reason) == (20, "max_steps")
     assert {p.name for p in run.iterdir()} == {
         "config.yaml", "src.model", "metrics.jsonl", "last.pt", "best.pt",
-        "step-00000010.pt", "step-00000020.pt", "summary.json",
+        "step-00000010.pt", "step-00000020.pt", "summary.json", ".train.lock",
     }  # fmt: skip
     assert load_config(run / "config.yaml") == config
     state = load_checkpoint(run / "last.pt")
@@ -118,8 +118,8 @@ def test_a_run_writes_a_complete_run_directory(corpus, tmp_path):
     assert recorder.info.steps_per_epoch > 0 and recorder.info.num_parameters > 0
     assert recorder.checkpoints[0] == "best.pt"  # the first validation is the best so far
     assert [name for name in recorder.checkpoints if name != "best.pt"] == [
-        "step-00000010.pt", "last.pt", "step-00000020.pt", "last.pt"
-    ]  # fmt: skip
+        "last.pt", "step-00000010.pt", "last.pt", "step-00000020.pt"
+    ]  # fmt: skip: last.pt first, then its numbered name (a hard link of it)
     assert [r.step for r in recorder.steps] == list(range(1, 21))
     assert all(math.isfinite(r.loss) and r.tokens > 0 for r in recorder.steps)
     assert recorder.steps[-1].loss < recorder.steps[0].loss

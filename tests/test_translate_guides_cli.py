@@ -83,10 +83,12 @@ def test_alignments_file_has_a_line_per_input_within_the_words(run_dir, corpus, 
 @pytest.mark.parametrize(
     ("file_text", "options", "message"),
     [
-        ('["a"]\n', ["--constraints"], "has 1 lines but the input has 2"),
+        ('["a"]\n', ["--constraints"], "has 1 lines but stdin has 2; write one JSON list"),
+        ('["a"]\n[]\n["b"]\n', ["--constraints"], "has 3 lines but stdin has 2"),
         ('["a"]\n["b"\n', ["--constraints"], ":2: not valid JSON"),
         ("haus house\n", ["--glossary"], ":1: no tab"),
         ("one\n", ["--prefix"], "has 1 lines but stdin has 2"),
+        ("one\n\nthree\n", ["--prefix"], "has 3 lines but stdin has 2"),
     ],
 )
 def test_bad_guide_files_name_the_file_and_line(

@@ -26,7 +26,10 @@ def export_command(
     output: Annotated[
         Path,
         typer.Option(
-            "--output", "-o", help="The model folder to write (new or empty; see --force)."
+            "--output",
+            "-o",
+            help="The model folder to write (new or empty; see --force). A symbolic link is "
+            "followed: the folder it points to is written, the link stays.",
         ),
     ],
     quantization: Annotated[
@@ -36,7 +39,12 @@ def export_command(
         ),
     ] = "none",
     force: Annotated[
-        bool, typer.Option(help="Replace OUTPUT when it holds an earlier attn-export folder.")
+        bool,
+        typer.Option(
+            help="Replace an earlier attn-export in OUTPUT: its files (model.bin, config.json, "
+            "vocabularies, src/tgt.model, seq2seq_attn.json) are replaced; every other file in "
+            "the folder is kept."
+        ),
     ] = False,
 ) -> None:
     """Write a CTranslate2 model folder: model.bin and vocabularies, the SentencePiece
@@ -51,6 +59,8 @@ def export_command(
         raise fail(str(error), code=2) from None
     except CheckpointError as error:
         raise fail(str(error), code=2 if not checkpoint.exists() else 1) from None
-    except OSError as error:
-        raise fail(f"{output}: cannot write ({error.strerror})", code=1) from None
+    except OSError as error:  # strerror is None for some (shutil's, for one)
+        reason = error.strerror or str(error)
+        where = f": {error.filename}" if error.filename and error.strerror else ""
+        raise fail(f"{output}: cannot write ({reason}{where})", code=1) from None
     console.print(f"wrote {written} ({quantization})", highlight=False)

@@ -20,9 +20,8 @@ from typing import Annotated
 import typer
 
 from ..corpus import MisalignedError, check_aligned
-from ..translation import TranslationSettings
 from .console import ComputeTypeOption, DeviceOption, PrecisionOption, fail
-from .translate_cmd import open_model, read_input, write_output
+from .translate_cmd import open_model, read_input, translation_settings, write_output
 
 score_app = typer.Typer(
     add_completion=False,
@@ -215,7 +214,7 @@ def score_command(
     numbers, none of translate's search options apply, and its input and output differ.
     """
     pairs = read_scoring_input(src_file, tgt_file, nbest)
-    settings = TranslationSettings(
+    settings = translation_settings(
         device=device, precision=precision, compute_type=compute_type, max_tokens=batch_tokens
     )
     translator = open_model(checkpoint, settings, ensemble or [])

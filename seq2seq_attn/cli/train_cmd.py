@@ -23,6 +23,7 @@ from ..rundir import (
     LOG_FILE,
     RunDirError,
     check_new_run_dir,
+    check_run_dir,
     locked_run_dir,
     settle_resume,
 )
@@ -115,10 +116,11 @@ def train_command(
     callback = LiveProgress(console, max(every // 10, 1)) if live else PlainProgress(every)
     try:
         with stopper:
-            if rank == 0 and not (resume or auto_resume):
-                check_new_run_dir(run_dir)  # before the lock: a folder in use gets no lock file
+            mode = AUTO if auto_resume else resume
+            if rank == 0:
+                check_run_dir(run_dir, mode)  # before the lock: a refused folder gets no lock
             with locked_run_dir(run_dir) if rank == 0 else contextlib.nullcontext():
-                resumes = settle_resume(run_dir, AUTO if auto_resume else resume, rank == 0)
+                resumes = settle_resume(run_dir, mode, rank == 0)
                 if rank == 0 and not resumes:
                     check_new_run_dir(run_dir)
                 log_file = run_dir / LOG_FILE if rank == 0 else None
@@ -148,13 +150,13 @@ def train_command(
 
 def _os_failure(error: OSError, run_dir: Path) -> str:
     """One line for a file that could not be written or read, saying what is safe on disk."""
-    where = error.filename or run_dir
-    safe = (
-        f"the checkpoints written before are intact ({run_dir / LAST_FILE})"
-        if (run_dir / LAST_FILE).is_file()
-        else "no checkpoint was written yet"
-    )  # fmt: skip
-    return f"{where}: {error.strerror or error}; {safe}: fix this and resume the run"
+    where, reason = error.filename or run_dir, error.strerror or error
+    if (run_dir / LAST_FILE).is_file():
+        return (
+            f"{where}: {reason}; the checkpoints written before are intact "
+            f"({run_dir / LAST_FILE}): fix this and resume the run"
+        )
+    return f"{where}: {reason}; no checkpoint was written yet: fix this and start again"
 
 
 def _resume_hint(config: Path, run_dir: Path) -> str:

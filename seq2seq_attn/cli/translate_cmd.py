@@ -3,30 +3,32 @@ sacreBLEU scores against references, and attention weights as JSON or a terminal
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.color import Color
 from rich.console import Console
-from rich.style import Style
-from rich.table import Table
-from rich.text import Text
 
 from ..corpus import MisalignedError, TextFileError, check_aligned, decode_lines
-from ..decoding import Hypothesis
 from ..fileio import write_text_atomic
 from ..metrics import Score, corpus_scores
-from ..plotting import PlottingError, plot_attention
 from ..translation import TranslationError, TranslationSettings, Translator, open_translator
 from .console import ComputeTypeOption, DeviceOption, PrecisionOption, console, err_console, fail
 from .translate_guides import (
     GuideFiles,
-    read_guides,
+    guided_chunks,
     sampling_options,
-    warn_unmet_constraints,
+)
+from .translate_run import AttentionView, StreamedRun
+from .translate_stream import (
+    OutputFile,
+    Outputs,
+    StandardOutput,
+    line_chunks,
+    open_input,
 )
 
 translate_app = typer.Typer(
@@ -46,27 +48,6 @@ def read_input(path: Path | None) -> list[str]:
         return decode_lines(data, str(path or "stdin"))
     except TextFileError as error:
         raise fail(str(error), code=1) from None
-
-
-SHADES = " ·░▒▓█"
-"""Weight 0 to 1 as characters, so the heatmap reads without colour too."""
-
-
-def attention_heatmap(record: dict) -> Table:
-    """A terminal heatmap: one row per target token, one column per source token; the darker
-    (and the more filled) a cell, the more attention."""
-    table = Table(title=f"attention, sentence {record['index']}", box=None, pad_edge=False)
-    table.add_column("")
-    for token in record["src_tokens"]:
-        table.add_column(token, justify="center", no_wrap=True)
-    for token, row in zip(record["tgt_tokens"], record["weights"], strict=True):
-        cells = []
-        for weight in row:
-            shade = SHADES[min(int(weight * len(SHADES)), len(SHADES) - 1)]
-            level = int(255 * (1.0 - weight))
-            cells.append(Text(shade * 2, style=Style(color=Color.from_rgb(level, level, 255))))
-        table.add_row(token, *cells)
-    return table
 
 
 def print_scores(scores: dict[str, Score], as_json: bool, target: Console) -> None:
@@ -127,7 +108,11 @@ def translate_command(
         float | None, typer.Option(help="Output length limit = ratio * source length + offset.")
     ] = None,
     ref: Annotated[
-        Path | None, typer.Option(help="Reference translations: score the output with sacreBLEU.")
+        Path | None,
+        typer.Option(
+            help="Reference translations: score the output with sacreBLEU (the best translations "
+            "are kept in memory until the end for it)."
+        ),
     ] = None,
     metrics: Annotated[str, typer.Option(help="Comma-separated: bleu, chrf, ter.")] = "bleu,chrf",
     json_scores: Annotated[
@@ -243,11 +228,14 @@ def translate_command(
 ) -> None:
     """Translate text with a trained checkpoint: a file, a pipe, or lines typed at a prompt.
 
-    Exactly one output line per input line, in order. Scores (--ref) go to stdout when the
-    translations go to a file (-o), else to stderr.
+    Exactly one output line per input line, in order, written as the input is translated (up
+    to 1000 lines at a time; from a pipe, the lines that have arrived). The output files (-o,
+    --alignments, --attention) are opened before anything is translated and appear whole,
+    when the run ends without an error. Scores (--ref) go to stdout when the translations go
+    to a file (-o), else to stderr.
     """
     wants_attention = attention is not None or show_attention or plot_attention_file is not None
-    settings = TranslationSettings(
+    settings = translation_settings(
         device=device, precision=precision, compute_type=compute_type, beam_size=beam,
         length_penalty=length_penalty, max_length_ratio=max_length_ratio, n_best=n_best,
         max_tokens=batch_tokens, attention=wants_attention or alignments is not None,
@@ -255,7 +243,63 @@ def translate_command(
     )  # fmt: skip
     files = GuideFiles(prefix, constraints, tab_constraints, glossary)
     check_combination(settings, files)
-    translator = open_model(checkpoint, settings, ensemble or [])
+    typed = input_file is None and sys.stdin.isatty()
+    with contextlib.ExitStack() as stack:
+        source = None if typed else stack.enter_context(open_input(input_file))
+        outputs = None if typed else open_outputs(stack, output, alignments, attention)
+        translator = open_model(checkpoint, settings, ensemble or [])
+        check_constraints_supported(translator, files, checkpoint)
+        if source is None or outputs is None:
+            interactive(translator)
+            return
+        if ensemble and wants_attention:
+            err_console.print(
+                f"attention: from the ensemble's first model ({checkpoint})", highlight=False
+            )
+        run = StreamedRun(
+            translator, outputs, AttentionView(
+                wants_attention, attention_layer, attention_head, show_attention,
+                plot_attention_file,
+            ), alignment_layer, alignment_head, keep_best=ref is not None,
+        )  # fmt: skip
+        name = str(input_file or "stdin")
+        for guided in guided_chunks(line_chunks(source, name), name, files):
+            run.translate(guided)
+        run.finish()
+    run.draw_pictures()
+    if ref is not None:
+        scores = score_output(run.best, ref, input_file, metrics)
+        print_scores(scores, json_scores, console if output is not None else err_console)
+
+
+def translation_settings(**fields) -> TranslationSettings:
+    """:class:`TranslationSettings` of ``fields``, or a one-line exit 2 naming the option
+    whose value no backend can honour (``--precision banana``, ``--max-length-ratio inf``)."""
+    try:
+        return TranslationSettings(**fields)
+    except TranslationError as error:
+        raise fail(str(error), code=2) from None
+
+
+def open_outputs(
+    stack: contextlib.ExitStack, output: Path | None, alignments: Path | None,
+    attention: Path | None,
+) -> Outputs:  # fmt: skip
+    """Every output file opened (and closed by ``stack``) before any model is: a wrong path
+    exits 1 naming it before anything is translated."""
+
+    def opened(path: Path | None) -> OutputFile | None:
+        """``path`` opened (None: not asked for)."""
+        return None if path is None else stack.enter_context(OutputFile(path))
+
+    translations = opened(output)  # in this order: -o's error first
+    return Outputs(translations or StandardOutput(), opened(alignments), opened(attention))
+
+
+def check_constraints_supported(
+    translator: Translator, files: GuideFiles, checkpoint: Path
+) -> None:
+    """Exit 2 when constraints are asked of a backend without constrained search."""
     if files.constrains and not translator.capabilities.constraints:
         raise fail(
             f"{checkpoint} is a CTranslate2 folder, which has no constrained search: use the "
@@ -263,37 +307,6 @@ def translate_command(
             "--glossary",
             code=2,
         )
-    if input_file is None and sys.stdin.isatty():
-        interactive(translator)
-        return
-    guided = read_guides(read_input(input_file), str(input_file or "stdin"), files, read_input)
-    lines = guided.sources
-    found = translator.n_best(lines, guided.prefixes, guided.constraints)
-    if guided.constraints is not None:
-        warn_unmet_constraints(found, guided.constraints)
-    best = translator.detokenize([hypotheses[0] for hypotheses in found])
-    write_output(output, format_output(found, best, translator))
-    if alignments is not None:
-        best_found = [hypotheses[0] for hypotheses in found]
-        try:
-            links = translator.alignments(lines, best_found, alignment_layer, alignment_head)
-        except ValueError as error:
-            raise fail(f"--alignments: {error}", code=2) from None
-        write_file(alignments, "".join(line + "\n" for line in links))
-    if wants_attention:
-        if ensemble:
-            err_console.print(
-                f"attention: from the ensemble's first model ({checkpoint})", highlight=False
-            )
-        records = [
-            translator.attention(index, line, hypotheses[0], attention_layer, attention_head)
-            for index, (line, hypotheses) in enumerate(zip(lines, found, strict=True))
-            if line.strip()
-        ]
-        show_attention_records(records, attention, show_attention, plot_attention_file)
-    if ref is not None:
-        scores = score_output(best, ref, input_file, metrics)
-        print_scores(scores, json_scores, console if output is not None else err_console)
 
 
 def check_combination(settings: TranslationSettings, files: GuideFiles) -> None:
@@ -333,41 +346,6 @@ def score_output(
         return corpus_scores(best, references, [m.strip() for m in metrics.split(",")])
     except ValueError as error:
         raise fail(f"--metrics: {error}", code=2) from None
-
-
-def show_attention_records(
-    records: list[dict], json_file: Path | None, in_terminal: bool, picture: Path | None
-) -> None:
-    """Attention as JSON (``--attention``), terminal heatmaps and PNG pictures."""
-    if json_file is not None:
-        write_file(json_file, json.dumps(records, ensure_ascii=False))
-    for record in records if in_terminal else []:
-        err_console.print(attention_heatmap(record))
-    if picture is not None:
-        try:
-            written = plot_attention(records, picture)
-        except PlottingError as error:
-            raise fail(f"--plot-attention: {error}", code=2) from None
-        except OSError as error:
-            raise fail(f"{picture}: cannot write ({error.strerror})", code=1) from None
-        for path in written:
-            err_console.print(f"wrote {path}", highlight=False)
-
-
-def format_output(
-    found: list[list[Hypothesis]], best: list[str], translator: Translator
-) -> list[str]:
-    """One line per input, or ``index ||| hypothesis ||| score`` lines for n-best lists."""
-    if translator.decode.n_best == 1:
-        return best
-    lines = []
-    for index, hypotheses in enumerate(found):
-        texts = translator.detokenize(hypotheses)
-        lines += [
-            f"{index} ||| {text} ||| {h.score:.4f}"
-            for text, h in zip(texts, hypotheses, strict=True)
-        ]
-    return lines
 
 
 def write_output(output: Path | None, lines: list[str]) -> None:

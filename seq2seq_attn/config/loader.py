@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -59,7 +60,8 @@ def closest(name: str, candidates: Iterable[str]) -> str | None:
 
 
 def from_mapping(cls: type[SectionT], values: object, path: str) -> SectionT:
-    """Build dataclass ``cls`` from a mapping, checking every key and value type.
+    """Build dataclass ``cls`` from a mapping, checking every key and value type (and that
+    every float, in a tuple or optional too, is finite).
 
     ``path`` is the dotted name of the section in the YAML (``"train"``), used in messages.
     Impossible values are then rejected by the dataclass's own ``__post_init__``.
@@ -132,7 +134,24 @@ def _coerce_scalar(expected: object, value: object, key: str) -> object:
         ok = isinstance(value, numeric) and not isinstance(value, bool)
     if not ok:
         raise ConfigError(f"{key}: expected {_SCALAR_NAMES[expected]}, got {value!r}")
-    return float(value) if expected is float else value
+    return _finite(value, key) if expected is float else value
+
+
+_FINITE_FIX = (
+    "use a finite number (.nan, .inf and numbers beyond 1.8e308 are refused; a key that may be "
+    "unset takes null)"
+)
+
+
+def _finite(value: int | float, key: str) -> float:
+    """``value`` as a finite float: NaN or infinity means nothing in any config key (a limit
+    that may be absent is ``null``), and each would fail far from the config."""
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ConfigError(f"{key}: invalid value (an int beyond 1.8e308); {_FINITE_FIX}") from None
+    require(math.isfinite(number), key, number, _FINITE_FIX)
+    return number
 
 
 def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
@@ -156,7 +175,10 @@ def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {override!r}: {part!r} holds a value, not a section")
             node = child
-        node[parts[-1]] = parse_yaml(text) if text.strip() else None
+        try:
+            node[parts[-1]] = parse_yaml(text) if text.strip() else None
+        except ValueError as error:  # an int of over 4300 digits (Python's conversion limit)
+            raise ConfigError(f"--set {override!r}: invalid value: {error}") from None
     return result
 
 
@@ -176,6 +198,8 @@ def read_yaml(path: Path) -> dict:
         mark = error.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         raise ConfigError(f"{path}:{where}: invalid YAML: {error.problem}") from None
+    except ValueError as error:  # an int of over 4300 digits (Python's conversion limit)
+        raise ConfigError(f"{path}: invalid value: {error}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -8,6 +8,7 @@ naming the key, the bad value and how to fix it. The ``model`` section lives in
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from .model import ModelConfig
 DATA_KINDS = ("plain", "tsv", "jsonl", "hub")
 SPLITS = ("train", "dev", "test")
 TOKENIZER_TYPES = ("unigram", "bpe")
+MAX_SEED = 2**32 - 1  # SentencePiece's seed is 32-bit; torch's and Python's take it too
+MAX_DDP_TIMEOUT_MINUTES = 10080  # a week: beyond, a hung process is never noticed
 
 
 @dataclass
@@ -60,9 +63,9 @@ class CleanConfig:
     def __post_init__(self) -> None:
         ratio, share = self.max_length_ratio, self.max_non_letter_share
         require(
-            ratio is None or ratio >= 1, "data.clean.max_length_ratio", ratio,
-            "use a ratio >= 1 (3.0 drops a pair whose one side has 3x the words of the other) "
-            "or null",
+            ratio is None or 1 <= ratio < math.inf, "data.clean.max_length_ratio", ratio,
+            "use a finite ratio >= 1 (3.0 drops a pair whose one side has 3x the words of the "
+            "other) or null",
         )  # fmt: skip
         require(
             share is None or 0 < share < 1, "data.clean.max_non_letter_share", share,
@@ -238,7 +241,10 @@ class TokenizerConfig:
             self.max_sentences,
             "use a positive int (1000000 is plenty)",
         )
-        require(self.seed >= 0, "tokenizer.seed", self.seed, "use a non-negative int")
+        require(
+            0 <= self.seed <= MAX_SEED, "tokenizer.seed", self.seed,
+            f"use a whole number in [0, {MAX_SEED}] (SentencePiece takes a 32-bit seed)",
+        )  # fmt: skip
         self._check_sampling()
 
     def _check_sampling(self) -> None:
@@ -298,7 +304,15 @@ class TrainConfig:
     ddp_timeout_minutes: float = 30.0  # how long a process waits for the others (validation!)
 
     def __post_init__(self) -> None:
-        require(self.lr > 0, "train.lr", self.lr, "use a positive learning rate such as 5e-4")
+        require(
+            0 <= self.seed <= MAX_SEED, "train.seed", self.seed,
+            f"use a whole number in [0, {MAX_SEED}]",
+        )  # fmt: skip
+        require(
+            0 < self.lr < math.inf, "train.lr", self.lr,
+            "use a positive learning rate such as 5e-4",
+        )  # fmt: skip
+        self._check_weight_decay()
         require(
             all(0 <= beta < 1 for beta in self.betas), "train.betas", self.betas,
             "both Adam betas must lie in [0, 1), e.g. [0.9, 0.98]",
@@ -317,8 +331,10 @@ class TrainConfig:
             value = getattr(self, key)
             require(value is None or value >= 1, f"train.{key}", value, "use >= 1 or null")
         require(
-            self.ddp_timeout_minutes > 0, "train.ddp_timeout_minutes", self.ddp_timeout_minutes,
-            "use minutes > 0, longer than a validation takes",
+            0 < self.ddp_timeout_minutes <= MAX_DDP_TIMEOUT_MINUTES, "train.ddp_timeout_minutes",
+            self.ddp_timeout_minutes,
+            f"use minutes > 0, longer than a validation takes, and at most "
+            f"{MAX_DDP_TIMEOUT_MINUTES} (a week)",
         )  # fmt: skip
         for key in ("clip_grad_norm", "max_minutes"):
             value = getattr(self, key)
@@ -326,6 +342,18 @@ class TrainConfig:
         require(
             0 < self.plateau_factor < 1, "train.plateau_factor", self.plateau_factor,
             "the learning rate is multiplied by it on a plateau: use a value in (0, 1)",
+        )  # fmt: skip
+
+    def _check_weight_decay(self) -> None:
+        """``weight_decay`` >= 0; with AdamW also ``lr * weight_decay`` < 1, since each step
+        multiplies every weight by ``1 - lr * weight_decay`` (the peak rate is ``lr``): at 1 or
+        more it zeroes or flips the weights."""
+        decay = self.weight_decay
+        require(decay >= 0, "train.weight_decay", decay, "use 0 (none) or a positive value")
+        require(
+            self.optimizer != "adamw" or self.lr * decay < 1, "train.weight_decay", decay,
+            f"with adamw each step multiplies the weights by 1 - train.lr * weight_decay: keep "
+            f"the product below 1 (train.lr is {self.lr}; 0.01 or 0.1 are usual)",
         )  # fmt: skip
 
 
@@ -352,8 +380,8 @@ class DecodeConfig:
             f"use 1 .. decode.beam_size ({self.beam_size})",
         )  # fmt: skip
         require(
-            self.length_penalty >= 0, "decode.length_penalty", self.length_penalty,
-            "use 0 (none) or a positive GNMT alpha such as 0.6",
+            0 <= self.length_penalty < math.inf, "decode.length_penalty", self.length_penalty,
+            "use 0 (none) or a finite positive GNMT alpha such as 0.6",
         )  # fmt: skip
         require(self.min_length >= 0, "decode.min_length", self.min_length, "use 0 or more")
         require(
@@ -361,8 +389,13 @@ class DecodeConfig:
             f"it must exceed decode.min_length ({self.min_length})",
         )  # fmt: skip
         require(
-            self.max_length_ratio > 0, "decode.max_length_ratio", self.max_length_ratio,
-            "target length limit = ratio * source length + offset: use a ratio > 0",
+            0 < self.max_length_ratio < math.inf, "decode.max_length_ratio", self.max_length_ratio,
+            "target length limit = ratio * source length + offset: use a finite ratio > 0",
+        )  # fmt: skip
+        require(
+            self.max_length_offset >= 0, "decode.max_length_offset", self.max_length_offset,
+            "target length limit = ratio * source length + offset: use an offset >= 0 (a "
+            "negative one empties the translations of short sources)",
         )  # fmt: skip
 
 

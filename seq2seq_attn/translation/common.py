@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from ..sampling import Sampling
 
 logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # what --precision takes (checkpoints)
 
 
 class TranslationError(ValueError):
@@ -62,7 +65,8 @@ class TranslationSettings:
     ``attention``: the caller will ask for attention records, which a backend without them
     (``capabilities.attention`` False) refuses before it loads anything. ``sampling`` (None:
     search) samples ``n_best`` outputs per input instead of searching; the beam size is then
-    not used.
+    not used. An impossible value raises :class:`TranslationError` naming the command-line
+    option, the value and the fix.
     """
 
     device: str = "auto"
@@ -77,6 +81,27 @@ class TranslationSettings:
     threads: int | None = None
     attention: bool = False  # attention records will be asked for
     sampling: Sampling | None = None  # sample instead of searching
+
+    def __post_init__(self) -> None:
+        """Refuse values no backend can honour (a typo, inf, nan), naming the option."""
+        _require(
+            self.precision is None or self.precision in PRECISIONS, "--precision",
+            self.precision, "use auto, fp32, bf16 or fp16",
+        )  # fmt: skip
+        _require(
+            self.length_penalty is None or 0 <= self.length_penalty < math.inf,
+            "--length-penalty", self.length_penalty,
+            "use 0 (none) or a positive GNMT alpha such as 0.6",
+        )  # fmt: skip
+        _require(
+            self.max_length_ratio is None or 0 < self.max_length_ratio < math.inf,
+            "--max-length-ratio", self.max_length_ratio,
+            "use a finite number > 0 (output length limit = ratio * source length + offset)",
+        )  # fmt: skip
+        _require(
+            self.max_tokens >= 1, "--batch-tokens", self.max_tokens,
+            "use 1 or more source token slots per batch",
+        )  # fmt: skip
 
     def decode_settings(self, model_decode: DecodeConfig) -> DecodeConfig:
         """``model_decode`` with this object's decode fields that are not None in its place;
@@ -102,6 +127,12 @@ class TranslationSettings:
         return dataclasses.replace(decode, n_best=n_best)
 
 
+def _require(condition: bool, option: str, value: object, fix: str) -> None:
+    """Raise :class:`TranslationError` for ``option value`` unless ``condition``."""
+    if not condition:
+        raise TranslationError(f"{option}: invalid value {value!r}; {fix}")
+
+
 @runtime_checkable
 class Translator(Protocol):
     """A model ready to translate: its tokenizer, the decode settings it searches with, what
@@ -116,10 +147,13 @@ class Translator(Protocol):
         src_texts: Sequence[str],
         prefixes: Sequence[str] | None = None,
         constraints: Sequence[Sequence[str]] | None = None,
+        first_index: int = 0,
     ) -> list[list[Hypothesis]]:
         """The ``decode.n_best`` hypotheses of each input, best first (samples: in the order
         drawn), in input order; a blank line gets one empty hypothesis and never reaches the
-        model.
+        model. ``first_index``: the index of ``src_texts[0]`` in the caller's whole input when
+        it translates that in parts; sampling keys its random numbers by the whole input's
+        indices (each part gets the samples the whole would), and warnings name its lines.
 
         ``prefixes`` (one text per input, may be empty): each output starts with it, and its
         tokens count in the log-probability. ``constraints`` (per input, target phrases): each
@@ -151,10 +185,12 @@ class Translator(Protocol):
 
 
 def encode_sources(
-    tokenizer: Tokenizer, src_texts: Sequence[str], max_positions: int | None
-) -> list[list[int]]:
+    tokenizer: Tokenizer, src_texts: Sequence[str], max_positions: int | None,
+    first_index: int = 0,
+) -> list[list[int]]:  # fmt: skip
     """Source ids per line (``[]`` for a blank line), cut to ``max_positions`` tokens (EOS
-    included; None: no limit) with one warning naming the lines."""
+    included; None: no limit) with one warning naming the lines (numbered from 1 in the
+    caller's whole input, where ``src_texts[0]`` has the index ``first_index``)."""
     src_ids = [
         ids if text.strip() else []
         for text, ids in zip(src_texts, tokenizer.encode_src(src_texts), strict=True)
@@ -162,7 +198,9 @@ def encode_sources(
     if max_positions is None:
         return src_ids
     limit = max_positions - 1  # room for EOS
-    long_lines = [number for number, ids in enumerate(src_ids, start=1) if len(ids) > limit]
+    long_lines = [
+        number for number, ids in enumerate(src_ids, start=first_index + 1) if len(ids) > limit
+    ]
     if long_lines:
         shown = ", ".join(map(str, long_lines[:10])) + (" ..." if len(long_lines) > 10 else "")
         logger.warning(

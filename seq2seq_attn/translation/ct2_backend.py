@@ -55,9 +55,12 @@ class CT2Translator(Translator):
         src_texts: Sequence[str],
         prefixes: Sequence[str] | None = None,
         constraints: Sequence[Sequence[str]] | None = None,
+        first_index: int = 0,
     ) -> list[list[Hypothesis]]:
         """The ``decode.n_best`` hypotheses of each input, best first (samples: see
         :meth:`_sample`), in input order; a blank line gets one empty hypothesis.
+        ``first_index`` numbers the lines in warnings only (CTranslate2's samples depend on
+        the batching anyway).
 
         ``prefixes`` (one text per input; empty: none) become CTranslate2's ``target_prefix``:
         each output starts with its prefix, which counts in the log-probability as in the
@@ -69,7 +72,7 @@ class CT2Translator(Translator):
                 "a CTranslate2 folder cannot search with lexical constraints (--constraints, "
                 "--glossary): translate with the .pt checkpoint it was exported from"
             )
-        src_ids = encode_sources(self.tokenizer, src_texts, self.max_positions)
+        src_ids = encode_sources(self.tokenizer, src_texts, self.max_positions, first_index)
         prefix_ids = self._prefix_ids(src_texts, prefixes)
         outputs = [[Hypothesis(tokens=[], log_prob=0.0, score=0.0)] for _ in src_ids]
         nonempty = [index for index, ids in enumerate(src_ids) if ids]

@@ -38,11 +38,12 @@ class SearchGuides:
     """What steers a search besides the decode settings, per input in input order (None: no
     such guide): ``prefixes`` (target ids each output starts with), ``constraints`` (target-id
     phrases each output must contain) and ``sampling`` (sample ``decode.n_best`` outputs
-    instead of searching; the input's index keys its random numbers)."""
+    instead of searching; the input's index plus ``first_index`` keys its random numbers)."""
 
     prefixes: Sequence[Sequence[int]] | None = None
     constraints: Sequence[Sequence[Sequence[int]]] | None = None
     sampling: Sampling | None = None
+    first_index: int = 0  # the first input's index in the caller's whole input
 
 
 def _search(
@@ -63,7 +64,7 @@ def _search(
             model, src, src_mask, BOS_ID, EOS_ID, decode, constraints, prefixes
         )
     if guides.sampling is not None:
-        keys = torch.tensor(indices, device=src.device)  # (B,) the inputs' indices
+        keys = torch.tensor(indices, device=src.device) + guides.first_index  # (B,)
         return sample_search(
             model, src, src_mask, BOS_ID, EOS_ID, decode, guides.sampling, keys, decode.n_best,
             prefixes,
@@ -96,7 +97,8 @@ def translate_n_best(
     restored afterwards.
     """
     device = torch.device(device)
-    src_ids = encode_sources(tokenizer, src_texts, model.max_positions)
+    first_index = 0 if guides is None else guides.first_index
+    src_ids = encode_sources(tokenizer, src_texts, model.max_positions, first_index)
     outputs = [[Hypothesis(tokens=[], log_prob=0.0, score=0.0)] for _ in src_ids]
     nonempty = [index for index, ids in enumerate(src_ids) if ids]
     was_training = model.training
@@ -187,6 +189,7 @@ class TorchTranslator(Translator):
         src_texts: Sequence[str],
         prefixes: Sequence[str] | None = None,
         constraints: Sequence[Sequence[str]] | None = None,
+        first_index: int = 0,
     ) -> list[list[Hypothesis]]:
         """The ``decode.n_best`` hypotheses of each input, best first (samples: in the order
         drawn), in input order; see :meth:`Translator.n_best`."""
@@ -197,6 +200,7 @@ class TorchTranslator(Translator):
                 encode(list(phrases)) if phrases else [] for phrases in constraints
             ],
             sampling=self.sampling,
+            first_index=first_index,
         )  # fmt: skip
         return translate_n_best(
             self.model, self.tokenizer, src_texts, self.decode, self.max_tokens, self.device,
