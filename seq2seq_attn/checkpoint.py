@@ -138,8 +138,10 @@ ORIGIN_KEYS = ("checkpoint", "step", "tokenizer")
 PYTHON_RNG_WORDS = 625  # random.getstate(): 624 Mersenne Twister words and the position
 REBUILD_FIX = f"use another checkpoint of the run ({LAST_FILE}, {BEST_FILE} or a numbered one)"
 RESUME_FIX = (
-    "the file is damaged or was not written by seq2seq-attn: copy an intact numbered "
-    f"checkpoint of the run ({STEP_PATTERN}) over {LAST_FILE} and resume, or start a new run"
+    "the file is damaged or was not written by seq2seq-attn: replace it by an intact numbered "
+    f"checkpoint of the run (rm {LAST_FILE}, then cp the {STEP_PATTERN} to {LAST_FILE}: never "
+    f"write into {LAST_FILE}, the newest {STEP_PATTERN} is the same file) and resume, or start "
+    "a new run"
 )
 
 

@@ -102,9 +102,13 @@ def prune_numbered(run_dir: Path, keep: int) -> None:
 def check_run_dir(run_dir: Path, resume: bool | str) -> None:
     """What can be said of ``run_dir`` before taking its lock (which creates the folder and a
     lock file): a new run needs an empty folder, ``resume=True`` a ``last.pt`` (``"auto"``
-    takes either)."""
+    takes either); a folder another training holds is refused naming it."""
+    if holder := lock_holder(run_dir):
+        raise RunDirError(_in_use(run_dir, holder))
     if resume == AUTO:
         check_folder(run_dir)
+        if not (run_dir / LAST_FILE).is_file():
+            check_only_training_files(run_dir)
     elif resume:
         prepare_run_dir(run_dir, True)
     else:
@@ -119,7 +123,8 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
         if not (run_dir / LAST_FILE).is_file():
             raise RunDirError(
                 f"{run_dir / LAST_FILE}: nothing to resume; start without --resume to begin a "
-                "new run there"
+                "new run there (--auto-resume does either, setting aside what a failed start "
+                "left)"
             )
         return
     check_new_run_dir(run_dir)
@@ -168,6 +173,7 @@ def settle_resume(run_dir: Path, resume: bool | str, is_main: bool = True) -> bo
     if (run_dir / LAST_FILE).is_file():
         return True
     if is_main and (found := leftovers(run_dir)):
+        check_only_training_files(run_dir)
         aside = run_dir / FAILED_STARTS_DIR / time.strftime("%Y%m%d-%H%M%S")
         while aside.exists():  # two failed starts within a second
             aside = aside.with_name(aside.name + "+")
@@ -179,6 +185,18 @@ def settle_resume(run_dir: Path, resume: bool | str, is_main: bool = True) -> bo
             run_dir, LAST_FILE, ", ".join(path.name for path in found[:5]), aside,
         )  # fmt: skip
     return False
+
+
+def check_only_training_files(run_dir: Path) -> None:
+    """Refuse to set aside a folder holding files no training wrote (a project folder given as
+    ``--run-dir`` by mistake)."""
+    names = [path.name for path in leftovers(run_dir)]
+    if foreign := [name for name in names if not _written_by_training(name)]:
+        raise RunDirError(
+            f"{run_dir}: no {LAST_FILE} to resume from, and files no training wrote are there "
+            f"({', '.join(foreign[:5])}); --auto-resume sets aside only what a failed start "
+            "left: choose another --run-dir"
+        )
 
 
 def sweep_temporaries(run_dir: Path) -> list[str]:
@@ -193,6 +211,12 @@ def sweep_temporaries(run_dir: Path) -> list[str]:
     if swept:
         logger.info("%s: removed %d unfinished write(s): %s", run_dir, len(swept), ", ".join(swept))
     return swept
+
+
+def _written_by_training(name: str) -> bool:
+    """Whether ``name`` in a run directory is something training writes (a temporary of one
+    included)."""
+    return name in (LOG_FILE, TENSORBOARD_DIR) or _own_file(temporary_target(name) or name)
 
 
 def _own_file(name: str) -> bool:
@@ -231,21 +255,7 @@ def locked_run_dir(run_dir: Path) -> Iterator[None]:
     if key in _HELD_LOCKS:
         yield
         return
-    descriptor = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(descriptor, 1024, 0).decode("utf-8", "replace").strip()
-        os.close(descriptor)
-        raise RunDirError(
-            f"{run_dir}: another training is using this run directory ({holder or 'unknown'}); "
-            "wait for it to end or stop it, or choose another --run-dir"
-        ) from None
-    except OSError as error:  # a filesystem without locks
-        logger.warning(
-            "%s: cannot lock the run directory (%s); make sure no other training uses it",
-            run_dir, error.strerror,
-        )  # fmt: skip
+    descriptor = _take_lock(run_dir)
     since = time.strftime("%Y-%m-%d %H:%M:%S")
     holder = f"pid {os.getpid()} on {socket.gethostname()} since {since}"
     os.ftruncate(descriptor, 0)
@@ -256,10 +266,72 @@ def locked_run_dir(run_dir: Path) -> Iterator[None]:
     finally:
         if _HELD_LOCKS.pop(key, None) is not None:
             if created and not leftovers(run_dir) and not (run_dir / FAILED_STARTS_DIR).exists():
-                (run_dir / LOCK_FILE).unlink()  # while still locked: no one can have taken it
+                (run_dir / LOCK_FILE).unlink()  # a waiting process then locks a new file
                 with contextlib.suppress(OSError):  # unless something appeared meanwhile
                     run_dir.rmdir()
             os.close(descriptor)  # releases the lock
+
+
+def _take_lock(run_dir: Path) -> int:
+    """The descriptor of ``run_dir``'s lock file, locked; when the file locked turns out to
+    have been removed by the previous holder as it let go, the new one is locked instead."""
+    while True:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / LOCK_FILE
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 1024, 0).decode("utf-8", "replace").strip()
+            os.close(descriptor)
+            raise RunDirError(_in_use(run_dir, holder)) from None
+        except OSError as error:  # a filesystem without locks
+            logger.warning(
+                "%s: cannot lock the run directory (%s); make sure no other training uses it",
+                run_dir, error.strerror,
+            )  # fmt: skip
+            return descriptor
+        if _same_file(descriptor, path):
+            return descriptor
+        os.close(descriptor)
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``descriptor``."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """Who holds ``run_dir``'s lock (``pid 123 on HOST since ...``), or None when no other
+    process does."""
+    if run_dir.resolve() in _HELD_LOCKS:
+        return None
+    try:
+        descriptor = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(descriptor, 1024, 0).decode("utf-8", "replace").strip() or "unknown"
+    except OSError:  # a filesystem without locks
+        return None
+    finally:
+        os.close(descriptor)  # releases the shared lock just taken, if it was
+    return None
+
+
+def _in_use(run_dir: Path, holder: str) -> str:
+    """The message for a run directory another training holds."""
+    return (
+        f"{run_dir}: another training is using this run directory ({holder or 'unknown'}); "
+        "wait for it to end or stop it, or choose another --run-dir"
+    )
 
 
 def write_config(run_dir: Path, yaml_text: str) -> None:

@@ -326,7 +326,7 @@ def check_same_data(checkpoint: dict, train_data: Dataset, path: Path) -> None:
         found = (
             f"{saved_pairs} training pairs then, {len(train_data)} now"
             if saved_pairs != len(train_data)
-            else "the same number of pairs, other content"
+            else "the same number of pairs, other content, or read by another version"
         )  # fmt: skip
         raise RunDirError(
             f"{path}: the training data changed since this checkpoint ({found}); resume with "

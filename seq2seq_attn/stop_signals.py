@@ -10,6 +10,10 @@ a SIGINT typed again later than :data:`REPEAT_SECONDS` after the first one (a pe
 not want to wait) stops at once with ``KeyboardInterrupt`` — and never in the middle of a write
 guarded by :func:`uninterrupted`: it takes effect when that write is complete.
 
+A signal the process was started ignoring stays ignored (``nohup`` ignores SIGHUP, a shell
+ignores SIGINT and SIGQUIT for a background ``cmd &``): such a run goes on when the terminal
+closes, as its user asked.
+
 DataLoader worker processes call :func:`ignore_stop_signals`: a signal sent to the whole
 process group (``killpg``) must not kill them under the main process, which ends them itself.
 """
@@ -54,12 +58,16 @@ def uninterrupted() -> Iterator[None]:
     """A block (a checkpoint save) that an impatient second Ctrl-C does not break: the
     ``KeyboardInterrupt`` it asks for is raised when the block has completed."""
     _Writes.open_blocks += 1
+    completed = False
     try:
         yield
+        completed = True
     finally:
         _Writes.open_blocks -= 1
-    if _Writes.open_blocks == 0 and _Writes.interrupt_waiting:
-        _Writes.interrupt_waiting = False
+        waiting = _Writes.open_blocks == 0 and _Writes.interrupt_waiting
+        if waiting:
+            _Writes.interrupt_waiting = False
+    if waiting and completed:  # a block that failed raises its own error instead
         raise KeyboardInterrupt
 
 
@@ -78,7 +86,8 @@ class StopOnSignal:
 
     def __enter__(self) -> StopOnSignal:
         for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's SIGHUP, a `cmd &` SIGINT
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -202,6 +202,7 @@ def test_signal_saves_a_loadable_last_checkpoint(tmp_path, corpus, sig, code):
         [SCRIPTS / "attn-train", str(config), "--run-dir", str(run_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=os.environ | {"HF_DATASETS_OFFLINE": "1"},
+        preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL),  # as in a terminal
     )  # fmt: skip
     output = []
     deadline = time.monotonic() + 120

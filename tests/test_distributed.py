@@ -4,6 +4,7 @@ steps in 2 processes of 1 thread."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -315,9 +316,17 @@ def test_slurms_doubled_group_sigterm_saves_every_process_at_one_step(corpus, ca
     run_dir = tmp_path / "slurm"
     process = torchrun(config, run_dir, "--auto-resume")
     wait_for_step(run_dir, 8, process)
-    os.killpg(process.pid, signal.SIGTERM)  # slurmstepd signals every process of the step ...
-    time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGTERM)  # ... and torchrun forwards its own SIGTERM
+    # slurmstepd signals every process of the step: torchrun, each worker (torchrun starts them
+    # in sessions of their own) and the DataLoader workers; torchrun then forwards its own
+    groups = set()
+    for pid in processes_naming(str(run_dir)):
+        with contextlib.suppress(ProcessLookupError):
+            groups.add(os.getpgid(pid))
+    for _ in range(2):
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGTERM)
+        time.sleep(0.05)
     output = process.communicate(timeout=TIMEOUT)[0]
     assert "stopped by SIGTERM" in output and "KeyboardInterrupt" not in output, output[-3000:]
     assert not processes_naming(str(run_dir)), "processes left behind"

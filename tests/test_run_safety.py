@@ -5,6 +5,7 @@ and bad run directories as one line."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -34,12 +35,23 @@ SCRIPTS = Path(sys.executable).parent
 TIMEOUT = 120  # seconds: a hang fails the test instead of the suite
 
 
-def start_training(config: Path, run_dir: Path, *options: str) -> subprocess.Popen:
-    """``attn-train`` in a process group of its own (one thread), output in a pipe."""
+def as_in_a_terminal() -> None:
+    """Stop signals at their default disposition (a suite run as a background job, or under
+    nohup, would pass on ignoring some of them)."""
+    for sig in stop_signals.STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def start_training(
+    config: Path, run_dir: Path, *options: str, prefix: tuple[str, ...] = ()
+) -> subprocess.Popen:
+    """``attn-train`` (after ``prefix``, e.g. nohup) in a process group of its own (one
+    thread), output in a pipe."""
     return subprocess.Popen(
-        [SCRIPTS / "attn-train", str(config), "--run-dir", str(run_dir), *options],
+        [*prefix, SCRIPTS / "attn-train", str(config), "--run-dir", str(run_dir), *options],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env=os.environ | {"HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        preexec_fn=as_in_a_terminal,
     )  # fmt: skip
 
 
@@ -111,12 +123,26 @@ def test_a_doubled_sigterm_still_saves(endless, tmp_path):
     assert load_checkpoint(run_dir / LAST_FILE)["progress"]["step"] == logged
 
 
+def test_under_nohup_a_closed_terminal_does_not_stop_training(endless, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start_training(endless, run_dir, prefix=("nohup",))
+    wait_for_step(run_dir, 3, process)
+    os.kill(process.pid, signal.SIGHUP)  # ignored, as nohup asked
+    logged = max(record["step"] for record in read_metrics(run_dir, "train"))
+    wait_for_step(run_dir, logged + 5, process)
+    os.kill(process.pid, signal.SIGTERM)
+    output = finish(process)
+    assert process.returncode == 143 and "stopped by SIGTERM" in output, output
+
+
 @pytest.fixture
 def restored_sigint():
-    """SIGINT's handler as it was (SIG_IGN when the suite runs as a background job)."""
-    before = signal.getsignal(signal.SIGINT)
+    """SIGINT handled as in a terminal for the test (the suite may run as a background job,
+    which ignores it), and its handler as it was afterwards."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
-    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    signal.signal(signal.SIGINT, before)
 
 
 def deliver(sig: signal.Signals) -> None:
@@ -148,6 +174,18 @@ def test_a_late_ctrl_c_waits_for_the_checkpoint_being_written(monkeypatch):
             deliver(signal.SIGINT)
             written.append("the rest of the checkpoint")
     assert written == ["the rest of the checkpoint"]
+
+
+@pytest.mark.usefixtures("restored_sigint")
+def test_a_ctrl_c_waiting_for_a_failed_write_is_not_raised_later(monkeypatch):
+    monkeypatch.setattr(stop_signals, "REPEAT_SECONDS", 0.0)
+    with StopOnSignal():
+        deliver(signal.SIGINT)
+        with pytest.raises(OSError), uninterrupted():
+            deliver(signal.SIGINT)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        with uninterrupted():  # no signal since: nothing to raise
+            pass
 
 
 # ---- the lock ----------------------------------------------------------------------------------
@@ -202,6 +240,53 @@ def test_two_trainers_on_one_folder_the_first_is_left_alone(endless, tmp_path):
     assert steps == list(range(1, len(steps) + 1))
 
 
+def test_a_second_new_run_is_refused_naming_the_holder_not_the_files(endless, tmp_path):
+    run_dir = tmp_path / "run"
+    first = start_training(endless, run_dir)
+    wait_for_step(run_dir, 3, first)
+    for options in ([], ["--resume"]):
+        second = runner.invoke(train_app, [str(endless), "--run-dir", str(run_dir), *options])
+        assert second.exit_code == 2
+        assert f"another training is using this run directory (pid {first.pid} on" in " ".join(
+            second.output.split()
+        )
+    os.kill(first.pid, signal.SIGTERM)
+    finish(first)
+
+
+def test_dataloader_workers_do_not_keep_the_lock_of_a_killed_trainer(endless, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start_training(endless, run_dir, "--set", "data.num_workers=1")
+    wait_for_step(run_dir, 3, process)
+    os.kill(process.pid, signal.SIGKILL)  # its DataLoader worker lives on a few seconds
+    process.wait()
+    with locked_run_dir(run_dir):  # at once
+        pass
+    os.killpg(process.pid, signal.SIGKILL)  # the orphaned worker
+    process.communicate()
+
+
+def test_a_lock_file_removed_by_its_last_holder_is_not_locked(tmp_path, monkeypatch):
+    from seq2seq_attn import rundir
+
+    real_flock, removed = rundir.fcntl.flock, []
+
+    def holder_lets_go_meanwhile(descriptor, operation):
+        if not removed:  # between our open and our flock, the holder unlinks the file it made
+            removed.append((tmp_path / "run" / LOCK_FILE).unlink())
+        return real_flock(descriptor, operation)
+
+    monkeypatch.setattr(rundir.fcntl, "flock", holder_lets_go_meanwhile)
+    lock_file = tmp_path / "run" / LOCK_FILE
+    with locked_run_dir(tmp_path / "run"):
+        monkeypatch.setattr(rundir.fcntl, "flock", real_flock)
+        assert removed and lock_file.read_text(encoding="utf-8").startswith(f"pid {os.getpid()}")
+        descriptor = os.open(lock_file, os.O_RDONLY)  # the file there now is the one locked
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        os.close(descriptor)
+
+
 def test_the_lock_is_reentrant_in_its_process(tmp_path):
     with locked_run_dir(tmp_path / "run"), locked_run_dir(tmp_path / "run"):
         holder = (tmp_path / "run" / LOCK_FILE).read_text(encoding="utf-8")
@@ -233,6 +318,18 @@ def test_auto_resume_starts_a_run_setting_aside_what_a_failed_start_left(tmp_pat
     assert "from step 6" in again.output
     assert load_checkpoint(run_dir / LAST_FILE)["progress"]["step"] == 9
     assert len(list((run_dir / "failed-starts").iterdir())) == 1  # nothing more set aside
+
+
+def test_auto_resume_refuses_a_folder_holding_files_no_training_wrote(tmp_path, corpus):
+    config = write_config(tmp_path / "c.yaml", corpus, "rnn", max_steps=2)
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "notes.md").write_text("mine\n", encoding="utf-8")
+    (project / "train.log").write_text("a failed start\n", encoding="utf-8")
+    result = runner.invoke(train_app, [str(config), "--run-dir", str(project), "--auto-resume"])
+    assert result.exit_code == 2
+    assert "files no training wrote are there (data, notes.md)" in " ".join(result.output.split())
+    assert sorted(path.name for path in project.iterdir()) == ["data", "notes.md", "train.log"]
 
 
 def test_a_start_sweeps_only_this_projects_temporaries(tmp_path, corpus):

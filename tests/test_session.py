@@ -12,7 +12,7 @@ import torch
 from seq2seq_attn.checkpoint import load_checkpoint
 from seq2seq_attn.config import Config, config_from_plain
 from seq2seq_attn.distributed import World
-from seq2seq_attn.rundir import RunDirError
+from seq2seq_attn.rundir import LOCK_FILE, RunDirError
 from seq2seq_attn.session import (
     Answer,
     Decision,
@@ -96,13 +96,21 @@ def test_a_resume_that_fails_to_load_its_state_leaves_the_run_directory_as_it_wa
         (own / name).write_bytes((corpus / name).read_bytes())
     config, run_dir = tiny_config(own, dev=""), tmp_path / "run"
     train(config, run_dir)
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    before = run_files(run_dir)
     for name in ("train.src", "train.tgt"):
         lines = (own / name).read_text(encoding="utf-8").splitlines(keepends=True)
         (own / name).write_text("".join(lines[:-10]), encoding="utf-8")
     with pytest.raises(RunDirError, match=r"training data changed since this checkpoint \(243"):
         train(tiny_config(own, dev="", max_steps=5), run_dir, resume=True)
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    assert run_files(run_dir) == before
+
+
+def run_files(run_dir: Path) -> dict[str, bytes]:
+    """The run directory's files and their bytes, but the lock file (it says since when its
+    holder holds it)."""
+    return {
+        p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != LOCK_FILE
+    }
 
 
 def test_resuming_allows_a_moved_cache_and_test_split_only(corpus, tmp_path):

@@ -117,9 +117,10 @@ def test_a_run_writes_a_complete_run_directory(corpus, tmp_path):
     )
     assert recorder.info.steps_per_epoch > 0 and recorder.info.num_parameters > 0
     assert recorder.checkpoints[0] == "best.pt"  # the first validation is the best so far
+    # last.pt first, then its numbered name (a hard link of it)
     assert [name for name in recorder.checkpoints if name != "best.pt"] == [
         "last.pt", "step-00000010.pt", "last.pt", "step-00000020.pt"
-    ]  # fmt: skip: last.pt first, then its numbered name (a hard link of it)
+    ]  # fmt: skip
     assert [r.step for r in recorder.steps] == list(range(1, 21))
     assert all(math.isfinite(r.loss) and r.tokens > 0 for r in recorder.steps)
     assert recorder.steps[-1].loss < recorder.steps[0].loss

@@ -118,6 +118,13 @@ def test_a_wrong_output_path_fails_before_any_model_is_opened(
     assert not (tmp_path / "missing").exists()
 
 
+def test_missing_references_fail_before_any_model_is_opened(run_dir, tmp_path, no_model):  # noqa: F811
+    result = translate_cli(run_dir, "--ref", tmp_path / "refs.txt", stdin="x\n")
+    assert result.exit_code == 2, result.output
+    assert "refs.txt: cannot read the references" in " ".join(result.output.split())
+    assert no_model == []
+
+
 @pytest.mark.parametrize("failure", ["utf8", "prefix"])
 def test_a_failure_after_the_first_chunk_leaves_the_old_files_and_no_temporary(
     run_dir,  # noqa: F811

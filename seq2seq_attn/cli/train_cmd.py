@@ -160,5 +160,6 @@ def _os_failure(error: OSError, run_dir: Path) -> str:
 
 
 def _resume_hint(config: Path, run_dir: Path) -> str:
-    """The command that continues this run."""
-    return f"attn-train {config} --run-dir {run_dir} --resume"
+    """The command that continues this run (or starts it again, before its first last.pt)."""
+    resume = "--resume" if (run_dir / LAST_FILE).is_file() else "--auto-resume"
+    return f"attn-train {config} --run-dir {run_dir} {resume}"

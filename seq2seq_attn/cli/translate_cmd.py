@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -243,6 +244,8 @@ def translate_command(
     )  # fmt: skip
     files = GuideFiles(prefix, constraints, tab_constraints, glossary)
     check_combination(settings, files)
+    if ref is not None and not os.access(ref, os.R_OK):  # found now, not after the work
+        raise fail(f"{ref}: cannot read the references (no such file, or not readable)", code=2)
     typed = input_file is None and sys.stdin.isatty()
     with contextlib.ExitStack() as stack:
         source = None if typed else stack.enter_context(open_input(input_file))
