@@ -35,6 +35,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, si
 REPEAT_SECONDS = 2.0  # a second SIGINT sooner than this is the same request, delivered twice
 
 
+class StopSignal(KeyboardInterrupt):
+    """A stop signal raised where the program was (:func:`raising_stop_signals`)."""
+
+    def __init__(self, sig: signal.Signals) -> None:
+        super().__init__(sig.name)
+        self.signal = sig
+
+
 def exit_code(sig: signal.Signals) -> int:
     """The exit status of a process that ended on ``sig`` (128 + its number, as a shell shows)."""
     return 128 + int(sig)
@@ -44,6 +52,28 @@ def ignore_stop_signals(*_worker_id: object) -> None:
     """Ignore every stop signal in this process (a DataLoader ``worker_init_fn``)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def raising_stop_signals() -> Iterator[None]:
+    """While the block runs, the stop signals other than SIGINT (those not ignored) raise
+    :class:`StopSignal` where the program is, as Ctrl-C raises ``KeyboardInterrupt``, so that
+    the cleanups of the code they interrupt run (an unfinished output's temporary is
+    deleted). For commands with no checkpoint to finish, such as ``attn-translate``."""
+
+    def raise_it(signum: int, frame: object) -> None:
+        raise StopSignal(signal.Signals(signum))
+
+    previous = {
+        sig: signal.signal(sig, raise_it)
+        for sig in STOP_SIGNALS
+        if sig != signal.SIGINT and signal.getsignal(sig) is not signal.SIG_IGN
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _Writes:

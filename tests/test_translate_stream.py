@@ -9,9 +9,11 @@ import io
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -286,6 +288,32 @@ def test_a_reader_that_leaves_early_ends_translation_quietly(run_dir, corpus):  
         assert "Broken pipe" not in said and "Traceback" not in said
     finally:
         process.kill()
+
+
+def test_a_killed_translation_leaves_the_old_output_and_no_temporary(run_dir, corpus, tmp_path):  # noqa: F811
+    output = tmp_path / "out.txt"
+    output.write_text("an earlier translation\n", encoding="utf-8")
+    command = [Path(sys.executable).parent / "attn-translate", run_dir, "--beam", "1", "-o", output]
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        process.stdin.write(source_lines(corpus, 1)[0] + "\n")
+        process.stdin.flush()
+        deadline = time.monotonic() + 60
+        while not any(tmp_path.glob(".out.txt.*.tmp")):  # the first chunk is being written
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.1)
+        time.sleep(1.0)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 143
+        assert "Traceback" not in process.stderr.read()
+    finally:
+        process.kill()
+    assert output.read_text(encoding="utf-8") == "an earlier translation\n"
+    assert [path.name for path in tmp_path.iterdir()] == ["out.txt"]
 
 
 # ---- impossible option values --------------------------------------------------------------

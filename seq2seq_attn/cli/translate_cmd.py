@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import typer
 from rich.console import Console
@@ -16,6 +16,7 @@ from rich.console import Console
 from ..corpus import MisalignedError, TextFileError, check_aligned, decode_lines
 from ..fileio import write_text_atomic
 from ..metrics import Score, corpus_scores
+from ..stop_signals import StopSignal, exit_code, raising_stop_signals
 from ..translation import TranslationError, TranslationSettings, Translator, open_translator
 from .console import ComputeTypeOption, DeviceOption, PrecisionOption, console, err_console, fail
 from .translate_guides import (
@@ -247,32 +248,50 @@ def translate_command(
     if ref is not None and not os.access(ref, os.R_OK):  # found now, not after the work
         raise fail(f"{ref}: cannot read the references (no such file, or not readable)", code=2)
     typed = input_file is None and sys.stdin.isatty()
-    with contextlib.ExitStack() as stack:
-        source = None if typed else stack.enter_context(open_input(input_file))
-        outputs = None if typed else open_outputs(stack, output, alignments, attention)
-        translator = open_model(checkpoint, settings, ensemble or [])
-        check_constraints_supported(translator, files, checkpoint)
-        if source is None or outputs is None:
-            interactive(translator)
-            return
-        if ensemble and wants_attention:
-            err_console.print(
-                f"attention: from the ensemble's first model ({checkpoint})", highlight=False
-            )
-        run = StreamedRun(
-            translator, outputs, AttentionView(
-                wants_attention, attention_layer, attention_head, show_attention,
-                plot_attention_file,
-            ), alignment_layer, alignment_head, keep_best=ref is not None,
-        )  # fmt: skip
-        name = str(input_file or "stdin")
-        for guided in guided_chunks(line_chunks(source, name), name, files):
-            run.translate(guided)
-        run.finish()
+    try:
+        with raising_stop_signals():  # a kill deletes the unfinished outputs' temporaries
+            run = translate_stream(
+                checkpoint, input_file, settings, ensemble or [], files, typed,
+                OutputPaths(output, alignments, attention), AttentionView(
+                    wants_attention, attention_layer, attention_head, show_attention,
+                    plot_attention_file,
+                ), (alignment_layer, alignment_head), keep_best=ref is not None,
+            )  # fmt: skip
+    except StopSignal as stop:
+        raise typer.Exit(code=exit_code(stop.signal)) from None
+    if run is None:  # typed lines, translated as they came
+        return
     run.draw_pictures()
     if ref is not None:
         scores = score_output(run.best, ref, input_file, metrics)
         print_scores(scores, json_scores, console if output is not None else err_console)
+
+
+def translate_stream(
+    checkpoint: Path, input_file: Path | None, settings: TranslationSettings,
+    ensemble: list[Path], files: GuideFiles, typed: bool, paths: OutputPaths,
+    view: AttentionView, alignment_choice: tuple[int | None, int | None], keep_best: bool,
+) -> StreamedRun | None:  # fmt: skip
+    """Open the input and the outputs (before any model), then the model, and translate
+    chunk by chunk (or typed lines, returning None)."""
+    with contextlib.ExitStack() as stack:
+        source = None if typed else stack.enter_context(open_input(input_file))
+        outputs = None if typed else open_outputs(stack, *paths)
+        translator = open_model(checkpoint, settings, ensemble)
+        check_constraints_supported(translator, files, checkpoint)
+        if source is None or outputs is None:
+            interactive(translator)
+            return None
+        if ensemble and view.wanted:
+            err_console.print(
+                f"attention: from the ensemble's first model ({checkpoint})", highlight=False
+            )
+        run = StreamedRun(translator, outputs, view, *alignment_choice, keep_best=keep_best)
+        name = str(input_file or "stdin")
+        for guided in guided_chunks(line_chunks(source, name), name, files):
+            run.translate(guided)
+        run.finish()
+    return run
 
 
 def translation_settings(**fields) -> TranslationSettings:
@@ -282,6 +301,14 @@ def translation_settings(**fields) -> TranslationSettings:
         return TranslationSettings(**fields)
     except TranslationError as error:
         raise fail(str(error), code=2) from None
+
+
+class OutputPaths(NamedTuple):
+    """Where ``-o``, ``--alignments`` and ``--attention`` write (None: stdout, not asked)."""
+
+    translations: Path | None
+    alignments: Path | None
+    attention: Path | None
 
 
 def open_outputs(
