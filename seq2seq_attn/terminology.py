@@ -51,19 +51,6 @@ def parse_constraints_line(line: str, origin: str, number: int) -> list[str]:
     return value
 
 
-def read_constraints_file(path: str | Path, expected_lines: int) -> list[list[str]]:
-    """Per input line, its target phrases, from ``path``: one JSON list of strings per line
-    (an empty line or ``[]``: none), as many lines as the input (``expected_lines``)."""
-    lines = read_lines(path)
-    if len(lines) != expected_lines:
-        raise TerminologyError(
-            f"{path} has {len(lines)} lines but the input has {expected_lines}; write one JSON "
-            "list per input line (an empty line or [] where a line has no constraints)"
-        )
-    return [parse_constraints_line(line, str(path), number)
-            for number, line in enumerate(lines, start=1)]  # fmt: skip
-
-
 def split_inline_constraints(
     lines: Sequence[str], source_name: str, first: int = 1
 ) -> tuple[list[str], list[list[str]]]:
