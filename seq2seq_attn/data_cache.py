@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,27 +68,25 @@ def cached_map(
 ) -> datasets.Dataset:
     """``ds.map(**kwargs)`` in ``processes`` processes, cached under ``cache_dir`` and
     fingerprinted by ``step`` and ``parts``."""
-    fingerprint = _derived_fingerprint(ds, step, *parts)
-    cache_file = _cache_file(cache_dir, fingerprint)
-    processes = _cached_processes(cache_file, processes)
-    return ds.map(
-        batched=True,
-        new_fingerprint=fingerprint,
-        cache_file_name=cache_file,
-        desc=step,
-        num_proc=processes if processes > 1 else None,
-        **kwargs,
-    )
+    return _cached(ds.map, ds, cache_dir, step, parts, processes, kwargs)
 
 
 def cached_filter(
     ds: datasets.Dataset, cache_dir: str, step: str, parts: tuple, processes: int, **kwargs: Any
 ) -> datasets.Dataset:
     """``ds.filter(**kwargs)`` cached like :func:`cached_map`."""
+    return _cached(ds.filter, ds, cache_dir, step, parts, processes, kwargs)
+
+
+def _cached(
+    method: Callable[..., datasets.Dataset], ds: datasets.Dataset, cache_dir: str, step: str,
+    parts: tuple, processes: int, kwargs: dict[str, Any],
+) -> datasets.Dataset:  # fmt: skip
+    """``method`` (``ds.map`` or ``ds.filter``) batched, cached and fingerprinted."""
     fingerprint = _derived_fingerprint(ds, step, *parts)
     cache_file = _cache_file(cache_dir, fingerprint)
     processes = _cached_processes(cache_file, processes)
-    return ds.filter(
+    return method(
         batched=True,
         new_fingerprint=fingerprint,
         cache_file_name=cache_file,

@@ -186,15 +186,21 @@ def test_empty_and_long_pairs_are_dropped_counted_and_never_misaligned(tmp_path,
     assert dev_report.too_long == 0 and len(dev) == 4  # no length filter outside train
 
 
-def test_second_load_skips_tokenization(tmp_path, toy_tokenizer, monkeypatch):
-    calls = []
+def counting_tokenizer(tokenizer: Tokenizer, calls: list[int]) -> Tokenizer:
+    """``tokenizer``'s model, appending the size of each batch of sources it encodes to
+    ``calls``."""
 
     class CountingTokenizer(Tokenizer):
         def encode_src(self, texts):
             calls.append(len(texts))
             return super().encode_src(texts)
 
-    counting = CountingTokenizer(toy_tokenizer.src_model)
+    return CountingTokenizer(tokenizer.src_model)
+
+
+def test_second_load_skips_tokenization(tmp_path, toy_tokenizer, monkeypatch):
+    calls: list[int] = []
+    counting = counting_tokenizer(toy_tokenizer, calls)
     cfg = DataConfig(
         train=str(TOY / "train"), src_lang="src", tgt_lang="tgt", max_length=50,
         cache_dir=str(tmp_path / "cache"),
@@ -299,14 +305,8 @@ def test_a_cache_built_by_other_process_counts_is_reused(tmp_path, toy_tokenizer
 
 
 def test_the_cache_is_keyed_on_content_not_size_and_mtime(tmp_path, toy_tokenizer):
-    calls = []
-
-    class CountingTokenizer(Tokenizer):
-        def encode_src(self, texts):
-            calls.append(len(texts))
-            return super().encode_src(texts)
-
-    counting = CountingTokenizer(toy_tokenizer.src_model)
+    calls: list[int] = []
+    counting = counting_tokenizer(toy_tokenizer, calls)
     prefix = write_plain(tmp_path / "corpus", PAIRS)
     cfg = plain_cfg(tmp_path, prefix)
     first, _ = load_split(cfg, "train", counting)
