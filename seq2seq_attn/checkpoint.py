@@ -14,6 +14,7 @@ import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -53,7 +54,18 @@ def save_checkpoint(state: dict, path: Path) -> None:
     partial file. The state is checked to be plain data first, so it always loads safely.
     """
     check_plain(state)
-    write_atomic(path, lambda handle: torch.save(state, handle))
+    write_atomic(path, lambda handle: _torch_save(state, handle))
+
+
+def _torch_save(state: dict, handle: IO[bytes]) -> None:
+    """``torch.save`` into ``handle``, raising the ``OSError`` of a failed write (a full disk)
+    itself: torch's zip writer reports it as a ``RuntimeError`` raised while it cleans up."""
+    try:
+        torch.save(state, handle)
+    except RuntimeError as error:
+        if isinstance(error.__context__, OSError):
+            raise error.__context__ from None
+        raise
 
 
 def find_checkpoint(path: Path) -> Path:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .batching import Batch, BatchList, TokenBatchSampler, collate, length_batches, rank_share
-from .stop_signals import ignore_stop_signals
+from .stop_signals import blocked_stop_signals, ignore_stop_signals
 from .tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -190,7 +190,9 @@ def _collated(
         pin_memory=pin_memory, generator=torch.Generator().manual_seed(worker_seed),
         worker_init_fn=ignore_stop_signals,  # a signal to the process group: the main one stops
     )  # fmt: skip
-    return (_pieces(item) for item in loader)
+    with blocked_stop_signals():  # the workers are forked now, and ignore them from birth
+        batches = iter(loader)
+    return (_pieces(item) for item in batches)
 
 
 def iter_batches(

@@ -49,9 +49,24 @@ def exit_code(sig: signal.Signals) -> int:
 
 
 def ignore_stop_signals(*_worker_id: object) -> None:
-    """Ignore every stop signal in this process (a DataLoader ``worker_init_fn``)."""
+    """Ignore every stop signal in this process (a DataLoader ``worker_init_fn``), then let
+    them in: those that arrived since it was forked under :func:`blocked_stop_signals` were
+    held back and are now dropped."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def blocked_stop_signals() -> Iterator[None]:
+    """Hold the stop signals back from this thread while the block runs (they are delivered
+    when it ends): processes forked in the block start with them blocked, so that a signal to
+    the process group cannot kill a DataLoader worker before it ignores them."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager

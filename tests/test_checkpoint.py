@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
+import io
 import os
 import pickle
 import re
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from seq2seq_attn import fileio
 from seq2seq_attn.checkpoint import (
     PROGRESS_KEYS,
     CheckpointError,
@@ -266,3 +269,30 @@ def test_tokenizer_state_refuses_anything_but_model_bytes(trained):
     with pytest.raises(ValueError, match=r"tokenizer state is a str, not a mapping"):
         Tokenizer.from_state_dict("src_model")
     assert Tokenizer.from_state_dict(tokenizer).joint
+
+
+class FullDisk(io.RawIOBase):
+    """A file that fills up after ``room`` bytes, as a full disk does."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return len(data)
+
+
+def test_a_full_disk_during_a_save_is_an_os_error_not_torchs_runtime_error(tmp_path, monkeypatch):
+    def full_disk_file(descriptor, mode):
+        os.close(descriptor)
+        return io.BufferedWriter(FullDisk(room=200))
+
+    monkeypatch.setattr(fileio.os, "fdopen", full_disk_file)
+    with pytest.raises(OSError, match="No space left on device"):  # torch says RuntimeError
+        save_checkpoint({"model": {"weight": torch.zeros(1000)}}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []  # the temporary is gone
