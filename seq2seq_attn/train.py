@@ -183,11 +183,12 @@ class Run:
         self.start_time = time.monotonic()
         with uninterrupted():
             state = self.state_dict()
-            if self.world.is_main:
-                try:
-                    save_checkpoint(state, path)
-                except OSError as error:
-                    raise CheckpointWriteError(path, error, self.safe_step) from None
+            with self.world.together():  # a failed write on rank 0 stops every process
+                if self.world.is_main:
+                    try:
+                        save_checkpoint(state, path)
+                    except OSError as error:
+                        raise CheckpointWriteError(path, error, self.safe_step) from None
         if path.name == LAST_FILE:
             self.saved_step = self.safe_step = self.progress.step
         for callback in self.callbacks:
