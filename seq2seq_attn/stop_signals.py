@@ -146,13 +146,16 @@ class StopOnSignal:
         return None if self.received is None else exit_code(self.received)
 
     def _handle(self, signum: int, frame: object) -> None:
-        """A stop signal arrived (see the module's docstring)."""
+        """A stop signal arrived (see the module's docstring). A repeat may interrupt this very
+        handler anywhere: ``received`` is set before anything else, and a repeat takes no lock
+        (a nested ``Event.set`` would wait forever for the one it interrupted)."""
         sig = signal.Signals(signum)
-        if not self.event.is_set():
-            self.received, self._first_at = sig, time.monotonic()
+        if self.received is None:
+            self._first_at = time.monotonic()  # before received: a repeat reads it
+            self.received = sig
+            self.event.set()
             if sig == signal.SIGHUP:
                 _detach_from_terminal()
-            self.event.set()
             logger.warning(
                 "%s: stopping after this step and saving last.pt%s", sig.name,
                 " (Ctrl-C again to quit at once)" if sig == signal.SIGINT else "",

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -423,3 +424,21 @@ def test_resuming_on_changed_training_data_is_one_line(tmp_path, corpus):
     (own / "train.src").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (own / "train.tgt").write_bytes((corpus / "train.tgt").read_bytes())
     assert runner.invoke(train_app, resume).exit_code == 0
+
+
+def test_a_repeat_arriving_inside_the_first_signals_handler_does_not_deadlock():
+    stopper = StopOnSignal()
+
+    class RepeatArrivesDuringSet(threading.Event):
+        def set(self):
+            with self._cond:  # holding the lock, as Event.set does, when the repeat lands
+                stopper._handle(signal.SIGHUP, None)
+                self._flag = True
+                self._cond.notify_all()
+
+    stopper.event = RepeatArrivesDuringSet()
+    handler = threading.Thread(target=stopper._handle, args=(signal.SIGTERM, None), daemon=True)
+    handler.start()
+    handler.join(timeout=10)
+    assert not handler.is_alive(), "the repeated signal deadlocked its handler"
+    assert stopper.event.is_set() and stopper.received == signal.SIGTERM
