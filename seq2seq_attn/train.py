@@ -110,7 +110,11 @@ def train(
             for log in own:  # the config the run uses (a fine-tuned run's tokenizer: the model's)
                 log.use_config(session.config)
             main_callbacks = [*callbacks, *own] if session.world.is_main else []
-            return Run(session, main_callbacks, stop).run()
+            run = Run(session, main_callbacks, stop)
+            try:
+                return run.run()
+            finally:
+                run.close()
 
 
 class Run:
@@ -217,6 +221,12 @@ class Run:
             self.train_ds, self.sampler, self.config.train.accumulate_steps, self.world.rank,
             self.world.world_size, data.num_workers, self.device.type == "cuda", subwords,
         )  # fmt: skip
+
+    def close(self) -> None:
+        """End the DataLoader workers now, however the run ended: left to the garbage collector
+        (an error's traceback may keep them referenced), workers that ignore stop signals
+        would keep the process from exiting."""
+        self.shares.close()
 
     def next_share(self) -> StepShare | None:
         """This process's batches for the next step; None when the epoch has just ended."""
