@@ -9,6 +9,7 @@ objects is refused, never executed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 import re
@@ -19,6 +20,7 @@ from typing import IO
 import torch
 
 from .config import Config, ConfigError, config_from_plain
+from .events import Progress
 from .fileio import write_atomic
 from .models import Seq2Seq, build_model
 from .rundir import BEST_FILE, LAST_FILE, STEP_PATTERN, numbered_checkpoints
@@ -143,9 +145,8 @@ def _corrupt(path: Path, error: Exception) -> CheckpointError:
 
 MAX_COUNT = 2**63 - 1  # steps, epochs, positions, seeds: what an int64 holds
 MAX_WORLD_SIZE = 1 << 20  # processes of one run
-PROGRESS_COUNTS = ("step", "best_step", "bad_validations", "last_validated", "nonfinite_total",
-                   "target_tokens")  # fmt: skip
-PROGRESS_KEYS = (*PROGRESS_COUNTS, "elapsed", "step_seconds", "best_bleu")  # events.Progress
+PROGRESS_KEYS = tuple(field.name for field in dataclasses.fields(Progress))
+PROGRESS_COUNTS = tuple(field.name for field in dataclasses.fields(Progress) if field.type == "int")
 ORIGIN_KEYS = ("checkpoint", "step", "tokenizer")
 PYTHON_RNG_WORDS = 625  # random.getstate(): 624 Mersenne Twister words and the position
 REBUILD_FIX = f"use another checkpoint of the run ({LAST_FILE}, {BEST_FILE} or a numbered one)"

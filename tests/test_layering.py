@@ -81,7 +81,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "alignment": ({"batching", "corpus", "models.common", "tokenizer"}, {"torch"}),
     "device": ({"config"}, {"torch"}),
     "rundir": ({"events", "fileio"}, set()),
-    "checkpoint": ({"config", "fileio", "tokenizer", "rundir", *MODELS}, {"torch"}),
+    "checkpoint": ({"config", "events", "fileio", "tokenizer", "rundir", *MODELS}, {"torch"}),
     "export": (
         {"config", "fileio", "tokenizer", "checkpoint", "models.transformer"},
         {"torch", "ctranslate2"},
