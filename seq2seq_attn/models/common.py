@@ -1,8 +1,9 @@
 """What both model families share: embeddings, positions, the encoder output and the protocol.
 
 Decoding and training code talk to a model only through :class:`Seq2Seq` (``encode``,
-``init_state``, ``decode_step``, ``forward``, ``attention_maps``) and to a decoder state only
-through :class:`DecoderState` (``select``), so they never need to know which family they hold.
+``init_state``, ``decode_step``, ``forward``, ``attention_maps``, ``self_attention_maps``) and to
+a decoder state only through :class:`DecoderState` (``select``), so they never need to know which
+family they hold.
 """
 
 from __future__ import annotations
@@ -54,6 +55,21 @@ class EncoderOutput:
         """Each sentence ``repeats`` times in a row (``B -> B * repeats``), e.g. for beams."""
         indices = torch.arange(self.batch_size, device=self.states.device)
         return self.select(indices.repeat_interleave(repeats))
+
+
+@dataclass(frozen=True)
+class SelfAttentionMaps:
+    """Teacher-forced self-attention weights of every layer and head, for pictures.
+
+    Attributes:
+        encoder: ``(B, L_enc, H, S, S)``: query source position, key source position; padded
+            keys get 0.
+        decoder: ``(B, L_dec, H, T, T)``: query target position, key target position; causal,
+            so 0 above the diagonal.
+    """
+
+    encoder: Tensor
+    decoder: Tensor
 
 
 StateT = TypeVar("StateT", bound="DecoderState")
@@ -126,6 +142,13 @@ class Seq2Seq(nn.Module, ABC):
     def attention_maps(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced attention weights for plots, ``(B, L, H, T, S)``: every decoder
         layer ``L`` and head ``H`` that attends to the source (``L = H = 1`` for an RNN)."""
+
+    def self_attention_maps(
+        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor
+    ) -> SelfAttentionMaps | None:
+        """Teacher-forced encoder and (causal) decoder self-attention weights of every layer and
+        head, with the masks of training; ``None`` for a family without self-attention."""
+        return None
 
     def linear_flops_per_token(self) -> tuple[int, int] | None:
         """Forward FLOPs (two per multiply-add) of the products with weight matrices, per source

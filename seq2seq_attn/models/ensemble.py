@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .common import DecoderState, EncoderOutput, Seq2Seq
+from .common import DecoderState, EncoderOutput, SelfAttentionMaps, Seq2Seq
 
 
 @dataclass
@@ -52,9 +52,9 @@ class Ensemble(Seq2Seq):
 
     In place of logits, :meth:`decode_step` and :meth:`forward` return the mean of the
     members' fp32 ``log_softmax(logits)``; the search's own ``log_softmax`` renormalises that
-    mean, so its scores stay log-probabilities. Attention (``decode_step``'s
-    and :meth:`attention_maps`) is the first member's. ``max_positions`` is the smallest
-    member limit (``None`` when no member has one).
+    mean, so its scores stay log-probabilities. Attention (``decode_step``'s,
+    :meth:`attention_maps` and :meth:`self_attention_maps`) is the first member's.
+    ``max_positions`` is the smallest member limit (``None`` when no member has one).
     """
 
     def __init__(self, members: Sequence[Seq2Seq]) -> None:
@@ -107,3 +107,9 @@ class Ensemble(Seq2Seq):
     def attention_maps(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """The first member's teacher-forced attention ``(B, L, H, T, S)``."""
         return self.members[0].attention_maps(src, src_mask, tgt_in)
+
+    def self_attention_maps(
+        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor
+    ) -> SelfAttentionMaps | None:
+        """The first member's teacher-forced self-attention (``None`` for an RNN)."""
+        return self.members[0].self_attention_maps(src, src_mask, tgt_in)

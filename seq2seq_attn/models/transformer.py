@@ -16,7 +16,14 @@ from torch import Tensor, nn
 
 from ..attention import KVCache, MultiHeadAttention, causal_mask
 from ..config import ModelConfig, TransformerConfig
-from .common import Dropout, Embeddings, EncoderOutput, PositionalEncoding, Seq2Seq
+from .common import (
+    Dropout,
+    Embeddings,
+    EncoderOutput,
+    PositionalEncoding,
+    SelfAttentionMaps,
+    Seq2Seq,
+)
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 
@@ -66,10 +73,20 @@ class EncoderLayer(nn.Module):
         self.attn_block = Residual(d_model, dropout, section.pre_norm)
         self.ff_block = Residual(d_model, dropout, section.pre_norm)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """``x`` ``(B, S, D)``, ``mask`` ``(B, 1, S)`` (True = real key) -> ``(B, S, D)``."""
-        x = self.attn_block(x, lambda h: self.self_attn(h, h, h, mask)[0])
-        return self.ff_block(x, self.feed_forward)
+    def forward(
+        self, x: Tensor, mask: Tensor, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """``x`` ``(B, S, D)``, ``mask`` ``(B, 1, S)`` (True = real key) -> (``(B, S, D)``,
+        self-attention weights ``(B, H, S, S)`` when ``need_weights``, else ``None``)."""
+        weights = None
+
+        def attend(h: Tensor) -> Tensor:
+            nonlocal weights
+            out, weights = self.self_attn(h, h, h, mask, need_weights=need_weights)
+            return out
+
+        x = self.attn_block(x, attend)
+        return self.ff_block(x, self.feed_forward), weights
 
 
 class DecoderLayer(nn.Module):
@@ -97,7 +114,8 @@ class DecoderLayer(nn.Module):
         caches: tuple[KVCache, KVCache] | None = None,
         need_weights: bool = False,
         beams: int = 1,
-    ) -> tuple[Tensor, Tensor | None]:
+        need_self_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """One decoder layer.
 
         Args:
@@ -110,13 +128,23 @@ class DecoderLayer(nn.Module):
             beams: rows of ``x`` per sentence: ``memory``, ``cross_mask`` and the
                 cross-attention cache hold one row per sentence (``B / beams``), and each
                 sentence's beams attend to it as that many more query positions.
+            need_self_weights: also return the self-attention weights.
 
         Returns:
-            ``(x (B, T, D), cross-attention weights (B, H, T, S) or None)``.
+            ``(x (B, T, D), cross-attention weights (B, H, T, S) or None, self-attention
+            weights (B, H, T, T_cached + T) or None)``.
         """
         self_cache, cross_cache = (None, None) if caches is None else caches
-        x = self.self_block(x, lambda h: self.self_attn(h, h, h, self_mask, cache=self_cache)[0])
-        weights = None
+        weights = self_weights = None
+
+        def attend(h: Tensor) -> Tensor:
+            nonlocal self_weights
+            out, self_weights = self.self_attn(
+                h, h, h, self_mask, need_weights=need_self_weights, cache=self_cache
+            )
+            return out
+
+        x = self.self_block(x, attend)
 
         def cross(h: Tensor) -> Tensor:
             nonlocal weights
@@ -132,7 +160,7 @@ class DecoderLayer(nn.Module):
             return out.reshape(rows, length, dim)
 
         x = self.cross_block(x, cross)
-        return self.ff_block(x, self.feed_forward), weights
+        return self.ff_block(x, self.feed_forward), weights, self_weights
 
 
 @dataclass
@@ -240,28 +268,48 @@ class Transformer(Seq2Seq):
 
     def encode(self, src: Tensor, src_mask: Tensor) -> EncoderOutput:
         """``src`` ``(B, S)`` -> states ``(B, S, D)``."""
-        x = self._embed(self.src_embed, self.src_positions, src)
+        return self._encode(src, src_mask, need_weights=False)[0]
+
+    def _encode(
+        self, src: Tensor, src_mask: Tensor, need_weights: bool
+    ) -> tuple[EncoderOutput, list[Tensor | None]]:
+        """The encoder and, when ``need_weights``, each layer's self-attention weights
+        ``(B, H, S, S)`` (else ``None`` per layer)."""
+        x = self._embed(self.src_embed, self.src_positions, src)  # (B, S, D)
         key_mask = src_mask.unsqueeze(1)  # (B, 1, S)
+        all_weights = []
         for layer in self.encoder_layers:
-            x = layer(x, key_mask)
-        return EncoderOutput(states=self.encoder_norm(x), mask=src_mask)
+            x, weights = layer(x, key_mask, need_weights)
+            all_weights.append(weights)
+        return EncoderOutput(states=self.encoder_norm(x), mask=src_mask), all_weights
 
     def _decode(
-        self, tgt_in: Tensor, encoder_output: EncoderOutput, need_weights: bool
-    ) -> tuple[Tensor, list[Tensor | None]]:
-        """Teacher-forced decoder: ``(B, T)`` -> (states ``(B, T, D)``, per-layer weights)."""
-        x = self._embed(self.tgt_embed, self.tgt_positions, tgt_in)
+        self,
+        tgt_in: Tensor,
+        encoder_output: EncoderOutput,
+        need_weights: bool,
+        need_self_weights: bool = False,
+    ) -> tuple[Tensor, list[Tensor | None], list[Tensor | None]]:
+        """Teacher-forced decoder: ``(B, T)`` -> (states ``(B, T, D)``, per-layer
+        cross-attention weights ``(B, H, T, S)``, per-layer self-attention weights
+        ``(B, H, T, T)``; each ``None`` per layer unless asked for)."""
+        x = self._embed(self.tgt_embed, self.tgt_positions, tgt_in)  # (B, T, D)
         self_mask = causal_mask(tgt_in.size(1), device=tgt_in.device)  # (T, T)
         cross_mask = encoder_output.mask.unsqueeze(1)  # (B, 1, S)
-        all_weights = []
+        memory = encoder_output.states  # (B, S, D)
+        all_weights, all_self_weights = [], []
         for layer in self.decoder_layers:
-            x, weights = layer(x, encoder_output.states, self_mask, cross_mask, None, need_weights)
+            x, weights, self_weights = layer(
+                x, memory, self_mask, cross_mask, None, need_weights,
+                need_self_weights=need_self_weights,
+            )  # fmt: skip
             all_weights.append(weights)
-        return self.decoder_norm(x), all_weights
+            all_self_weights.append(self_weights)
+        return self.decoder_norm(x), all_weights, all_self_weights
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits ``(B, T, V)``; all target positions in parallel."""
-        states, _ = self._decode(tgt_in, self.encode(src, src_mask), need_weights=False)
+        states, _, _ = self._decode(tgt_in, self.encode(src, src_mask), need_weights=False)
         return self.output(states)
 
     def linear_flops_per_token(self) -> tuple[int, int]:
@@ -281,8 +329,22 @@ class Transformer(Seq2Seq):
 
     def attention_maps(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """Cross-attention weights of every decoder layer and head, ``(B, L, H, T, S)``."""
-        _, weights = self._decode(tgt_in, self.encode(src, src_mask), need_weights=True)
+        _, weights, _ = self._decode(tgt_in, self.encode(src, src_mask), need_weights=True)
         return torch.stack([w for w in weights if w is not None], dim=1)
+
+    def self_attention_maps(
+        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor
+    ) -> SelfAttentionMaps:
+        """Encoder self-attention ``(B, L_enc, H, S, S)`` (padded source keys get 0) and causal
+        decoder self-attention ``(B, L_dec, H, T, T)`` of every layer and head, teacher-forced."""
+        encoder_output, encoder_weights = self._encode(src, src_mask, need_weights=True)
+        _, _, decoder_weights = self._decode(
+            tgt_in, encoder_output, need_weights=False, need_self_weights=True
+        )
+        return SelfAttentionMaps(
+            encoder=torch.stack([w for w in encoder_weights if w is not None], dim=1),
+            decoder=torch.stack([w for w in decoder_weights if w is not None], dim=1),
+        )
 
     def init_state(self, encoder_output: EncoderOutput, beams: int = 1) -> TransformerState:
         """Project the encoder states once into every layer's static cross-attention cache,
@@ -307,7 +369,7 @@ class Transformer(Seq2Seq):
         for index, layer in enumerate(self.decoder_layers):
             caches = (state.self_caches[index], state.cross_caches[index])
             wanted = need_attention and index == last
-            x, weights = layer(x, None, None, cross_mask, caches, wanted, state.beams)
+            x, weights, _ = layer(x, None, None, cross_mask, caches, wanted, state.beams)
         logits = self.output(self.decoder_norm(x)).squeeze(1)  # (B, V)
         state.position += 1
         if weights is None:

@@ -3,9 +3,9 @@
 lines become model input (:func:`encode_sources`).
 
 A backend implements :meth:`Translator.n_best` (with target prefixes, and with lexical
-constraints when its :class:`Capabilities` say so), :meth:`Translator.score` (forced decoding)
-and :meth:`Translator.attention` (when its capabilities say so); ``translate`` and
-``detokenize`` come from the protocol.
+constraints when its :class:`Capabilities` say so), :meth:`Translator.score` (forced decoding),
+:meth:`Translator.attention` and :meth:`Translator.attention_views` (when its capabilities say
+so); ``translate`` and ``detokenize`` come from the protocol.
 """
 
 from __future__ import annotations
@@ -173,6 +173,14 @@ class Translator(Protocol):
     ) -> dict:  # fmt: skip
         """One translated sentence's subword tokens and cross-attention weights as plain JSON
         data (``index`` numbers the sentence); only where ``capabilities.attention``."""
+        ...
+
+    def attention_views(self, src_text: str, hypothesis: Hypothesis) -> dict:
+        """Every attention map of one translated sentence as plain JSON data (the serve API's
+        ``"attention"`` object): ``src_tokens``, ``tgt_tokens``, ``cross``
+        ``[layer][head][T + 1][S + 1]``, ``encoder`` ``[layer][head][S + 1][S + 1]`` and
+        ``decoder`` ``[layer][head][T + 1][T + 1]`` (``None`` both for a model without
+        self-attention); only where ``capabilities.attention``."""
         ...
 
     def translate(self, src_texts: Sequence[str]) -> list[Hypothesis]:

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     import ctranslate2
 
 GIVEN_UP_SCORE = -1e9  # CTranslate2 scores beams it has given up (inside a prefix) at -1e10
+NO_ATTENTION = (
+    "a CTranslate2 folder keeps no attention weights; use the .pt checkpoint it was exported from"
+)
 
 
 @dataclass
@@ -249,10 +252,11 @@ class CT2Translator(Translator):
         head: int | None = None,
     ) -> dict:  # fmt: skip
         """Not available: a CTranslate2 folder keeps no attention weights."""
-        raise TranslationError(
-            "a CTranslate2 folder keeps no attention weights; use the .pt checkpoint it was "
-            "exported from"
-        )
+        raise TranslationError(NO_ATTENTION)
+
+    def attention_views(self, src_text: str, hypothesis: Hypothesis) -> dict:
+        """Not available: a CTranslate2 folder keeps no attention weights."""
+        raise TranslationError(NO_ATTENTION)
 
     def score(self, src_texts: Sequence[str], tgt_texts: Sequence[str]) -> list[list[float]]:
         """Forced decoding with CTranslate2's ``score_batch``: the log-probability of each

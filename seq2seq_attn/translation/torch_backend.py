@@ -28,6 +28,7 @@ from ..models.ensemble import Ensemble
 from ..sampling import Sampling, sample_search
 from ..scoring import score_pairs
 from ..tokenizer import BOS_ID, EOS_ID, Tokenizer
+from .attention_views import attention_views
 from .common import Capabilities, TranslationSettings, Translator, encode_sources
 
 logger = logging.getLogger(__name__)
@@ -224,6 +225,11 @@ class TorchTranslator(Translator):
         return attention_record(
             self.model, self.tokenizer, index, src_text, hypothesis, self.device, layer, head
         )
+
+    def attention_views(self, src_text: str, hypothesis: Hypothesis) -> dict:
+        """:func:`~seq2seq_attn.translation.attention_views.attention_views` of one translated
+        sentence: every cross- and self-attention map (an ensemble's first model's)."""
+        return attention_views(self.model, self.tokenizer, src_text, hypothesis, self.device)
 
     def alignments(
         self, src_texts: Sequence[str], hypotheses: Sequence[Hypothesis],
