@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALL_STAMP := $(VENV)/.install-stamp
 TORCH_STAMP := $(VENV)/.torch-spec
 
-.PHONY: install lint test reproduce clean FORCE
+.PHONY: install install-browser lint test reproduce clean FORCE
 
 install: $(INSTALL_STAMP)
 
@@ -20,8 +20,15 @@ $(TORCH_STAMP): FORCE
 $(INSTALL_STAMP): pyproject.toml $(TORCH_STAMP)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet '$(TORCH)'
-	$(BIN)/python -m pip install --quiet -e '.[dev,plot,ctranslate2,moses,tensorboard]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,plot,ctranslate2,moses,tensorboard,serve,serve-test]'
 	touch $@
+
+# Debian's Chromium (and its driver) for the explorer's browser test (tests/test_explorer_browser.py,
+# skipped with a reason without it); Playwright drives this system browser and never downloads one.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+install-browser:
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -q && \
+		$(SUDO) apt-get install -y -q chromium chromium-driver; }
 
 lint: install
 	$(BIN)/ruff check .

@@ -22,7 +22,7 @@ MODELS = {"models", "models.common", "models.rnn", "models.transformer", "models
 CONFIG = {"config", "config.loader", "config.model", "config.sections"}
 TRANSLATION = {
     "translation", "translation.common", "translation.torch_backend", "translation.ct2_backend",
-    "translation.opener",
+    "translation.opener", "translation.attention_views",
 }  # fmt: skip
 
 UPSTREAM_OF_TRAIN = {
@@ -44,8 +44,10 @@ CLI_MODULES = {
     "cli.translate_run",
     "cli.translate_stream",
     "cli.progress",
+    "cli.serve_cmd",
 }
 CLI_PACKAGES = {"torch", "typer", "rich"}
+SERVE_MODULES = {"serve.schema", "serve.batcher", "serve.model_info", "serve.app", "serve.server"}
 
 # module -> (project modules it may import, third-party packages it may import)
 ALLOWED: dict[str, tuple[set[str], set[str]]] = {
@@ -88,6 +90,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     ),
     "translation.common": ({"config", "decoding", "sampling", "tokenizer"}, set()),
     "scoring": ({"batching", "models.common", "tokenizer"}, {"torch"}),
+    "translation.attention_views": ({"tokenizer", "decoding", "models.common"}, {"torch"}),
     "translation.torch_backend": (
         {
             "alignment",
@@ -101,6 +104,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
             "models.ensemble",
             "sampling",
             "scoring",
+            "translation.attention_views",
             "translation.common",
         },
         {"torch"},
@@ -169,8 +173,20 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     ),
     "tensorboard_log": ({"config", "events", "plotting", "rundir"}, {"torch"}),
     "train": (UPSTREAM_OF_TRAIN, {"torch"}),
+    "serve.schema": ({"config", "sampling", "translation"}, {"pydantic"}),
+    "serve.batcher": ({"decoding", "translation", "serve.schema"}, set()),
+    "serve.model_info": ({"translation", "translation.torch_backend", "serve.schema"}, set()),
+    "serve.app": (
+        {"serve.batcher", "serve.schema"},
+        {"fastapi", "starlette", "swagger_ui_bundle"},
+    ),
+    "serve.server": (set(), {"fastapi", "uvicorn"}),
+    "serve": (SERVE_MODULES, set()),
     **{
-        module: (UPSTREAM_OF_TRAIN | {"train", "plotting", *CLI_MODULES}, CLI_PACKAGES)
+        module: (
+            UPSTREAM_OF_TRAIN | SERVE_MODULES | {"serve", "train", "plotting", *CLI_MODULES},
+            CLI_PACKAGES,
+        )
         for module in CLI_MODULES
     },
 }

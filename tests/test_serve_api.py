@@ -1,0 +1,262 @@
+"""attn-serve through FastAPI's test client on a briefly trained toy model: translations equal
+attn-translate's lines for the same options, every limit and bad input gives its 4xx naming
+the field, the API key, a model error is a 500 after which the server goes on, and the
+dynamic batcher puts concurrent requests into one search."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient
+from test_translate_cli import run_dir, source_lines, translate_cli  # noqa: F401 (fixture)
+
+from seq2seq_attn.serve import ServeLimits, ServeSettings, create_app, describe_model
+from seq2seq_attn.serve.batcher import DynamicBatcher
+from seq2seq_attn.serve.schema import TranslateRequest, request_options
+from seq2seq_attn.translation import TranslationSettings, open_translator
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LIMITS = ServeLimits(max_sentences=16, max_chars=400, max_body_bytes=8000)
+
+
+@pytest.fixture(scope="module")
+def translator(run_dir):  # noqa: F811
+    """The toy model opened as attn-translate opens it (fp32, CPU)."""
+    return open_translator(run_dir, TranslationSettings(device="cpu"))
+
+
+def make_client(translator, api_key: str | None = None, wait: float = 0.0) -> TestClient:
+    """A test client of an app around ``translator`` (enter it to start the worker)."""
+    info = describe_model(translator, translator_path(translator), 1, LIMITS)
+    batcher = DynamicBatcher(translator, wait_seconds=wait)
+    return TestClient(create_app(batcher, ServeSettings(LIMITS, api_key, info)))
+
+
+def translator_path(translator) -> str:
+    """A name for /v1/model."""
+    return "toy"
+
+
+@pytest.fixture(scope="module")
+def client(translator):
+    """A running app without an API key."""
+    with make_client(translator) as running:
+        yield running
+
+
+def post(client: TestClient, body: dict, **headers: str):
+    """POST /v1/translate."""
+    return client.post("/v1/translate", json=body, headers=headers)
+
+
+def cli_lines(run_dir, sources: list[str], *options: str, tmp_path=None) -> list[str]:  # noqa: F811
+    """attn-translate's output lines for ``sources``."""
+    result = translate_cli(run_dir, *options, stdin="".join(line + "\n" for line in sources))
+    assert result.exit_code == 0, result.output
+    return result.stdout.split("\n")[:-1]
+
+
+def n_best_lines(translations: list[dict]) -> list[str]:
+    """The server's n-best lists in attn-translate's ``index ||| text ||| score`` format."""
+    return [
+        f"{index} ||| {entry['translation']} ||| {entry['score']:.4f}"
+        for index, result in enumerate(translations)
+        for entry in result["n_best"]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "options"),
+    [
+        ({}, []),
+        ({"beam": 1}, ["--beam", "1"]),
+        ({"beam": 4, "length_penalty": 1.0, "max_length_ratio": 1.2},
+         ["--beam", "4", "--length-penalty", "1.0", "--max-length-ratio", "1.2"]),
+    ],
+)  # fmt: skip
+def test_translations_equal_attn_translate(client, run_dir, corpus, body, options):  # noqa: F811
+    sources = [*source_lines(corpus, 10), ""]
+    answer = post(client, {"text": sources, **body})
+    assert answer.status_code == 200, answer.text
+    served = [result["translation"] for result in answer.json()["translations"]]
+    assert served == cli_lines(run_dir, sources, *options)
+    assert served[-1] == ""
+
+
+def test_n_best_lists_and_sampling_equal_attn_translate(client, run_dir, corpus):  # noqa: F811
+    sources = source_lines(corpus, 6)
+    answer = post(client, {"text": sources, "beam": 3, "n_best": 3}).json()["translations"]
+    assert all(len(result["n_best"]) == 3 for result in answer)
+    assert n_best_lines(answer) == cli_lines(run_dir, sources, "--beam", "3", "--n-best", "3")
+    sampling = {"sample": True, "n_best": 2, "temperature": 0.7, "top_k": 5, "seed": 11}
+    sampled = post(client, {"text": sources, **sampling}).json()["translations"]
+    options = ["--sample", "--n-best", "2", "--temperature", "0.7", "--top-k", "5", "--seed", "11"]
+    assert n_best_lines(sampled) == cli_lines(run_dir, sources, *options)
+
+
+def test_prefixes_and_constraints_equal_attn_translate(client, run_dir, corpus, tmp_path):  # noqa: F811
+    sources = source_lines(corpus, 5)
+    targets = (corpus / "dev.tgt").read_text(encoding="utf-8").splitlines()[:5]
+    prefixes = [target.split()[0] for target in targets[:4]] + [""]
+    constraints = [[target.split()[-1]] for target in targets[:3]] + [[], []]
+    (tmp_path / "prefix.txt").write_text("\n".join(prefixes) + "\n", encoding="utf-8")
+    (tmp_path / "c.jsonl").write_text("\n".join(map(json.dumps, constraints)) + "\n", "utf-8")
+    served = post(client, {"text": sources, "prefix": prefixes}).json()["translations"]
+    expected = cli_lines(run_dir, sources, "--prefix", tmp_path / "prefix.txt")
+    assert [result["translation"] for result in served] == expected
+    assert all(r["translation"].startswith(p) for r, p in zip(served, prefixes, strict=True))
+    served = post(client, {"text": sources, "constraints": constraints}).json()["translations"]
+    expected = cli_lines(run_dir, sources, "--constraints", tmp_path / "c.jsonl")
+    assert [result["translation"] for result in served] == expected
+    assert [result["unmet_constraints"] for result in served] == [0] * 5
+
+
+def test_attention_and_alignments_belong_to_the_best_translation(client, translator, corpus):
+    sources = [*source_lines(corpus, 2), " "]
+    body = {"text": sources, "attention": True, "alignments": True}
+    served = post(client, body).json()["translations"]
+    best = translator.translate(sources[:2])
+    assert [r["alignment"] for r in served[:2]] == translator.alignments(sources[:2], best)
+    for result, hypothesis, source in zip(served, best, sources, strict=False):
+        attention = result["attention"]
+        assert attention == json.loads(json.dumps(translator.attention_views(source, hypothesis)))
+        assert len(attention["cross"][0][0]) == len(hypothesis.tokens) + 1
+    assert served[2]["attention"] is None and served[2]["translation"] == ""
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"text": []}, 422, "text"),
+        ({"text": ["a"] * 17}, 422, "text"),
+        ({"text": ["ok", "a" * 401]}, 422, "text[1]"),
+        ({"text": ["two\nlines"]}, 422, "text[0]"),
+        ({"text": ["a", 3]}, 422, "text[1]"),
+        ({"text": "a sentence"}, 422, "text"),
+        ({"sentences": ["a"]}, 422, "text"),
+        ({"text": ["a"], "beem": 2}, 422, "beem"),
+        ({"text": ["a"], "beam": 0}, 422, "beam"),
+        ({"text": ["a"], "beam": 65}, 422, "beam"),
+        ({"text": ["a"], "beam": "2"}, 422, "beam"),
+        ({"text": ["a"], "beam": 2, "n_best": 3}, 422, "n_best"),
+        ({"text": ["a"], "length_penalty": -1}, 422, "length_penalty"),
+        ({"text": ["a"], "max_length_ratio": 0}, 422, "max_length_ratio"),
+        ({"text": ["a"], "top_p": 1.5}, 422, "top_p"),
+        ({"text": ["a"], "temperature": 0}, 422, "temperature"),
+        ({"text": ["a"], "top_k": -1}, 422, "top_k"),
+        ({"text": ["a"], "sample": True, "beam": 3}, 422, "beam"),
+        ({"text": ["a"], "sample": True, "constraints": [["x"]]}, 422, "constraints"),
+        ({"text": ["a", "b"], "prefix": ["x"]}, 422, "prefix"),
+        ({"text": ["a"], "constraints": [[1]]}, 422, "constraints[0][0]"),
+        ({"text": ["a"], "attention": "yes"}, 422, "attention"),
+    ],
+)
+def test_bad_requests_name_their_field(client, body, status, field):
+    answer = post(client, body)
+    assert answer.status_code == status, answer.text
+    error = answer.json()
+    assert error["field"] == field and field in error["error"]
+
+
+def test_bodies_that_are_not_json_too_large_or_elsewhere(client):
+    for content in (b'{"text": ', b"\xff\xfe", b"[1, 2]", b""):
+        answer = client.post("/v1/translate", content=content)
+        assert 400 <= answer.status_code < 500 and "error" in answer.json(), content
+    too_large = json.dumps({"text": ["a" * 100] * 8}).encode() + b" " * 8000
+    answer = client.post("/v1/translate", content=too_large)
+    assert answer.status_code == 413 and "8000 bytes" in answer.json()["error"]
+    assert client.get("/v1/nothing").status_code == 404
+    assert client.get("/v1/translate").status_code == 405
+    # curl -d labels JSON as a form: it is read as JSON all the same
+    form = client.post(
+        "/v1/translate", content=b'{"text": ["a"]}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )  # fmt: skip
+    assert form.status_code == 200
+
+
+def test_health_model_and_documentation(client):
+    assert client.get("/v1/health").json() == {"status": "ok", "queued_sentences": 0}
+    model = client.get("/v1/model").json()
+    assert model["family"] == "transformer" and model["backend"] == "torch"
+    assert model["capabilities"] == {"attention": True, "constraints": True, "self_attention": True}
+    assert model["limits"]["max_sentences"] == 16 and model["decode"]["beam_size"] == 3
+    schema = client.get("/openapi.json").json()
+    assert "/v1/translate" in schema["paths"] and "TranslateRequest" in json.dumps(schema)
+    docs = client.get("/docs").text
+    assert "docs-static/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
+    assert client.get("/docs-static/swagger-ui-bundle.js").status_code == 200
+
+
+def test_api_key_is_checked_on_every_api_request(translator):
+    with make_client(translator, api_key="s3cret") as keyed:
+        for path in ("/v1/health", "/v1/model"):
+            assert keyed.get(path).status_code == 401
+            assert keyed.get(path, headers={"X-API-Key": "wrong"}).status_code == 401
+            assert keyed.get(path, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert post(keyed, {"text": ["a"]}).status_code == 401
+        assert post(keyed, {"text": ["a"]}, authorization="Bearer s3cret").status_code == 200
+        assert keyed.get("/").status_code == 200  # the page holds no data; it asks for the key
+
+
+def test_a_model_error_is_a_500_and_the_server_goes_on(translator, monkeypatch):
+    original = type(translator).n_best
+
+    def failing(self, src_texts, *arguments, **options):
+        if "boom" in src_texts:
+            raise RuntimeError("out of memory in the search")
+        return original(self, src_texts, *arguments, **options)
+
+    monkeypatch.setattr(type(translator), "n_best", failing)
+    with make_client(translator) as running:
+        answer = post(running, {"text": ["boom"]})
+        assert answer.status_code == 500 and "out of memory" in answer.json()["error"]
+        assert post(running, {"text": ["still here"]}).status_code == 200
+
+
+def test_concurrent_requests_share_one_search(translator, corpus):
+    sources = source_lines(corpus, 8)
+    options = job_options(translator, sources[:1])
+    batcher = DynamicBatcher(translator, wait_seconds=0.5)
+    batcher.start()
+    futures: dict[int, object] = {}
+
+    def submit(index: int) -> None:
+        futures[index] = batcher.submit([sources[index]], options)
+
+    threads = [threading.Thread(target=submit, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    results = [futures[index].result(timeout=60) for index in range(8)]
+    batcher.close()
+    assert batcher.stats.searches == 1 and batcher.stats.largest_search == 8
+    alone = translator.detokenize(translator.translate(sources))
+    assert [result[0]["translation"] for result in results] == alone
+
+
+def job_options(translator, sources: list[str], **body):
+    """The job options of a request for ``sources`` with ``body``'s options."""
+    request = TranslateRequest(text=sources, **body)
+    return request_options(request, translator.decode, translator.capabilities)
+
+
+def test_jobs_with_different_settings_do_not_share_a_search(translator, corpus):
+    sources = source_lines(corpus, 2)
+    batcher = DynamicBatcher(translator, wait_seconds=0.5)
+    batcher.start()
+    futures = [
+        batcher.submit(sources, job_options(translator, sources, beam=beam)) for beam in (1, 2, 1)
+    ]
+    for future in futures:
+        future.result(timeout=60)
+    batcher.close()
+    assert batcher.stats.searches == 2 and batcher.stats.jobs == 3
