@@ -103,8 +103,16 @@ def _add_api_routes(app: FastAPI, batcher: DynamicBatcher, settings: ServeSettin
 
     @app.get("/v1/health", summary="Liveness and queue length")
     async def health() -> dict:
-        """``ok`` while the model worker runs, and the sentences waiting for it."""
-        return {"status": "ok", "queued_sentences": batcher.queued_sentences}
+        """``ok`` while the model worker runs, the sentences waiting for it, and the
+        searches run so far with the sentences they held (their ratio: the batch size that
+        dynamic batching reaches)."""
+        stats = batcher.stats
+        return {
+            "status": "ok",
+            "queued_sentences": batcher.queued_sentences,
+            "searches": stats.searches,
+            "sentences": stats.sentences,
+        }
 
     @app.get("/v1/model", summary="What is loaded")
     async def model() -> dict:
