@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -99,7 +100,11 @@ def _add_api_routes(app: FastAPI, batcher: DynamicBatcher, settings: ServeSettin
             results = future.result()
         except Exception as error:  # the model failed on this batch; the server goes on
             return _error(500, f"translation failed: {type(error).__name__}: {error}")
-        return JSONResponse({"translations": results})
+        if not body.attention:
+            return JSONResponse({"translations": results})
+        # every layer's and head's maps can be megabytes of JSON: encoded off the event loop
+        encoded = await asyncio.to_thread(_json_bytes, {"translations": results})
+        return Response(encoded, media_type="application/json")
 
     @app.get("/v1/health", summary="Liveness and queue length")
     async def health() -> dict:
@@ -119,6 +124,11 @@ def _add_api_routes(app: FastAPI, batcher: DynamicBatcher, settings: ServeSettin
         """Family, size, languages, attention layers and heads, decode defaults, backend,
         device, precision, capabilities and request limits."""
         return settings.model_info
+
+
+def _json_bytes(payload: dict) -> bytes:
+    """``payload`` as JSONResponse encodes it."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def _client_departed(request: Request) -> None:
