@@ -146,6 +146,30 @@ def test_a_stop_signal_finishes_requests_in_flight_and_exits_0(run_dir, corpus, 
         request(port, "GET", "/v1/health")
 
 
+def test_a_second_ctrl_c_stops_at_once(run_dir):  # noqa: F811
+    process, port = start_server(run_dir, "--batch-wait-ms", "5000")
+    outcome: list[object] = []
+
+    def send() -> None:  # uvicorn answers a cancelled request with a plain-text 500
+        try:
+            outcome.append(request(port, "POST", "/v1/translate", {"text": ["ein Satz"]}))
+        except (OSError, ValueError) as error:
+            outcome.append(error)
+
+    waiting = threading.Thread(target=send, daemon=True)
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while request(port, "GET", "/v1/health")[1]["queued_sentences"] < 1:
+        assert time.monotonic() < deadline, "the request never reached the queue"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    status, stderr = stop(process, signal.SIGINT)  # the request still waits for its batch
+    assert status == 130 and "requests in flight were dropped" in stderr, stderr
+    waiting.join(timeout=10)
+    assert len(outcome) == 1 and isinstance(outcome[0], OSError | ValueError)  # not translated
+
+
 def test_another_address_needs_an_api_key_and_a_busy_port_is_one_error(run_dir):  # noqa: F811
     from seq2seq_attn.cli import serve_app
 

@@ -129,12 +129,14 @@ def serve_command(
         info = describe_model(translator, model, 1 + len(ensemble or []), limits)
         batcher = DynamicBatcher(translator, wait_seconds=batch_wait_ms / 1000)
         app = create_app(batcher, ServeSettings(limits, api_key, info))
-        started = serve(
+        ended = serve(
             app, host, port, lambda: announce(info, host, port, api_key is not None),
             shutdown_timeout, access_log,
         )  # fmt: skip
-    if not started:
+    if ended == "failed":
         raise fail(f"cannot serve on {host}:{port} (see the error above)", code=1)
+    if ended == "forced":
+        raise fail("attn-serve: stopped at once; requests in flight were dropped", code=130)
     err_console.print("attn-serve: stopped", highlight=False)
 
 

@@ -107,17 +107,18 @@ def _add_api_routes(app: FastAPI, batcher: DynamicBatcher, settings: ServeSettin
         return Response(encoded, media_type="application/json")
 
     @app.get("/v1/health", summary="Liveness and queue length")
-    async def health() -> dict:
-        """``ok`` while the model worker runs, the sentences waiting for it, and the
+    async def health() -> JSONResponse:
+        """``ok`` while the model worker runs (else 503), the sentences waiting for it, and the
         searches run so far with the sentences they held (their ratio: the batch size that
         dynamic batching reaches)."""
         stats = batcher.stats
-        return {
-            "status": "ok",
+        answer = {
+            "status": "ok" if batcher.running else "stopped",
             "queued_sentences": batcher.queued_sentences,
             "searches": stats.searches,
             "sentences": stats.sentences,
         }
+        return JSONResponse(answer, status_code=200 if batcher.running else 503)
 
     @app.get("/v1/model", summary="What is loaded")
     async def model() -> dict:

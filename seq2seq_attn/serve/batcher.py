@@ -80,6 +80,11 @@ class DynamicBatcher:
             self._thread.join()
 
     @property
+    def running(self) -> bool:
+        """Whether the worker thread is translating (or waiting for work)."""
+        return self._thread.is_alive()
+
+    @property
     def queued_sentences(self) -> int:
         """Sentences submitted and not yet answered."""
         return self._queued_sentences
@@ -87,7 +92,7 @@ class DynamicBatcher:
     def submit(self, sentences: list[str], options: JobOptions) -> Future:
         """Queue a request's sentences; the future gets their results in input order. A job
         whose future is cancelled before its search starts (its client left) is skipped."""
-        if not self._thread.is_alive():
+        if not self.running:
             raise RuntimeError("the model worker is not running")
         job = Job(sentences, options)
         with self._lock:

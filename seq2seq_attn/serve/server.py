@@ -60,10 +60,12 @@ def serve(
     on_ready: Callable[[], None],
     shutdown_timeout: float,
     access_log: bool,
-) -> bool:
+) -> str:
     """Serve ``app`` on ``host:port`` until a stop signal; ``shutdown_timeout`` seconds for
-    the requests in flight at the stop (then they are cancelled). Returns whether the server
-    started (False: it could not bind or start the model worker; uvicorn logged why)."""
+    the requests in flight at the stop (then they are cancelled). Returns how it ended:
+    ``"stopped"`` (requests in flight answered), ``"forced"`` (a second Ctrl-C: they were
+    dropped) or ``"failed"`` (it could not bind or start the model worker; uvicorn logged
+    why)."""
     config = uvicorn.Config(
         app, host=host, port=port, log_level="info" if access_log else "warning",
         access_log=access_log, timeout_graceful_shutdown=shutdown_timeout, lifespan="on",
@@ -71,6 +73,8 @@ def serve(
     server = GracefulServer(config, on_ready)
     try:
         server.run()
-    except SystemExit:  # uvicorn exits 3 when the lifespan startup fails
-        return False
-    return server.started
+    except SystemExit:  # uvicorn exits 1 when it cannot bind, 3 when the lifespan fails
+        return "failed"
+    if not server.started:
+        return "failed"
+    return "forced" if server.force_exit else "stopped"
