@@ -173,7 +173,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     ),
     "tensorboard_log": ({"config", "events", "plotting", "rundir"}, {"torch"}),
     "train": (UPSTREAM_OF_TRAIN, {"torch"}),
-    "serve.schema": ({"config", "sampling", "translation"}, {"pydantic"}),
+    "serve.schema": ({"config", "constrained_phrases", "sampling", "translation"}, {"pydantic"}),
     "serve.batcher": ({"decoding", "translation", "serve.schema"}, set()),
     "serve.model_info": ({"translation", "translation.torch_backend", "serve.schema"}, set()),
     "serve.app": (

@@ -156,6 +156,10 @@ def test_attention_and_alignments_belong_to_the_best_translation(client, transla
         ({"text": ["a", "b"], "prefix": ["x"]}, 422, "prefix"),
         ({"text": ["a"], "constraints": [[1]]}, 422, "constraints[0][0]"),
         ({"text": ["a"], "attention": "yes"}, 422, "attention"),
+        ({"text": ["a"] * 9, "attention": True}, 422, "attention"),
+        ({"text": ["ok", "\ud800"]}, 422, "text[1]"),
+        ({"text": ["a"], "constraints": [["x"] * 63]}, 422, "constraints[0]"),
+        ({"text": ["a"], "sample": True, "temperature": 0.001}, 422, "temperature"),
     ],
 )
 def test_bad_requests_name_their_field(client, body, status, field):
@@ -174,12 +178,17 @@ def test_bodies_that_are_not_json_too_large_or_elsewhere(client):
     assert answer.status_code == 413 and "8000 bytes" in answer.json()["error"]
     assert client.get("/v1/nothing").status_code == 404
     assert client.get("/v1/translate").status_code == 405
-    # curl -d labels JSON as a form: it is read as JSON all the same
-    form = client.post(
-        "/v1/translate", content=b'{"text": ["a"]}',
-        headers={"content-type": "application/x-www-form-urlencoded"},
-    )  # fmt: skip
-    assert form.status_code == 200
+    # curl -d labels JSON as a form, others label it text or not at all: read as JSON
+    for label in ("application/x-www-form-urlencoded", "text/plain", ""):
+        labelled = client.post(
+            "/v1/translate", content=b'{"text": ["a"]}', headers={"content-type": label}
+        )
+        assert labelled.status_code == 200, label
+    for number in (b"NaN", b"Infinity"):
+        answer = client.post("/v1/translate", content=b'{"text": ["a"], "top_p": ' + number + b"}")
+        assert answer.status_code == 422 and answer.json()["field"] == "top_p"
+        assert "finite" in answer.json()["error"]
+    assert post(client, {"text": ["a"], "sample": True, "seed": -1}).status_code == 200
 
 
 def test_health_model_and_documentation(client):
@@ -193,6 +202,7 @@ def test_health_model_and_documentation(client):
     assert "/v1/translate" in schema["paths"] and "TranslateRequest" in json.dumps(schema)
     docs = client.get("/docs").text
     assert "docs-static/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
+    assert schema["openapi"].startswith("3.0")  # what the vendored Swagger UI 4 renders
     assert client.get("/docs-static/swagger-ui-bundle.js").status_code == 200
 
 
@@ -220,6 +230,17 @@ def test_a_model_error_is_a_500_and_the_server_goes_on(translator, monkeypatch):
         answer = post(running, {"text": ["boom"]})
         assert answer.status_code == 500 and "out of memory" in answer.json()["error"]
         assert post(running, {"text": ["still here"]}).status_code == 200
+    # a failing request batched with others fails alone
+    batcher = DynamicBatcher(translator, wait_seconds=0.5)
+    batcher.start()
+    options = job_options(translator, ["x"])
+    futures = [batcher.submit([text], options) for text in ("fine", "boom", "also fine")]
+    with pytest.raises(RuntimeError, match="out of memory"):
+        futures[1].result(timeout=60)
+    assert [futures[i].result(timeout=60)[0]["translation"] for i in (0, 2)] == (
+        translator.detokenize(translator.translate(["fine", "also fine"]))
+    )
+    batcher.close()
 
 
 def test_concurrent_requests_share_one_search(translator, corpus):

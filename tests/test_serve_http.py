@@ -175,6 +175,8 @@ def test_another_address_needs_an_api_key_and_a_busy_port_is_one_error(run_dir):
 
     result = CliRunner().invoke(serve_app, [str(run_dir), "--host", "0.0.0.0"])
     assert result.exit_code == 2 and "--api-key" in result.output
+    empty = CliRunner().invoke(serve_app, [str(run_dir), "--host", "0.0.0.0", "--api-key", " "])
+    assert empty.exit_code == 2 and "empty" in empty.output
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -24,8 +24,8 @@ _HOMES = {
 
 
 def __getattr__(name: str) -> object:
-    """``train_app`` / ``translate_app`` / ``score_app`` / ``export_app`` / ``serve_app``, importing their
-    module on first use."""
+    """``train_app`` / ``translate_app`` / ``score_app`` / ``export_app`` / ``serve_app``,
+    importing their module on first use."""
     if name not in _HOMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(_HOMES[name], __name__), name)

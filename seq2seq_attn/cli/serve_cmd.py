@@ -104,6 +104,8 @@ def serve_command(
     from ..serve import ServeLimits, ServeSettings, create_app, describe_model, is_loopback, serve
     from ..serve.batcher import DynamicBatcher
 
+    if api_key is not None and not api_key.strip():
+        raise fail(f"--api-key (or {API_KEY_VARIABLE}) is empty: give a key, or none", code=2)
     if api_key is None and not is_loopback(host):
         raise fail(
             f"--host {host} makes the server reachable from other machines: give --api-key KEY "

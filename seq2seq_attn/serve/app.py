@@ -32,7 +32,6 @@ from .batcher import DynamicBatcher
 from .schema import RequestError, ServeLimits, TranslateRequest, check_limits, request_options
 
 STATIC_DIR = Path(__file__).parent / "static"
-API_KEY_HEADERS = ("x-api-key", "authorization")
 # The explorer's and the API documentation's own files need no key: they hold no data and
 # reach no model (the page asks for the key when the API answers 401).
 PUBLIC_PATHS = ("/", "/favicon.ico", "/docs", "/openapi.json")
@@ -69,6 +68,7 @@ def create_app(batcher: DynamicBatcher, settings: ServeSettings) -> FastAPI:
         redoc_url=None,
         lifespan=lifespan,
     )
+    app.openapi_version = "3.0.3"  # the vendored Swagger UI (4.x) renders OpenAPI 3.0 only
     _add_error_handlers(app)
     _add_api_routes(app, batcher, settings)
     _add_pages(app)
@@ -91,6 +91,9 @@ def _add_api_routes(app: FastAPI, batcher: DynamicBatcher, settings: ServeSettin
         departed = asyncio.ensure_future(_client_departed(request))
         try:
             await asyncio.wait((future, departed), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # a stop that could not wait: drop the queued job
+            future.cancel()
+            raise
         finally:
             departed.cancel()
         if not future.done():  # the client left: drop its job unless it is running
@@ -239,15 +242,10 @@ class LimitsMiddleware:
 
 
 def _as_json(scope: Scope) -> Scope:
-    """``scope`` with a form content type (what ``curl -d`` sends) read as JSON: the API
-    takes JSON bodies only, however they are labelled."""
-    headers = [
-        (name, b"application/json")
-        if name == b"content-type" and value.startswith(b"application/x-www-form-urlencoded")
-        else (name, value)
-        for name, value in scope["headers"]
-    ]
-    return {**scope, "headers": headers}
+    """``scope`` with its body labelled JSON: the API takes JSON bodies only, however they
+    are labelled (``curl -d`` says form) or not labelled at all."""
+    headers = [(name, value) for name, value in scope["headers"] if name != b"content-type"]
+    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import queue
 import threading
 import time
@@ -149,10 +150,13 @@ class DynamicBatcher:
                 job.future.set_result(_results(translator, job, found[start:end]))
                 start = end
         except Exception as error:  # the model's error goes to the requests, not the worker
+            if len(group) > 1:  # one job's input may be at fault: the others must not pay
+                for job in group:
+                    if not job.future.done():
+                        self._run([job])
+                return
             logger.exception("translating %d sentences failed", len(sentences))
-            for job in group:
-                if not job.future.done():
-                    job.future.set_exception(error)
+            group[0].future.set_exception(error)
         self._count(group, len(sentences))
 
     def _count(self, group: list[Job], sentences: int) -> None:
@@ -195,7 +199,11 @@ def _results(translator: Translator, job: Job, found: list[list[Hypothesis]]) ->
     for index, (sentence, hypotheses) in enumerate(zip(job.sentences, found, strict=True)):
         texts = translator.detokenize(hypotheses)
         n_best = [
-            {"translation": text, "score": hypothesis.score, "log_prob": hypothesis.log_prob}
+            {
+                "translation": text,
+                "score": _finite(hypothesis.score),
+                "log_prob": _finite(hypothesis.log_prob),
+            }
             for text, hypothesis in zip(texts, hypotheses, strict=True)
         ]
         result = {**n_best[0], "n_best": n_best}
@@ -210,3 +218,8 @@ def _results(translator: Translator, job: Job, found: list[list[Hypothesis]]) ->
             )
         results.append(result)
     return results
+
+
+def _finite(value: float) -> float | None:
+    """``value``, or None (JSON null) for an infinite or NaN score, which JSON cannot carry."""
+    return value if math.isfinite(value) else None

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import DecodeConfig
+from ..constrained_phrases import MAX_PHRASES
 from ..sampling import Sampling
 from ..translation import Capabilities, TranslationSettings
 
 MAX_BEAM = 64  # the widest beam (and longest n-best list) one request may ask for
+MAX_ATTENTION_SENTENCES = 8  # every map of every layer and head is large: a few sentences a request
 
 
 class RequestError(ValueError):
@@ -48,7 +50,7 @@ class TranslateRequest(BaseModel):
     ``attn-translate`` (None: the server's defaults, themselves the model's decode section
     unless ``attn-serve`` was given others)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     text: list[str] = Field(description="Source sentences, one per item (no line breaks).")
     beam: int | None = Field(None, ge=1, le=MAX_BEAM, description="Beam size; 1 = greedy.")
@@ -66,10 +68,10 @@ class TranslateRequest(BaseModel):
         None, description="Per sentence, target phrases its translation must contain."
     )
     sample: bool = Field(False, description="Sample n_best translations instead of searching.")
-    temperature: float = Field(1.0, gt=0, le=1000, description="Sampling temperature.")
+    temperature: float = Field(1.0, ge=0.01, le=1000, description="Sampling temperature.")
     top_k: int = Field(0, ge=0, description="Sample among the k most probable tokens (0: all).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
-    seed: int = Field(0, ge=0, lt=1 << 63, description="Sampling seed.")
+    seed: int = Field(0, description="Sampling seed (any integer, as attn-translate --seed).")
     attention: bool = Field(False, description="Return every attention map of the best output.")
     alignments: bool = Field(False, description="Return Pharaoh word alignments.")
 
@@ -123,6 +125,34 @@ def check_limits(request: TranslateRequest, limits: ServeLimits) -> None:
                 "(an empty string or list where a sentence has none)",
                 name,
             )
+    _check_text(request)
+    if request.attention and count > MAX_ATTENTION_SENTENCES:
+        raise RequestError(
+            f"attention: asked for {count} sentences; at most {MAX_ATTENTION_SENTENCES} per "
+            "request carry attention maps (send the others without attention)",
+            "attention",
+        )
+
+
+def _check_text(request: TranslateRequest) -> None:
+    """Refuse text the tokenizer cannot take (a lone UTF-16 surrogate such as ``\\ud800``)
+    and more constraint phrases for one sentence than the constrained search holds."""
+    fields = [(f"text[{i}]", text) for i, text in enumerate(request.text)]
+    fields += [(f"prefix[{i}]", text) for i, text in enumerate(request.prefix or [])]
+    for i, phrases in enumerate(request.constraints or []):
+        if len(phrases) > MAX_PHRASES:
+            raise RequestError(
+                f"constraints[{i}]: {len(phrases)} phrases; at most {MAX_PHRASES} per sentence",
+                f"constraints[{i}]",
+            )
+        fields += [(f"constraints[{i}][{j}]", phrase) for j, phrase in enumerate(phrases)]
+    for field, text in fields:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(
+                f"{field}: not valid Unicode text (a lone surrogate)", field
+            ) from None
 
 
 def request_options(

@@ -74,19 +74,20 @@ function useKey(event) {
 
 /** The model description in the header; the decode defaults in the form. */
 function showModel(model) {
-  const languages = `${model.src_lang} → ${model.tgt_lang}`;
+  const known = (value) => value ?? "–"; // a CTranslate2 folder does not say everything
+  const languages = model.src_lang ? `${model.src_lang} → ${model.tgt_lang}` : null;
   const values = {
     name: model.name,
     family: model.ensemble > 1 ? `${model.family} (ensemble of ${model.ensemble})` : model.family,
     languages,
-    parameters: Number(model.parameters).toLocaleString("en-US"),
+    parameters: model.parameters == null ? null : Number(model.parameters).toLocaleString("en-US"),
     backend: model.backend,
-    device: model.precision ? `${model.device} (${model.precision})` : model.device,
+    device: [model.device, model.precision && `(${model.precision})`].filter(Boolean).join(" "),
   };
   for (const [key, value] of Object.entries(values)) {
-    document.querySelector(`#model-info [data-key="${key}"]`).textContent = value ?? "–";
+    document.querySelector(`#model-info [data-key="${key}"]`).textContent = known(value || null);
   }
-  document.title = `${model.family} ${languages}: attention explorer`;
+  document.title = `${model.family} ${known(languages)}: attention explorer`;
   $("beam").value = model.decode?.beam_size ?? 5;
   $("nbest").value = model.decode?.n_best ?? 1;
 }
