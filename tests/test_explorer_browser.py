@@ -32,9 +32,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
-
-from seq2seq_attn.config import config_from_plain
-from seq2seq_attn.train import train
+from test_translate_cli import train_toy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,22 +76,7 @@ def run_dir(corpus, tmp_path_factory) -> Path:
     if os.environ.get("EXPLORER_MODEL"):
         return Path(os.environ["EXPLORER_MODEL"])
     directory = tmp_path_factory.mktemp("runs") / "toy"
-    config = config_from_plain(
-        {
-            "data": {"src_lang": "src", "tgt_lang": "tgt", "train": str(corpus / "train"),
-                     "dev": str(corpus / "dev"), "test": "", "max_tokens": 256,
-                     "max_length": 40, "cache_dir": str(corpus / "cache")},
-            "tokenizer": {"vocab_size": 64},
-            "model": {"family": "transformer", "max_positions": 64,
-                      "transformer": {"d_model": 32, "num_heads": 2, "encoder_layers": 2,
-                                      "decoder_layers": 2, "ff_size": 64}},
-            "train": {"max_steps": 100, "validate_every": 50, "save_every": 50, "lr": 3e-3,
-                      "warmup_steps": 10, "precision": "fp32", "device": "cpu"},
-            "decode": {"beam_size": 3, "max_length_offset": 5},
-        }
-    )  # fmt: skip
-    train(config, directory)
-    return directory
+    return train_toy(corpus, directory, layers=2, heads=2, steps=100, max_positions=64)
 
 
 def free_port() -> int:

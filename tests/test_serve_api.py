@@ -52,8 +52,9 @@ def client(translator):
 
 
 def post(client: TestClient, body: dict, **headers: str):
-    """POST /v1/translate."""
-    return client.post("/v1/translate", json=body, headers=headers)
+    """POST /v1/translate with ``body`` as ASCII JSON (lone surrogates travel as escapes)."""
+    headers = {"content-type": "application/json", **headers}
+    return client.post("/v1/translate", content=json.dumps(body).encode(), headers=headers)
 
 
 def cli_lines(run_dir, sources: list[str], *options: str, tmp_path=None) -> list[str]:  # noqa: F811

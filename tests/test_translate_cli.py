@@ -23,18 +23,27 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def run_dir(corpus, tmp_path_factory) -> Path:
     """A tiny Transformer trained for 40 steps on the toy corpus slice."""
-    directory = tmp_path_factory.mktemp("runs") / "toy"
+    return train_toy(corpus, tmp_path_factory.mktemp("runs") / "toy")
+
+
+def train_toy(
+    corpus: Path, directory: Path, layers: int = 1, heads: int = 4, steps: int = 40,
+    max_positions: int = 48,
+) -> Path:  # fmt: skip
+    """Train a tiny Transformer (d_model 32, ``layers`` encoder and decoder layers) on the
+    toy corpus slice into ``directory`` for ``steps`` steps; returns ``directory``."""
     config = config_from_plain(
         {
             "data": {"src_lang": "src", "tgt_lang": "tgt", "train": str(corpus / "train"),
                      "dev": str(corpus / "dev"), "test": "", "max_tokens": 256,
                      "max_length": 40, "cache_dir": str(corpus / "cache")},
             "tokenizer": {"vocab_size": 64},
-            "model": {"family": "transformer", "max_positions": 48,
-                      "transformer": {"d_model": 32, "num_heads": 4, "encoder_layers": 1,
-                                      "decoder_layers": 1, "ff_size": 64}},
-            "train": {"max_steps": 40, "validate_every": 20, "save_every": 20, "lr": 3e-3,
-                      "warmup_steps": 10, "precision": "fp32", "device": "cpu"},
+            "model": {"family": "transformer", "max_positions": max_positions,
+                      "transformer": {"d_model": 32, "num_heads": heads, "encoder_layers": layers,
+                                      "decoder_layers": layers, "ff_size": 64}},
+            "train": {"max_steps": steps, "validate_every": steps // 2,
+                      "save_every": steps // 2, "lr": 3e-3, "warmup_steps": 10,
+                      "precision": "fp32", "device": "cpu"},
             "decode": {"beam_size": 3, "max_length_offset": 5},
         }
     )  # fmt: skip
