@@ -1,8 +1,9 @@
-"""Translation speed and BLEU: our search (fp32, bf16) against CTranslate2 (fp32, int8).
+"""Translation speed and BLEU: our search (fp32, bf16, int8) against CTranslate2 (fp32, int8).
 
 One Transformer checkpoint is exported to CTranslate2 twice (float32 and int8 weights, into
 ``--export-dir``), then every system translates the same source file with the same beam and the
-same number of threads, in ``--rounds`` interleaved rounds:
+same number of threads, in ``--rounds`` interleaved rounds (bf16 only where the CPU computes it
+natively, or with ``--bf16``; an RNN checkpoint gets our rows only: CTranslate2 has no RNN):
 
 - decode-only: the model already loaded in this process; the clock runs over
   ``translate(lines)`` alone;
@@ -11,11 +12,15 @@ same number of threads, in ``--rounds`` interleaved rounds:
 
 The table gives the median sentences/s of each, BLEU / lowercased BLEU (sacreBLEU 13a) of the
 output against ``--ref`` and how many lines equal our fp32 search's; every round must produce the
-same output. A last row, decode-only, runs CTranslate2's own search on the float32 folder (its
-``L ** alpha`` length penalty, one length limit for all lines): what our rules around it change.
+same output. The last rows, decode-only, run CTranslate2's own search (its ``L ** alpha``
+length penalty, one length limit for all lines): on the float32 folder in batches of 4096
+tokens (what our rules around it change), and on the int8 folder in length-sorted batches of
+16, 32 and 64 sentences (its best batching, the bar for our int8 search).
 
     python scripts/bench_translate.py runs/multi30k-de-en/transformer/best.pt \\
         --source data/multi30k/test_2016_flickr.de --ref data/multi30k/test_2016_flickr.en
+    python scripts/bench_translate.py runs/toy-rnn --source data/toy/test.src \\
+        --ref data/toy/test.tgt --rounds 1 --no-whole-process   # our rows only, a minute
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pathlib import Path
 import torch
 
 from seq2seq_attn.corpus import read_lines
+from seq2seq_attn.device import cpu_has_fast_bf16, cpu_model
 from seq2seq_attn.export import export_checkpoint
 from seq2seq_attn.metrics import corpus_scores
 from seq2seq_attn.translation import TranslationSettings, Translator, open_translator
@@ -71,7 +77,16 @@ def decode_only(system: System, lines: list[str], beam: int, threads: int) -> No
     system.outputs.add(tuple(translator.detokenize(found)))
 
 
-def own_search(system: System, lines: list[str], beam: int, threads: int) -> None:
+@dataclass
+class OwnSearch(System):
+    """CTranslate2's own search on an exported folder, in batches of ``batch_size``
+    ``batch_type`` (``tokens`` or ``examples``: sentences, which it sorts by length)."""
+
+    batch_size: int = 4096
+    batch_type: str = "tokens"
+
+
+def own_search(system: OwnSearch, lines: list[str], beam: int, threads: int) -> None:
     """Time CTranslate2's own search, as the plain snippet of docs/ctranslate2.md runs it: its
     length penalty ``L ** alpha`` with the model's alpha and one length limit (the model's) for
     all lines."""
@@ -80,7 +95,7 @@ def own_search(system: System, lines: list[str], beam: int, threads: int) -> Non
     alpha = translator.decode.length_penalty
     pieces = [tokenizer.src_pieces(ids[: limit - 1]) for ids in tokenizer.encode_src(lines)]
     settings = {"beam_size": beam, "length_penalty": alpha, "max_decoding_length": limit - 1,
-                "max_batch_size": 4096, "batch_type": "tokens"}  # fmt: skip
+                "max_batch_size": system.batch_size, "batch_type": system.batch_type}  # fmt: skip
     translator.engine.translate_batch(pieces[:8], **settings)  # warm up
     start = time.perf_counter()
     results = translator.engine.translate_batch(pieces, **settings)
@@ -103,45 +118,69 @@ def whole_process(system: System, source: Path, beam: int, threads: int, out: Pa
 def main() -> None:
     """Export, measure every system in interleaved rounds and print a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="a Transformer checkpoint or run directory")
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint or run directory")
     parser.add_argument("--source", type=Path, default=Path("data/multi30k/test_2016_flickr.de"))
     parser.add_argument("--ref", type=Path, default=Path("data/multi30k/test_2016_flickr.en"))
     parser.add_argument("--export-dir", type=Path, help="where to export [a temporary folder]")
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--bf16", action=argparse.BooleanOptionalAction, default=cpu_has_fast_bf16(),
+        help="include our bf16 search [default: where the CPU computes bf16 natively]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--whole-process", action=argparse.BooleanOptionalAction, default=True,
+        help="also time attn-translate as a whole process",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lines, references = read_lines(args.source), read_lines(args.ref)
+    ours = [System("attn-translate fp32", args.checkpoint, ["--precision", "fp32"])]
+    if args.bf16:
+        ours.append(System("attn-translate bf16", args.checkpoint, ["--precision", "bf16"]))
+    ours.append(System("attn-translate int8", args.checkpoint, ["--precision", "int8"]))
     with tempfile.TemporaryDirectory() as scratch:
-        export_dir = args.export_dir or Path(scratch)
-        folders = {
-            kind: export_checkpoint(args.checkpoint, export_dir / f"ct2-{kind}", kind, force=True)
-            for kind in ("float32", "int8")
-        }
-        systems = [
-            System("attn-translate fp32", args.checkpoint, ["--precision", "fp32"]),
-            System("attn-translate bf16", args.checkpoint, ["--precision", "bf16"]),
-            System("CTranslate2 float32", folders["float32"], ["--compute-type", "float32"]),
-            System("CTranslate2 int8", folders["int8"], ["--compute-type", "int8"]),
-        ]
-        plain = System("CTranslate2 float32, its own search", folders["float32"], [])
+        systems, plain = ours, []
+        if model_family(args.checkpoint) == "transformer":
+            export_dir = args.export_dir or Path(scratch)
+            folders = {
+                kind: export_checkpoint(
+                    args.checkpoint, export_dir / f"ct2-{kind}", kind, force=True
+                )
+                for kind in ("float32", "int8")
+            }
+            systems = [
+                *ours,
+                System("CTranslate2 float32", folders["float32"], ["--compute-type", "float32"]),
+                System("CTranslate2 int8", folders["int8"], ["--compute-type", "int8"]),
+            ]
+            plain = [OwnSearch("CTranslate2 float32, its own search", folders["float32"], [])]
+            plain += [
+                OwnSearch(f"CTranslate2 int8, its own search, sorted batches of {size}",
+                          folders["int8"], [], batch_size=size, batch_type="examples")
+                for size in (16, 32, 64)
+            ]  # fmt: skip
         for round_number in range(1, args.rounds + 1):
             for system in systems:
                 decode_only(system, lines, args.beam, args.threads)
-                whole_process(system, args.source, args.beam, args.threads,
-                              Path(scratch) / "out.txt")  # fmt: skip
-            own_search(plain, lines, args.beam, args.threads)
+                if args.whole_process:
+                    whole_process(system, args.source, args.beam, args.threads,
+                                  Path(scratch) / "out.txt")  # fmt: skip
+            for system in plain:
+                own_search(system, lines, args.beam, args.threads)
             print(f"round {round_number} of {args.rounds} done", file=sys.stderr, flush=True)
     print(f"{len(lines)} sentences of {args.source}, beam {args.beam}, {args.threads} thread(s), "
-          f"torch {torch.__version__}, median of {args.rounds} interleaved rounds\n")  # fmt: skip
+          f"torch {torch.__version__}, {cpu_model()}, median of {args.rounds} interleaved "
+          "rounds\n")  # fmt: skip
+    reference = systems[-2] if plain else systems[0]  # CTranslate2 float32, else our fp32
     print("| system | BLEU | BLEU lc | lines equal to attn-translate fp32 "
           "| decode-only sentences/s | whole process sentences/s "
-          "| decode-only vs CTranslate2 float32 |")  # fmt: skip
+          f"| decode-only vs {reference.name.removeprefix('attn-translate ')} |")  # fmt: skip
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    reference_speed = len(lines) / statistics.median(systems[2].decode_seconds)
+    reference_speed = len(lines) / statistics.median(reference.decode_seconds)
     reference_output = next(iter(systems[0].outputs))
-    for system in [*systems, plain]:
+    for system in [*systems, *plain]:
         if len(system.outputs) != 1:
             raise SystemExit(f"{system.name}: the rounds translated differently")
         output = list(next(iter(system.outputs)))
@@ -157,6 +196,12 @@ def main() -> None:
         print(f"| {system.name} | {bleu:.2f} | {bleu_lc:.2f} | {equal} / {len(lines)} "
               f"| {decode_speed:.1f} | {process_speed} "
               f"| {decode_speed / reference_speed:.2f}x |")  # fmt: skip
+
+
+def model_family(checkpoint: Path) -> str:
+    """``transformer`` or ``rnn``: the family of the model in ``checkpoint``."""
+    settings = TranslationSettings(device="cpu")
+    return open_translator(checkpoint, settings).config.model.family
 
 
 if __name__ == "__main__":

@@ -317,6 +317,9 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, d_model, bias=bias)
         self.v_proj = nn.Linear(d_model, d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        # Prebuilt fused projections ("qkv", "kv") that replace concatenating the weights at
+        # every call; empty unless a quantization (models.int8) fills it. No parameters.
+        self.fused_projections = nn.ModuleDict()
 
     def forward(
         self,
@@ -360,7 +363,7 @@ class MultiHeadAttention(nn.Module):
     def memory_cache(self, memory: Tensor) -> KVCache:
         """A filled static (cross-attention) cache of ``memory`` ``(B, S, D)``: its keys and
         values are projected once here and reused at every decoding step."""
-        key, value = self._fused_linear(memory, (self.k_proj, self.v_proj)).chunk(2, dim=-1)
+        key, value = self._fused_linear(memory, "kv").chunk(2, dim=-1)
         # Contiguous once here: batched matmuls would copy these head-split views every step.
         key, value = self._split_heads(key).contiguous(), self._split_heads(value).contiguous()
         return KVCache(static=True, key=key, value=value)
@@ -368,19 +371,24 @@ class MultiHeadAttention(nn.Module):
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Input projections, split into heads: three ``(B, H, T, Dh)`` tensors."""
         if key is query and value is query:
-            qkv = self._fused_linear(query, (self.q_proj, self.k_proj, self.v_proj))
+            qkv = self._fused_linear(query, "qkv")
             q, k, v = qkv.chunk(3, dim=-1)
         else:
             q = self.q_proj(query)
             if key is value:
-                k, v = self._fused_linear(key, (self.k_proj, self.v_proj)).chunk(2, dim=-1)
+                k, v = self._fused_linear(key, "kv").chunk(2, dim=-1)
             else:
                 k, v = self.k_proj(key), self.v_proj(value)
         return self._split_heads(q), self._split_heads(k), self._split_heads(v)
 
-    @staticmethod
-    def _fused_linear(inputs: Tensor, layers: tuple[nn.Linear, ...]) -> Tensor:
-        """Apply several same-input linear layers as one matmul; ``(B, T, D) -> (B, T, n*D)``."""
+    def _fused_linear(self, inputs: Tensor, which: str) -> Tensor:
+        """The projections ``which`` (``"qkv"`` or ``"kv"``) of ``inputs`` as one matmul;
+        ``(B, T, D) -> (B, T, n*D)``."""
+        if which in self.fused_projections:
+            return self.fused_projections[which](inputs)
+        layers = (self.q_proj, self.k_proj, self.v_proj) if which == "qkv" else (
+            self.k_proj, self.v_proj
+        )  # fmt: skip
         weight = torch.cat([layer.weight for layer in layers])
         bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])
         return F.linear(inputs, weight, bias)

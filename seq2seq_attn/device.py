@@ -89,7 +89,8 @@ def machine_info() -> dict:
 
 @dataclass(frozen=True)
 class Precision:
-    """The resolved numeric precision: ``name`` (fp32, bf16, fp16) on ``device_type``."""
+    """The resolved numeric precision: ``name`` (fp32, bf16, fp16; int8: a translation model
+    whose linear layers are int8, see :mod:`seq2seq_attn.models.int8`) on ``device_type``."""
 
     name: str
     device_type: str

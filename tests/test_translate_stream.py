@@ -322,7 +322,7 @@ def test_a_killed_translation_leaves_the_old_output_and_no_temporary(run_dir, co
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--precision", "banana"], "invalid value 'banana'; use auto, fp32, bf16 or fp16"),
+        (["--precision", "banana"], "invalid value 'banana'; use auto, fp32, bf16, fp16 or int8"),
         (["--max-length-ratio", "inf"], "--max-length-ratio: invalid value inf; use a finite"),
         (["--max-length-ratio", "nan"], "--max-length-ratio: invalid value nan"),
         (["--max-length-ratio", "0"], "--max-length-ratio: invalid value 0.0"),

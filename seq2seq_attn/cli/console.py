@@ -17,7 +17,10 @@ from rich.markup import escape
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 PrecisionOption = Annotated[
     str | None,
-    typer.Option(help="Checkpoints: fp32, bf16, fp16 (CUDA) or auto \\[default: fp32]."),
+    typer.Option(
+        help="Checkpoints: fp32, bf16, fp16 (CUDA), int8 (CPU: int8 linear layers) or auto "
+        "\\[default: fp32]."
+    ),
 ]
 ComputeTypeOption = Annotated[
     str | None,

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # what --precision takes (checkpoints)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # what --precision takes (checkpoints)
 
 
 class TranslationError(ValueError):
@@ -86,7 +86,7 @@ class TranslationSettings:
         """Refuse values no backend can honour (a typo, inf, nan), naming the option."""
         _require(
             self.precision is None or self.precision in PRECISIONS, "--precision",
-            self.precision, "use auto, fp32, bf16 or fp16",
+            self.precision, "use auto, fp32, bf16, fp16 or int8",
         )  # fmt: skip
         _require(
             self.length_penalty is None or 0 <= self.length_penalty < math.inf,

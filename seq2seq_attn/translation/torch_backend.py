@@ -25,11 +25,18 @@ from ..constrained import constrained_beam_search
 from ..decoding import Hypothesis, Seq2Seq, beam_search, greedy_search
 from ..device import Precision, resolve_device, resolve_precision
 from ..models.ensemble import Ensemble
+from ..models.int8 import int8_supported, quantize_int8
 from ..sampling import Sampling, sample_search
 from ..scoring import score_pairs
 from ..tokenizer import BOS_ID, EOS_ID, Tokenizer
 from .attention_views import attention_views
-from .common import Capabilities, TranslationSettings, Translator, encode_sources
+from .common import (
+    Capabilities,
+    TranslationError,
+    TranslationSettings,
+    Translator,
+    encode_sources,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -266,11 +273,32 @@ def open_checkpoints(paths: Sequence[Path], settings: TranslationSettings) -> To
         model = _ensemble(paths, model, tokenizer)
     decode = settings.decode_settings(config.decode)
     device = resolve_device(settings.device, "--device")
-    precision = resolve_precision(settings.precision or "fp32", device, "--precision")
+    if settings.precision == "int8":
+        precision = _quantized(model, device)
+    else:
+        precision = resolve_precision(settings.precision or "fp32", device, "--precision")
     return TorchTranslator(
         model.to(device), tokenizer, config, decode, device, precision, settings.max_tokens,
         settings.max_sentences, settings.sampling,
     )  # fmt: skip
+
+
+def _quantized(model: Seq2Seq, device: torch.device) -> Precision:
+    """Quantize ``model``'s linear layers to int8 in place (:func:`quantize_int8`); the
+    precision to report. Int8 runs on the CPU only: another device is refused."""
+    if device.type != "cpu":
+        raise TranslationError(
+            f"--precision int8: int8 search runs on the CPU, not {device}; add --device cpu, "
+            "or use bf16 or fp16 on CUDA"
+        )
+    if not int8_supported():
+        raise TranslationError(
+            "--precision int8: this torch build has no quantized CPU engine; use fp32 or bf16"
+        )
+    model.eval()
+    layers = quantize_int8(model)
+    logger.info("int8: %d linear layers quantized (weights per output row, dynamic inputs)", layers)
+    return Precision("int8", device.type)
 
 
 def _ensemble(paths: Sequence[Path], model: Seq2Seq, tokenizer: Tokenizer) -> Ensemble:

@@ -1,0 +1,120 @@
+"""Int8 inference on the CPU: every matrix-shaped linear layer of a trained model, the output
+projection included, computed in int8 with dynamic activation quantization.
+
+Weights are quantized once, symmetrically per output row (scale = row max |w| / 127, zero
+point 0); each call quantizes its input per tensor from its own range (fbgemm/oneDNN
+``quantized::linear_dynamic``) and returns fp32. Embeddings, layer norms, recurrent encoder
+cells, softmax and attention scores stay fp32. This is what ``--precision int8`` of
+``attn-translate``/``attn-serve`` runs; a quantized model is for translating only (its packed
+weights are not parameters: nothing of it is saved or trained).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from ..attention import MultiHeadAttention
+
+__all__ = ["Int8Linear", "int8_supported", "quantize_int8"]
+
+_TINY = torch.finfo(torch.float32).tiny  # the scale of an all-zero weight row
+
+
+def int8_supported() -> bool:
+    """Whether this torch build has a quantized CPU engine (x86/fbgemm or qnnpack on ARM)."""
+    return any(engine != "none" for engine in torch.backends.quantized.supported_engines)
+
+
+class Int8Linear(nn.Module):
+    """``y = x W^T + b`` with ``W`` in int8 (per output row) and ``x`` quantized per call.
+
+    Built from fp32 weights by :meth:`from_linears`; the packed weights belong to the quantized
+    engine active at that moment (``torch.backends.quantized.engine``).
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        """Quantize ``weight`` ``(out, in)`` per output row and pack it with ``bias`` ``(out,)``."""
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        weight = weight.detach().float().cpu()
+        scales = (weight.abs().amax(dim=1) / 127).clamp_min(_TINY)
+        zero_points = torch.zeros(self.out_features, dtype=torch.long)
+        with warnings.catch_warnings():
+            # torch deprecates creating quantized tensors (pytorch#184982); the pinned torch has
+            # them, and the packed weight below is the only place one lives (tests catch removal)
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+            quantized = torch.quantize_per_channel(
+                weight, scales.double(), zero_points, 0, torch.qint8
+            )
+        bias = None if bias is None else bias.detach().float().cpu()
+        self._packed = torch.ops.quantized.linear_prepack(quantized, bias)
+
+    @classmethod
+    def from_linears(cls, *layers: nn.Linear) -> Int8Linear:
+        """One int8 layer computing ``layers`` (same input size) side by side: its output is
+        their outputs concatenated along the last dimension (a fused Q/K/V projection)."""
+        weight = torch.cat([layer.weight for layer in layers])
+        biases = [layer.bias for layer in layers]
+        if all(bias is None for bias in biases):
+            return cls(weight, None)
+        bias = torch.cat(
+            [
+                torch.zeros(layer.out_features, device=layer.weight.device)
+                if bias is None
+                else bias
+                for layer, bias in zip(layers, biases, strict=True)
+            ]
+        )
+        return cls(weight, bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(..., in) -> (..., out)``, fp32.
+
+        The engine quantizes the input with one range for the whole tensor (its min and max),
+        so a row's output can change in the last bits with the other rows of the call: int8
+        translations may differ with batch composition. Per-row ranges would avoid that, but
+        the extra passes over the input cost as much as the int8 matmul saves (measured).
+        """
+        flat = x.reshape(-1, self.in_features).float()  # (N, in)
+        # reduce_range=False: full 8-bit activations (x86/oneDNN and VNNI do not saturate)
+        output = torch.ops.quantized.linear_dynamic(flat, self._packed, False)  # (N, out)
+        return output.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        """Sizes, as ``nn.Linear`` prints them."""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def quantize_int8(model: nn.Module) -> int:
+    """Replace, in place, every ``nn.Linear`` of ``model`` (on the CPU, in eval mode) by an
+    :class:`Int8Linear`, and give each :class:`~seq2seq_attn.attention.MultiHeadAttention` its
+    fused int8 Q/K/V and K/V projections. Layers with one output (an additive attention's
+    energy vector ``v``: a dot product whose error would go straight into the attention
+    scores) stay fp32.
+
+    Returns:
+        How many linear layers are now int8. Raises ``ValueError`` for a model on another
+        device or in training mode, and ``RuntimeError`` where torch has no quantized engine.
+    """
+    if not int8_supported():
+        raise RuntimeError("this torch build has no quantized CPU engine for int8")
+    if model.training:
+        raise ValueError("int8 quantization is for inference: call model.eval() first")
+    if any(parameter.device.type != "cpu" for parameter in model.parameters()):
+        raise ValueError("int8 quantization runs on the CPU: move the model with .cpu() first")
+    for module in model.modules():
+        if isinstance(module, MultiHeadAttention):
+            module.fused_projections["qkv"] = Int8Linear.from_linears(
+                module.q_proj, module.k_proj, module.v_proj
+            )
+            module.fused_projections["kv"] = Int8Linear.from_linears(module.k_proj, module.v_proj)
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear) and child.out_features > 1:
+                setattr(parent, name, Int8Linear.from_linears(child))
+                replaced += 1
+    return replaced
