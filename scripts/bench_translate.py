@@ -115,8 +115,8 @@ def whole_process(system: System, source: Path, beam: int, threads: int, out: Pa
     system.outputs.add(tuple(read_lines(out)))
 
 
-def main() -> None:
-    """Export, measure every system in interleaved rounds and print a Markdown table."""
+def parse_args() -> argparse.Namespace:
+    """The command line's options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", type=Path, help="a checkpoint or run directory")
     parser.add_argument("--source", type=Path, default=Path("data/multi30k/test_2016_flickr.de"))
@@ -133,7 +133,60 @@ def main() -> None:
         "--whole-process", action=argparse.BooleanOptionalAction, default=True,
         help="also time attn-translate as a whole process",
     )  # fmt: skip
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def ctranslate2_systems(checkpoint: Path, export_dir: Path) -> tuple[list[System], list[OwnSearch]]:
+    """Export ``checkpoint`` to CTranslate2 float32 and int8 folders under ``export_dir``: the
+    systems run through ``attn-translate`` and those run with CTranslate2's own search."""
+    folders = {
+        kind: export_checkpoint(checkpoint, export_dir / f"ct2-{kind}", kind, force=True)
+        for kind in ("float32", "int8")
+    }
+    through_ours = [
+        System("CTranslate2 float32", folders["float32"], ["--compute-type", "float32"]),
+        System("CTranslate2 int8", folders["int8"], ["--compute-type", "int8"]),
+    ]
+    plain = [OwnSearch("CTranslate2 float32, its own search", folders["float32"], [])]
+    plain += [
+        OwnSearch(f"CTranslate2 int8, its own search, sorted batches of {size}",
+                  folders["int8"], [], batch_size=size, batch_type="examples")
+        for size in (16, 32, 64)
+    ]  # fmt: skip
+    return through_ours, plain
+
+
+def print_table(systems: list[System], reference: System, references: list[str]) -> None:
+    """A Markdown row per system: BLEU, lines equal to the first system's, sentences/s and the
+    decode-only ratio to ``reference``; every system must have translated alike in each round."""
+    print("| system | BLEU | BLEU lc | lines equal to attn-translate fp32 "
+          "| decode-only sentences/s | whole process sentences/s "
+          f"| decode-only vs {reference.name.removeprefix('attn-translate ')} |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    count = len(references)
+    reference_speed = count / statistics.median(reference.decode_seconds)
+    reference_output = next(iter(systems[0].outputs))
+    for system in systems:
+        if len(system.outputs) != 1:
+            raise SystemExit(f"{system.name}: the rounds translated differently")
+        output = list(next(iter(system.outputs)))
+        bleu = corpus_scores(output, references, ["bleu"])["bleu"].score
+        bleu_lc = corpus_scores(output, references, ["bleu"], lowercase=True)["bleu"].score
+        decode_speed = count / statistics.median(system.decode_seconds)
+        process_speed = (
+            f"{count / statistics.median(system.process_seconds):.1f}"
+            if system.process_seconds
+            else "-"
+        )
+        equal = sum(mine == ours for mine, ours in zip(output, reference_output, strict=True))
+        print(f"| {system.name} | {bleu:.2f} | {bleu_lc:.2f} | {equal} / {count} "
+              f"| {decode_speed:.1f} | {process_speed} "
+              f"| {decode_speed / reference_speed:.2f}x |")  # fmt: skip
+
+
+def main() -> None:
+    """Export, measure every system in interleaved rounds and print a Markdown table."""
+    args = parse_args()
     torch.set_num_threads(args.threads)
     lines, references = read_lines(args.source), read_lines(args.ref)
     ours = [System("attn-translate fp32", args.checkpoint, ["--precision", "fp32"])]
@@ -143,24 +196,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         systems, plain = ours, []
         if model_family(args.checkpoint) == "transformer":
-            export_dir = args.export_dir or Path(scratch)
-            folders = {
-                kind: export_checkpoint(
-                    args.checkpoint, export_dir / f"ct2-{kind}", kind, force=True
-                )
-                for kind in ("float32", "int8")
-            }
-            systems = [
-                *ours,
-                System("CTranslate2 float32", folders["float32"], ["--compute-type", "float32"]),
-                System("CTranslate2 int8", folders["int8"], ["--compute-type", "int8"]),
-            ]
-            plain = [OwnSearch("CTranslate2 float32, its own search", folders["float32"], [])]
-            plain += [
-                OwnSearch(f"CTranslate2 int8, its own search, sorted batches of {size}",
-                          folders["int8"], [], batch_size=size, batch_type="examples")
-                for size in (16, 32, 64)
-            ]  # fmt: skip
+            theirs, plain = ctranslate2_systems(args.checkpoint, args.export_dir or Path(scratch))
+            systems = [*ours, *theirs]
         for round_number in range(1, args.rounds + 1):
             for system in systems:
                 decode_only(system, lines, args.beam, args.threads)
@@ -174,28 +211,7 @@ def main() -> None:
           f"torch {torch.__version__}, {cpu_model()}, median of {args.rounds} interleaved "
           "rounds\n")  # fmt: skip
     reference = systems[-2] if plain else systems[0]  # CTranslate2 float32, else our fp32
-    print("| system | BLEU | BLEU lc | lines equal to attn-translate fp32 "
-          "| decode-only sentences/s | whole process sentences/s "
-          f"| decode-only vs {reference.name.removeprefix('attn-translate ')} |")  # fmt: skip
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    reference_speed = len(lines) / statistics.median(reference.decode_seconds)
-    reference_output = next(iter(systems[0].outputs))
-    for system in [*systems, *plain]:
-        if len(system.outputs) != 1:
-            raise SystemExit(f"{system.name}: the rounds translated differently")
-        output = list(next(iter(system.outputs)))
-        bleu = corpus_scores(output, references, ["bleu"])["bleu"].score
-        bleu_lc = corpus_scores(output, references, ["bleu"], lowercase=True)["bleu"].score
-        decode_speed = len(lines) / statistics.median(system.decode_seconds)
-        process_speed = (
-            f"{len(lines) / statistics.median(system.process_seconds):.1f}"
-            if system.process_seconds
-            else "-"
-        )
-        equal = sum(mine == ours for mine, ours in zip(output, reference_output, strict=True))
-        print(f"| {system.name} | {bleu:.2f} | {bleu_lc:.2f} | {equal} / {len(lines)} "
-              f"| {decode_speed:.1f} | {process_speed} "
-              f"| {decode_speed / reference_speed:.2f}x |")  # fmt: skip
+    print_table([*systems, *plain], reference, references)
 
 
 def model_family(checkpoint: Path) -> str:
