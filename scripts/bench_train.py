@@ -1,6 +1,6 @@
 """Training throughput (source + target tokens/s, target tokens/s) and peak memory of the
 Multi30k configs, fp32 against bf16, through the library's own training step (loss, backward,
-clipping, AdamW), and the Transformer's training FLOP/s as a share of this CPU's bf16 matmul peak.
+clipping, AdamW), and each model's training FLOP/s as a share of this CPU's bf16 matmul peak.
 
 FLOP/s counts three times the forward FLOPs of the linear layers
 (``Seq2Seq.linear_flops_per_token``: per real source and target token, so padding counts as

@@ -18,7 +18,10 @@ import seq2seq_attn
 PACKAGE_DIR = Path(seq2seq_attn.__file__).parent
 PACKAGE = "seq2seq_attn"
 
-MODELS = {"models", "models.common", "models.rnn", "models.transformer", "models.ensemble"}
+MODELS = {
+    "models", "models.common", "models.rnn", "models.rnn_loop", "models.transformer",
+    "models.ensemble",
+}  # fmt: skip
 CONFIG = {"config", "config.loader", "config.model", "config.sections"}
 TRANSLATION = {
     "translation", "translation.common", "translation.torch_backend", "translation.ct2_backend",
@@ -70,7 +73,8 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "loaders": ({"batching", "stop_signals", "tokenizer"}, {"datasets", "torch"}),
     "attention": (set(), {"torch"}),
     "models.common": ({"attention"}, {"torch"}),
-    "models.rnn": ({"config", "attention", "models.common"}, {"torch"}),
+    "models.rnn": ({"config", "attention", "models.common", "models.rnn_loop"}, {"torch"}),
+    "models.rnn_loop": ({"attention"}, {"torch"}),
     "models.transformer": ({"config", "attention", "models.common"}, {"torch"}),
     "models.ensemble": ({"models.common"}, {"torch"}),
     "models.int8": ({"attention"}, {"torch"}),

@@ -16,9 +16,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..attention import build_score, softmax_attention
+from ..attention import AdditiveScore, build_score, softmax_attention
 from ..config import ModelConfig, RNNConfig
 from .common import Dropout, Embeddings, EncoderOutput, Seq2Seq, select_rows
+from .rnn_loop import bahdanau_gru_loop, luong_gru_loop
 
 
 class RNNEncoder(nn.Module):
@@ -153,9 +154,14 @@ class AttentionDecoder(nn.Module, ABC):
     """What both attentional decoders share: bridge, attention over the memory, time loop.
 
     Subclasses define :meth:`_step` (one position, from the embedding's precomputed gates to the
-    features that predict the next token) and :meth:`_readout` (features -> output vector).
-    ``section`` is ``model.rnn``; ``dropout`` the shared ``model.dropout``.
+    features that predict the next token), :meth:`_readout` (features -> output vector) and
+    :meth:`_fused_loop` (every teacher-forced position at once, where :mod:`.rnn_loop` has the
+    configuration: one GRU layer). ``section`` is ``model.rnn``; ``dropout`` the shared
+    ``model.dropout``. Set :attr:`fused` to False to step through autograd instead.
     """
+
+    fused: bool = True
+    """Teacher forcing through :meth:`_fused_loop` where it applies (the results are the same)."""
 
     def __init__(
         self, section: RNNConfig, dropout: float, embed: Embeddings, score: str, step_size: int
@@ -169,6 +175,7 @@ class AttentionDecoder(nn.Module, ABC):
         self.bridge = nn.Linear(num_states * hidden, num_states * section.decoder_layers * hidden)
         self.attention = build_score(score, hidden, hidden, section.attention_size)
         self.rnn = DecoderRNN(section, dropout, section.embedding_size, step_size)
+        self.one_gru_layer = section.cell == "gru" and section.decoder_layers == 1
 
     def init_state(self, encoder_output: EncoderOutput) -> RNNState:
         """Bridge ``tanh(W final + b)`` to the first decoder state; project the keys once."""
@@ -202,6 +209,9 @@ class AttentionDecoder(nn.Module, ABC):
         """Teacher forcing on ``tgt_in`` ``(B, T)``: ``(outputs (B, T, O), weights (B, T, S))``."""
         embedded = self.dropout(self.embed(tgt_in))  # (B, T, E)
         ahead = self.rnn.ahead_proj(embedded)  # (B, T, G): one matmul for every step
+        if self.fused and self._fusable():
+            features, weights = self._fused_loop(ahead, state)  # (B, T, F), (B, T, S)
+            return self._readout(features, embedded), weights
         features, weights = [], []
         # unbind, not ahead[:, t]: its backward is one stack, not T zero-filled (B, T, G) grads
         for ahead_gates in ahead.unbind(dim=1):  # T x (B, G)
@@ -211,6 +221,16 @@ class AttentionDecoder(nn.Module, ABC):
         outputs = self._readout(torch.stack(features, dim=1), embedded)  # (B, T, O)
         return outputs, torch.stack(weights, dim=1)
 
+    def _fusable(self) -> bool:
+        """Whether :meth:`_fused_loop` can run: one GRU layer, a score it knows, and plain
+        linear layers (not int8 ones, which keep no weight matrices)."""
+        linears = self._fused_linears()
+        if not self.one_gru_layer or linears is None:
+            return False
+        return all(
+            type(m) is nn.Linear for m in [self.rnn.step_proj, self.rnn.hidden_projs[0], *linears]
+        )
+
     @abstractmethod
     def _step(self, ahead_gates: Tensor, state: RNNState) -> tuple[Tensor, RNNState, Tensor]:
         """One position: ``(features (B, F), new state, weights (B, S))``."""
@@ -218,6 +238,16 @@ class AttentionDecoder(nn.Module, ABC):
     @abstractmethod
     def _readout(self, features: Tensor, embedded: Tensor) -> Tensor:
         """``features`` ``(..., F)`` and the input embeddings ``(..., E)`` -> ``(..., O)``."""
+
+    @abstractmethod
+    def _fused_linears(self) -> list[nn.Module] | None:
+        """The layers besides the RNN's that :meth:`_fused_loop` reads the weights of (it needs
+        them to be ``nn.Linear``), or ``None`` where it does not apply."""
+
+    @abstractmethod
+    def _fused_loop(self, ahead: Tensor, state: RNNState) -> tuple[Tensor, Tensor]:
+        """Every position of ``ahead`` ``(B, T, G)``: ``(features (B, T, F), weights (B, T, S))``,
+        as :meth:`_step` in a loop would give them."""
 
 
 class BahdanauDecoder(AttentionDecoder):
@@ -235,6 +265,20 @@ class BahdanauDecoder(AttentionDecoder):
         hidden, cell = self.rnn(ahead_gates, context, state.hidden, state.cell)
         features = torch.cat([hidden[:, -1], context], dim=-1)  # (B, 2H)
         return features, replace(state, hidden=hidden, cell=cell), weights
+
+    def _fused_linears(self) -> list[nn.Module] | None:
+        """The additive score's query projection and energy vector."""
+        return [self.attention.query_proj, self.attention.energy]
+
+    def _fused_loop(self, ahead: Tensor, state: RNNState) -> tuple[Tensor, Tensor]:
+        """:func:`~.rnn_loop.bahdanau_gru_loop`; features ``[s_t; c_t]`` ``(B, T, 2H)``."""
+        score, rnn = self.attention, self.rnn
+        hiddens, contexts, weights = bahdanau_gru_loop(
+            ahead, state.hidden[:, 0], state.keys, state.memory, state.src_mask,
+            score.query_proj.weight, score.energy.weight, rnn.step_proj.weight,
+            rnn.hidden_projs[0].weight, rnn.hidden_projs[0].bias,
+        )  # fmt: skip
+        return torch.cat([hiddens, contexts], dim=-1), weights
 
     def _readout(self, features: Tensor, embedded: Tensor) -> Tensor:
         """``tanh(W_o [s_t; c_t; E y_{t-1}])`` with dropout, ``(..., H)``."""
@@ -261,9 +305,28 @@ class LuongDecoder(AttentionDecoder):
         attentional = torch.tanh(self.combine(torch.cat([context, hidden[:, -1]], dim=-1)))
         return attentional, replace(state, hidden=hidden, cell=cell, feed=attentional), weights
 
+    def _fused_linears(self) -> list[nn.Module] | None:
+        """The combination layer, for a dot or general score (an additive one is not fused)."""
+        return None if isinstance(self.attention, AdditiveScore) else [self.combine]
+
+    def _fused_loop(self, ahead: Tensor, state: RNNState) -> tuple[Tensor, Tensor]:
+        """:func:`~.rnn_loop.luong_gru_loop`; features ``h~_t`` ``(B, T, H)``."""
+        rnn = self.rnn
+        return luong_gru_loop(
+            ahead, state.hidden[:, 0], state.keys, state.memory, state.src_mask,
+            rnn.step_proj.weight, rnn.hidden_projs[0].weight, rnn.hidden_projs[0].bias,
+            self.combine.weight,
+        )  # fmt: skip
+
     def _readout(self, features: Tensor, embedded: Tensor) -> Tensor:
         """``h~_t`` with dropout, ``(..., H)``."""
         return self.dropout(features)
+
+
+def weights_of(module: nn.Module | None) -> int:
+    """Multiply-adds per row of input of ``module`` if it is an ``nn.Linear`` (its weight's
+    size), else 0."""
+    return module.weight.numel() if isinstance(module, nn.Linear) else 0
 
 
 class RNNSeq2Seq(Seq2Seq):
@@ -308,6 +371,28 @@ class RNNSeq2Seq(Seq2Seq):
         """Teacher-forced logits ``(B, T, V)`` (the decoder loops over time)."""
         outputs, _ = self.decoder(tgt_in, self.init_state(self.encode(src, src_mask)))
         return self.output(outputs)
+
+    def linear_flops_per_token(self) -> tuple[int, int]:
+        """Forward FLOPs of the products with weight matrices per source token (the encoder
+        RNN, the attention's key projection) and per target token (the decoder RNN, an additive
+        score's query projection, Bahdanau's readout or Luong's combination, the output
+        projection). Left out: the bridge (once per sentence) and the attention's products with
+        the source states (``v^T tanh(..)``, dot products, weighted sums), which grow with the
+        source length. A training step costs about three times the forward pass."""
+        attention, decoder = self.decoder.attention, self.decoder
+        per_source = sum(
+            weight.numel()
+            for name, weight in self.encoder.rnn.named_parameters()
+            if name.startswith("weight_")
+        )  # fmt: skip
+        per_source += weights_of(getattr(attention, "key_proj", None))
+        per_target = sum(weights_of(module) for module in decoder.rnn.modules())
+        per_target += weights_of(getattr(attention, "query_proj", None))
+        per_target += sum(
+            weights_of(module) for module in decoder.children() if module is not decoder.bridge
+        )  # fmt: skip
+        per_target += weights_of(self.output)
+        return 2 * per_source, 2 * per_target
 
     def attention_maps(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced attention weights ``(B, 1, 1, T, S)``."""
