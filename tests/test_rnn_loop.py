@@ -1,14 +1,17 @@
-"""The RNN decoders' fused teacher-forced loop (models/rnn_loop.py): its hand-written backward
-against autograd's numerical gradients, and its outputs and every parameter's gradient against
-the step-by-step autograd loop it replaces, in float64 and under bf16 autocast."""
+"""The RNNs' faster training paths: the decoders' fused teacher-forced loop (models/rnn_loop.py),
+its hand-written backward against autograd's numerical gradients and its outputs and every
+parameter's gradient against the step-by-step autograd loop it replaces (float64 and bf16
+autocast); the GRU encoder's padded runs against torch's own packed bidirectional GRU."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_models import TGT_VOCAB, make, padded_batch
+from test_models import SRC_VOCAB, TGT_VOCAB, make, padded_batch, small_rnn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from seq2seq_attn.models import build_model
 from seq2seq_attn.models.int8 import int8_supported, quantize_int8
 from seq2seq_attn.models.rnn_loop import bahdanau_gru_loop, luong_gru_loop
 
@@ -133,3 +136,30 @@ def test_an_int8_model_steps_through_autograd_and_keeps_its_outputs():
         model.decoder.fused = False
         stepped_maps = model.attention_maps(src, src_mask, tgt_in)
     torch.testing.assert_close(fused_maps, stepped_maps)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"encoder_layers": 2}, {"bidirectional": False},
+     {"encoder_layers": 3, "bidirectional": False}],
+)  # fmt: skip
+def test_the_gru_encoder_equals_torchs_packed_gru(options):
+    torch.manual_seed(0)
+    encoder = build_model(small_rnn(**options), SRC_VOCAB, TGT_VOCAB).double().eval().encoder
+    src, src_mask, _, _ = padded_batch()
+    output = encoder(src, src_mask)
+    (output.states.sin().sum() + output.final.cos().sum()).backward()
+    grads = {name: p.grad.clone() for name, p in encoder.named_parameters()}
+    encoder.zero_grad()
+    embedded = encoder.embed(src)
+    lengths = src_mask.sum(dim=1)
+    packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
+    packed_outputs, final = encoder.rnn(packed)  # torch's own GRU module
+    states, _ = pad_packed_sequence(packed_outputs, batch_first=True, total_length=src.size(1))
+    directions = 2 if encoder.rnn.bidirectional else 1
+    top = final[-directions:].transpose(0, 1).reshape(len(src), -1)  # (B, H)
+    (states.sin().sum() + top.cos().sum()).backward()
+    torch.testing.assert_close(output.states, states, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(output.final, top, rtol=1e-12, atol=1e-12)
+    for name, p in encoder.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-10, atol=1e-12, msg=name)

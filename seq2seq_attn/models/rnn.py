@@ -23,8 +23,14 @@ from .rnn_loop import bahdanau_gru_loop, luong_gru_loop
 
 
 class RNNEncoder(nn.Module):
-    """Embeddings and a GRU/LSTM stack over packed sequences.
+    """Embeddings and a (bi)directional GRU/LSTM stack that padding never changes.
 
+    A GRU runs each direction of each layer over the padded batch, the backward direction on
+    every sentence reversed within its length (padding left in place, after the real tokens),
+    and reads its final states at the last real token: torch's packed sequences give the same
+    states, but their backward pass adds one zero-filled gradient of every position's input
+    gates per time step (``narrow``), which made the encoder about 1.6 times slower on the
+    CPU. An LSTM, whose final cell state is not among its outputs, runs packed.
     ``section`` is ``model.rnn``; ``dropout`` the shared ``model.dropout``.
     """
 
@@ -42,27 +48,79 @@ class RNNEncoder(nn.Module):
             bidirectional=section.bidirectional,
             dropout=dropout if section.encoder_layers > 1 else 0.0,
         )
+        self.between_layers = Dropout(dropout)
         self.directions = directions
         self.lstm = section.cell == "lstm"
 
     def forward(self, src: Tensor, src_mask: Tensor) -> EncoderOutput:
-        """``src`` ``(B, S)`` -> states ``(B, S, hidden)``, final ``(B, hidden [*2 for LSTM])``.
+        """``src`` ``(B, S)`` -> states ``(B, S, hidden)`` (0 at padding), final
+        ``(B, hidden [*2 for LSTM])``.
 
         Every sentence needs at least one real token.
         """
         embedded = self.dropout(self.embed(src))  # (B, S, E)
+        if self.lstm:
+            states, summary = self._packed(embedded, src_mask)
+        else:
+            states, summary = self._padded_gru(embedded, src_mask)
+        return EncoderOutput(states=self.dropout(states), mask=src_mask, final=summary)
+
+    def _padded_gru(self, embedded: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """States ``(B, S, H)`` and the top layer's final states ``(B, H)`` of the GRU, every
+        direction of every layer run over the padded batch (see the class docstring)."""
+        lengths = src_mask.sum(dim=1)  # (B,)
+        positions = torch.arange(src_mask.size(1), device=src_mask.device)  # (S,)
+        # (B, S): position t of a sentence reversed within its length; padding stays put
+        backwards = torch.where(src_mask, lengths[:, None] - 1 - positions, positions)
+        last = torch.arange(len(lengths), device=src_mask.device), lengths - 1
+        layer_input = embedded
+        for layer in range(self.rnn.num_layers):
+            if layer > 0:
+                layer_input = self.between_layers(layer_input)
+            forward_states = self._gru_direction(layer_input, layer, reverse=False)
+            finals, outputs = [forward_states[last]], [forward_states]  # (B, Hd), (B, S, Hd)
+            if self.directions == 2:
+                reversed_states = self._gru_direction(
+                    gather_positions(layer_input, backwards), layer, reverse=True
+                )
+                finals.append(reversed_states[last])
+                outputs.append(gather_positions(reversed_states, backwards))
+            layer_input = torch.cat(outputs, dim=-1)  # (B, S, H)
+        states = layer_input.masked_fill(~src_mask.unsqueeze(-1), 0.0)
+        return states, torch.cat(finals, dim=-1)
+
+    def _gru_direction(self, inputs: Tensor, layer: int, reverse: bool) -> Tensor:
+        """One direction of one GRU layer over ``inputs`` ``(B, S, I)`` from a zero state, with
+        the module's own weights: states ``(B, S, Hd)``."""
+        suffix = f"l{layer}_reverse" if reverse else f"l{layer}"
+        weights = [
+            getattr(self.rnn, f"{name}_{suffix}")
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        ]  # fmt: skip
+        first = inputs.new_zeros(1, inputs.size(0), self.rnn.hidden_size)
+        # nn.GRU's own kernel for one layer and direction (batch-first, no inner dropout)
+        states, _ = torch._VF.gru(inputs, first, weights, True, 1, 0.0, self.training, False, True)
+        return states
+
+    def _packed(self, embedded: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """States ``(B, S, H)`` and the top layer's final ``[h; c]`` ``(B, 2H)`` of the LSTM
+        over packed sequences."""
         lengths = src_mask.sum(dim=1).cpu()  # (B,)
         packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
         outputs, final = self.rnn(packed)
-        states, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
-        finals = final if self.lstm else (final,)  # LSTM: (h, c); GRU: h
-        summary = torch.cat([self._top_layer(f) for f in finals], dim=-1)
-        return EncoderOutput(states=self.dropout(states), mask=src_mask, final=summary)
+        states, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src_mask.size(1))
+        return states, torch.cat([self._top_layer(f) for f in final], dim=-1)
 
     def _top_layer(self, final: Tensor) -> Tensor:
         """``(layers * directions, B, Hd)`` -> top layer, directions side by side, ``(B, H)``."""
         top = final[-self.directions :]  # (directions, B, Hd)
         return top.transpose(0, 1).reshape(top.size(1), -1)  # (B, directions * Hd)
+
+
+def gather_positions(batch: Tensor, positions: Tensor) -> Tensor:
+    """``batch`` ``(B, S, D)`` with its rows' positions taken as ``positions`` ``(B, S)`` says
+    (``out[b, t] = batch[b, positions[b, t]]``)."""
+    return batch.gather(1, positions.unsqueeze(-1).expand(-1, -1, batch.size(-1)))
 
 
 class DecoderRNN(nn.Module):
