@@ -17,7 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from .batching import Batch
 from .config import TrainConfig
-from .device import Precision
+from .device import Precision, keep_freed_memory
 from .models import Seq2Seq
 from .tokenizer import PAD_ID
 
@@ -28,8 +28,9 @@ LOSS_CHUNK_ELEMENTS = 1 << 20  # logits scored at once (4 MiB in fp32: the chunk
 
 
 def label_smoothed_loss(
-    logits: Tensor, target: Tensor, smoothing: float, pad_id: int = PAD_ID
-) -> tuple[Tensor, Tensor]:
+    logits: Tensor, target: Tensor, smoothing: float, pad_id: int = PAD_ID,
+    grad_scale: float = 1.0,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Summed label-smoothed cross-entropy and summed NLL over non-PAD targets, in fp32.
 
     Same definition as ``F.cross_entropy(label_smoothing=smoothing)``: the target distribution
@@ -39,7 +40,9 @@ def label_smoothed_loss(
     Computed a few rows of logits at a time (:data:`LOSS_CHUNK_ELEMENTS`), the gradient with
     respect to the logits included, so that no ``(B, T, V)`` fp32 tensor is ever built: the
     vocabulary-wide passes of an unchunked loss and its backward (casts, log-sum-exp, softmax)
-    took about half of a Transformer training step on the CPU.
+    took about half of a Transformer training step on the CPU. That gradient is written for a
+    backward pass that multiplies the loss by ``grad_scale`` (the trainer's ``1 / tokens``):
+    one that does needs no pass over the logits' gradient (any other is still exact).
 
     Args:
         logits: ``(B, T, V)`` scores; target: ``(B, T)`` gold ids, ``pad_id`` where ignored.
@@ -47,16 +50,17 @@ def label_smoothed_loss(
     Returns:
         ``(loss_sum, nll_sum)`` 0-dim tensors (divide by the target token count for means).
     """
-    return _LabelSmoothedLoss.apply(logits, target, smoothing, pad_id)
+    return _LabelSmoothedLoss.apply(logits, target, smoothing, pad_id, grad_scale)
 
 
 class _LabelSmoothedLoss(torch.autograd.Function):
     """:func:`label_smoothed_loss`: the forward pass also writes the gradient of the summed
     loss with respect to the logits (``softmax - smoothed one-hot`` on kept rows, 0 on padding),
-    which the backward pass only scales."""
+    times ``grad_scale``, which the backward pass only rescales if it is given another factor."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, target: Tensor, smoothing: float, pad_id: int):
+    def forward(ctx, logits: Tensor, target: Tensor, smoothing: float, pad_id: int,
+                grad_scale: float):  # fmt: skip
         vocab = logits.size(-1)
         flat_logits, flat_target = logits.reshape(-1, vocab), target.reshape(-1)  # (N, V), (N,)
         keep = flat_target != pad_id  # (N,)
@@ -67,10 +71,12 @@ class _LabelSmoothedLoss(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad = torch.empty(flat_logits.shape, dtype=grad_dtype, device=logits.device)
         sums = torch.zeros(2, device=logits.device)  # (loss, nll)
+        grad_scale = grad_scale or 1.0  # a zero scale (a stand-in batch) would lose the rest
         rows_per_chunk = max(1, LOSS_CHUNK_ELEMENTS // vocab)
         for start in range(0, flat_logits.size(0), rows_per_chunk):
             rows = slice(start, start + rows_per_chunk)
-            log_probs = flat_logits[rows].log_softmax(dim=-1, dtype=torch.float32)  # (r, V)
+            # .float() first: log_softmax(dtype=float32) of bf16 logits is slower on the CPU
+            log_probs = flat_logits[rows].float().log_softmax(dim=-1)  # (r, V)
             gold = flat_target[rows].unsqueeze(1)  # (r, 1)
             kept = keep[rows].unsqueeze(1).float()  # (r, 1)
             nll = -(log_probs.gather(1, gold) * kept).sum()
@@ -79,9 +85,9 @@ class _LabelSmoothedLoss(torch.autograd.Function):
             if grad is not None:  # d loss / d logits = p - (1 - s) one_hot(gold) - s / V
                 probs = log_probs.exp_().sub_(smoothing / vocab)
                 probs.scatter_add_(1, gold, torch.full_like(kept, smoothing - 1.0))
-                grad[rows] = probs.mul_(kept)
+                grad[rows] = probs.mul_(kept * grad_scale)
         ctx.logits_grad = None if grad is None else grad.view(logits.shape)
-        ctx.logits_dtype = logits.dtype
+        ctx.logits_dtype, ctx.grad_scale = logits.dtype, grad_scale
         loss_sum, nll_sum = sums[0].clone(), sums[1].clone()
         ctx.mark_non_differentiable(nll_sum)
         return loss_sum, nll_sum
@@ -95,8 +101,11 @@ class _LabelSmoothedLoss(torch.autograd.Function):
                 "compute the loss again instead"
             )
         # In place, and given away: the gradient is the size of the logits.
-        grad, ctx.logits_grad = ctx.logits_grad.mul_(grad_loss), None
-        return grad.to(ctx.logits_dtype), None, None, None
+        grad, ctx.logits_grad = ctx.logits_grad, None
+        rescale = grad_loss / ctx.grad_scale  # exactly 1 for the factor the forward pass used
+        if rescale.device.type != "cpu" or rescale.item() != 1.0:
+            grad.mul_(rescale)
+        return grad.to(ctx.logits_dtype), None, None, None, None
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -221,14 +230,21 @@ class Trainer:
         self.schedule = Schedule(self.optimizer, cfg)
         self.scaler = precision.grad_scaler()
         self.nonfinite_in_a_row = 0
+        if device.type == "cpu":
+            keep_freed_memory()  # the same large tensors come back every step
 
-    def _loss_sums(self, batch: Batch, module: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+    def _loss_sums(
+        self, batch: Batch, module: nn.Module | None = None, grad_scale: float = 1.0
+    ) -> tuple[Tensor, Tensor]:
         """Summed (label-smoothed loss, NLL) of one batch through ``module`` (default: the
-        model itself), under the precision's autocast."""
+        model itself), under the precision's autocast; ``grad_scale`` is what the loss will be
+        multiplied by before the backward pass (see :func:`label_smoothed_loss`)."""
         batch = batch.to(self.device, non_blocking=True)
         with self.precision.autocast():
             logits = (module or self.model)(batch.src, batch.src_mask, batch.tgt_in)  # (B, T, V)
-        return label_smoothed_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
+        return label_smoothed_loss(
+            logits, batch.tgt_out, self.cfg.label_smoothing, grad_scale=grad_scale
+        )
 
     def _grad_norm(self) -> Tensor:
         """Total gradient norm (0-dim) before clipping; then clips to ``clip_grad_norm`` when
@@ -268,8 +284,9 @@ class Trainer:
         for index, batch in enumerate(batches):
             accumulating = self.replica is not None and index < len(batches) - 1
             with self.replica.no_sync() if accumulating else contextlib.nullcontext():  # type: ignore[union-attr]
-                loss_sum, nll_sum = self._loss_sums(batch, self.replica)
-                scaled = loss_sum * (weight * processes) / max(total_tokens, 1)
+                factor = weight * processes / max(total_tokens, 1)
+                loss_sum, nll_sum = self._loss_sums(batch, self.replica, factor)
+                scaled = loss_sum * factor
                 self.scaler.scale(scaled).backward()
             sums += weight * torch.stack([loss_sum.detach(), nll_sum.detach()])
         sums = self._sum_over_processes(sums)

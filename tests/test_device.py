@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,28 @@ def test_without_cpuinfo_the_platform_answers(monkeypatch, tmp_path):
     monkeypatch.setattr(device, "CPUINFO", tmp_path / "absent")
     assert device.cpu_has_fast_bf16() is False
     assert device.cpu_model()  # platform.processor() or the machine type
+
+
+FAULT_PROBE = """
+import resource, sys, torch
+from seq2seq_attn.device import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+for step in range(5):  # what a training step does: the same large tensors, written and freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    logits, other = torch.ones(65 << 20, dtype=torch.uint8), torch.ones(16 << 20, dtype=torch.uint8)
+    del logits, other
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)  # the last step's faults
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
+def test_freed_memory_is_kept_so_tensors_allocated_again_fault_in_no_pages():
+    def faults(mode: str) -> int:
+        run = subprocess.run([sys.executable, "-c", FAULT_PROBE, mode], capture_output=True,
+                             text=True, check=True)  # fmt: skip
+        return int(run.stdout)
+
+    pages = (65 << 20) // 4096
+    assert faults("default") > pages // 2  # glibc maps a block this large afresh each time
+    assert faults("keep") < pages // 10  # after a few steps, the heap has the room

@@ -44,6 +44,24 @@ def test_loss_matches_torch_cross_entropy(smoothing, chunk_elements, monkeypatch
     torch.testing.assert_close(grad, expected_grad)
 
 
+# (the factor the forward pass expects, the one backward applies): equal, another, zero
+@pytest.mark.parametrize("grad_scale, factor", [(1 / 13, 1 / 13), (1 / 13, 0.5), (0.0, 0.0),
+                                                (0.0, 2.0), (1.0, 1.0)])  # fmt: skip
+def test_a_precomputed_gradient_scale_gives_torchs_gradient_for_any_factor(grad_scale, factor):
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 5, VOCAB, generator=generator, requires_grad=True)
+    target = torch.randint(1, VOCAB, (3, 5), generator=generator)
+    target[0, 3:] = 0
+    loss_sum, _ = label_smoothed_loss(logits, target, 0.1, grad_scale=grad_scale)
+    (factor * loss_sum).backward()
+    expected = F.cross_entropy(
+        logits.view(-1, VOCAB), target.view(-1), ignore_index=0, label_smoothing=0.1,
+        reduction="sum",
+    )  # fmt: skip
+    (expected_grad,) = torch.autograd.grad(factor * expected, logits)
+    torch.testing.assert_close(logits.grad, expected_grad)
+
+
 def test_loss_of_bf16_logits_is_fp32_and_its_gradient_bf16():
     generator = torch.Generator().manual_seed(1)
     logits = (4 * torch.randn(4, 6, VOCAB, generator=generator)).bfloat16().requires_grad_()
