@@ -73,6 +73,7 @@ def test_freed_memory_is_kept_so_tensors_allocated_again_fault_in_no_pages():
                              text=True, check=True)  # fmt: skip
         return int(run.stdout)
 
-    pages = (65 << 20) // 4096
-    assert faults("default") > pages // 2  # glibc maps a block this large afresh each time
-    assert faults("keep") < pages // 10  # after a few steps, the heap has the room
+    default, kept = faults("default"), faults("keep")
+    if default < (65 << 20) // 4096 // 8:  # e.g. transparent huge pages for every mapping
+        pytest.skip(f"this kernel faults in a fresh 65 MB block in {default} faults: no cost")
+    assert kept < default // 10  # glibc maps the block afresh each time; kept, the heap has it
