@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..attention import AdditiveScore, build_score, softmax_attention
 from ..config import ModelConfig, RNNConfig
 from .common import Dropout, Embeddings, EncoderOutput, Seq2Seq, select_rows
-from .rnn_loop import bahdanau_gru_loop, luong_gru_loop
+from .rnn_loop import bahdanau_gru_loop, gru_forward, luong_gru_loop
 
 
 class RNNEncoder(nn.Module):
@@ -163,19 +163,9 @@ class DecoderRNN(nn.Module):
                 h, c = lstm_gates(input_gates, hidden_gates, cell[:, layer])
                 new_cell.append(c)
             else:
-                h = gru_gates(input_gates, hidden_gates, hidden[:, layer])
+                h, _ = gru_forward(input_gates, hidden_gates, hidden[:, layer])
             new_hidden.append(h)
         return torch.stack(new_hidden, 1), torch.stack(new_cell, 1) if self.lstm else None
-
-
-def gru_gates(input_gates: Tensor, hidden_gates: Tensor, hidden: Tensor) -> Tensor:
-    """GRU update from ``W_i x + b_i`` and ``W_h h + b_h`` (both ``(B, 3H)``) -> ``(B, H)``."""
-    i_r, i_z, i_n = input_gates.chunk(3, dim=-1)
-    h_r, h_z, h_n = hidden_gates.chunk(3, dim=-1)
-    reset = torch.sigmoid(i_r + h_r)
-    update = torch.sigmoid(i_z + h_z)
-    candidate = torch.tanh(i_n + reset * h_n)
-    return candidate + update * (hidden - candidate)  # (1 - z) * n + z * h
 
 
 def lstm_gates(input_gates: Tensor, hidden_gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:

@@ -47,7 +47,8 @@ def gru_forward(
     reset = torch.sigmoid(i_r + h_r)
     update = torch.sigmoid(i_z + h_z)
     candidate = torch.tanh(i_n + reset * h_n)
-    return candidate + update * (hidden - candidate), (reset, update, candidate, h_n)
+    new = candidate + update * (hidden - candidate)  # (1 - z) * n + z * h
+    return new, (reset, update, candidate, h_n)
 
 
 def gru_backward(
@@ -88,6 +89,19 @@ def weight_gradient(grads: Tensor, inputs: Tensor, mm_dtype: torch.dtype) -> Ten
     ``(O, I)``, one matmul."""
     grads, inputs = grads.reshape(-1, grads.size(-1)), inputs.reshape(-1, inputs.size(-1))
     return grads.to(mm_dtype).t() @ inputs.to(mm_dtype)
+
+
+def input_grads(
+    ctx, d_ahead: Tensor, d_hidden0: Tensor, d_keys: Tensor, weights: Tensor, d_contexts: Tensor
+) -> tuple[Tensor, ...]:
+    """The gradients of a loop's ``ahead``, ``hidden0``, ``keys`` and ``memory``, each in its
+    input's dtype (``ctx.input_dtypes``), from the time-major ``d_ahead`` ``(T, B, G)``,
+    ``weights`` ``(T, B, S)`` and ``d_contexts`` ``(T, B, H)``: the memory's is
+    ``sum_t w_t^T dc_t``, one batched matmul."""
+    mm_dtype = ctx.dtypes[0]
+    d_memory = torch.bmm(weights.permute(1, 2, 0).to(mm_dtype), time_major(d_contexts, mm_dtype))
+    grads = (d_ahead.transpose(0, 1), d_hidden0, d_keys, d_memory)
+    return tuple(g.to(d) for g, d in zip(grads, ctx.input_dtypes, strict=True))
 
 
 class _BahdanauGRULoop(torch.autograd.Function):
@@ -160,11 +174,7 @@ class _BahdanauGRULoop(torch.autograd.Function):
             d_energy.addmv_(tanhs[t].flatten(0, 1).t(), d_scores.flatten())
             running = running + matmul(d_state[t], state_weight, dtype)
         d_state_weight = weight_gradient(d_state, previous, mm_dtype)
-        d_memory = torch.bmm(
-            weights.permute(1, 2, 0).to(mm_dtype), time_major(d_contexts, mm_dtype)
-        )
-        grads = (d_ahead.transpose(0, 1), running, d_keys, d_memory)
-        return (*(g.to(d) for g, d in zip(grads, ctx.input_dtypes, strict=True)), None,
+        return (*input_grads(ctx, d_ahead, running, d_keys, weights, d_contexts), None,
                 d_state_weight[gates:], d_energy.view(1, -1),
                 weight_gradient(d_ahead, contexts, mm_dtype), d_state_weight[:gates],
                 d_state[..., :gates].sum(dim=(0, 1)))  # fmt: skip
@@ -266,9 +276,7 @@ class _LuongGRULoop(torch.autograd.Function):
             running = running + matmul(d_hidden_gates[t], hidden_weight, dtype)
             d_feed = matmul(d_ahead[t], step_weight, dtype)
         d_keys = torch.bmm(d_scores.permute(1, 2, 0).to(mm_dtype), time_major(hiddens, mm_dtype))
-        d_memory = torch.bmm(weights.permute(1, 2, 0).to(mm_dtype), time_major(d_context, mm_dtype))
-        grads = (d_ahead.transpose(0, 1), running, d_keys, d_memory)
-        return (*(g.to(d) for g, d in zip(grads, ctx.input_dtypes, strict=True)), None,
+        return (*input_grads(ctx, d_ahead, running, d_keys, weights, d_context), None,
                 weight_gradient(d_ahead, feeds_before, mm_dtype),
                 weight_gradient(d_hidden_gates, previous, mm_dtype),
                 d_hidden_gates.sum(dim=(0, 1)),
