@@ -110,7 +110,7 @@ def rows_per_chunk(logits: Tensor, group: int) -> int:
 def scored_chunks(
     logits: Tensor,
     chunk_rows: int,
-    step: int,
+    step: int | Tensor,
     eos_id: int,
     decode: DecodeConfig,
     at_limit: Tensor,
@@ -119,7 +119,8 @@ def scored_chunks(
     """The fp32 log-probabilities of one decoder step's ``logits`` ``(N, V)``, a chunk of rows
     at a time: ``(rows, log_probs (rows, V))``, EOS banned before ``decode.min_length`` tokens
     and the only choice of rows marked in ``at_limit`` ``(N,)``, and a row's token in ``forced``
-    ``(N,)`` (:func:`forced_tokens`; -1: free) its only choice.
+    ``(N,)`` (:func:`forced_tokens`; -1: free) its only choice. ``step``: the tokens every row
+    has produced, or ``(N,)`` per row (rows that joined a search at different steps).
 
     ``chunk_rows`` (:func:`rows_per_chunk`) keeps the fp32 copy in the CPU's cache; the search
     reduces each chunk (max, top-k) before the next. One vocabulary-wide log-softmax of a whole
@@ -129,7 +130,10 @@ def scored_chunks(
     for start in range(0, logits.size(0), chunk_rows):
         rows = slice(start, start + chunk_rows)
         log_probs = logits[rows].log_softmax(dim=-1, dtype=torch.float32)  # (rows, V)
-        if step < decode.min_length:
+        if isinstance(step, Tensor):
+            if decode.min_length > 0:
+                log_probs[step[rows] < decode.min_length, eos_id] = -math.inf
+        elif step < decode.min_length:
             log_probs[:, eos_id] = -math.inf
         if limited:
             force_eos(log_probs, at_limit[rows], eos_id)
@@ -298,15 +302,47 @@ def decode_rows(
 
 
 @dataclass
-class _Beams:
-    """The live part of a beam search: ``N`` unfinished sentences times ``K`` beams."""
+class Beams:
+    """The live part of a beam search: ``N`` unfinished sentences times ``K`` beams.
 
-    sentences: Tensor  # (N,) original index of each unfinished sentence
+    Sentences that joined a running search (:mod:`~seq2seq_attn.streaming`) have produced
+    fewer tokens than ``t``: their ``tokens`` rows hold them at the end, after filler.
+    """
+
+    sentences: Tensor  # (N,) each unfinished sentence's key in the search's `finished`
     scores: Tensor  # (N, K) cumulative log-probabilities
-    tokens: Tensor  # (N * K, t) tokens so far
+    tokens: Tensor  # (N * K, t) tokens so far, each row's last `steps` of its sentence real
     attention: Tensor | None  # (N * K, t, S) or None
     prev_tokens: Tensor  # (N * K,)
     state: object
+    limits: Tensor  # (N,) most output tokens of each sentence, EOS included
+    steps: Tensor  # (N,) tokens each sentence has produced
+
+    @classmethod
+    def start(
+        cls, model: Seq2Seq, src: Tensor, src_mask: Tensor, limits: Tensor, first: int,
+        bos_id: int, decode: DecodeConfig, return_attention: bool = False,
+    ) -> Beams:  # fmt: skip
+        """A search's first beams for a ``(B, S)`` batch: sentence keys ``first .. first + B
+        - 1``, only each sentence's first beam alive (all start identical), BOS before each."""
+        beam_size, device = decode.beam_size, src.device
+        batch = src.size(0)
+        scores = torch.full((batch, beam_size), -math.inf, device=device)
+        scores[:, 0] = 0.0  # all beams start identical: let only the first one expand
+        return cls(
+            sentences=torch.arange(first, first + batch, device=device),
+            scores=scores,
+            tokens=torch.empty((batch * beam_size, 0), dtype=torch.long, device=device),
+            attention=(
+                torch.empty((batch * beam_size, 0, src.size(1)), device=device)
+                if return_attention
+                else None
+            ),
+            prev_tokens=torch.full((batch * beam_size,), bos_id, dtype=torch.long, device=device),
+            state=model.init_state(model.encode(src, src_mask), beam_size),
+            limits=limits,
+            steps=torch.zeros(batch, dtype=torch.long, device=device),
+        )
 
 
 @torch.no_grad()  # (see greedy_search)
@@ -334,53 +370,90 @@ def beam_search(
         Per sentence (batch order), its ``decode.n_best`` best hypotheses, best first; their
         tokens and log-probabilities include the prefix.
     """
-    beam_size, device = decode.beam_size, src.device
-    batch = src.size(0)
     limits = output_limits(src_mask, decode, model.max_positions)  # (B,)
     table, limits = prefix_table(prefixes, limits, model.max_positions, eos_id)
-    scores = torch.full((batch, beam_size), -math.inf, device=device)
-    scores[:, 0] = 0.0  # all beams start identical: let only the first one expand
-    beams = _Beams(
-        sentences=torch.arange(batch, device=device),
-        scores=scores,
-        tokens=torch.empty((batch * beam_size, 0), dtype=torch.long, device=device),
-        attention=(
-            torch.empty((batch * beam_size, 0, src.size(1)), device=device)
-            if return_attention
-            else None
-        ),
-        prev_tokens=torch.full((batch * beam_size,), bos_id, dtype=torch.long, device=device),
-        state=model.init_state(model.encode(src, src_mask), beam_size),
-    )
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    beams = Beams.start(model, src, src_mask, limits, 0, bos_id, decode, return_attention)
+    finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
     for step in range(int(limits.max())):
         forced = forced_tokens(table, beams.sentences, step)  # (N,) or None
-        beams = _beam_step(model, beams, step, limits, eos_id, decode, finished, forced)
+        beams = beam_step(model, beams, step, eos_id, decode, finished, forced)
         if beams is None:
             break
-    return [sorted(hyps, key=lambda h: -h.score)[: decode.n_best] for hyps in finished]
+    return [best_first(hyps, decode.n_best) for hyps in finished]
 
 
-def _beam_step(
+def best_first(hypotheses: list[Hypothesis], n_best: int) -> list[Hypothesis]:
+    """The ``n_best`` highest-scoring of a sentence's finished ``hypotheses``, best first."""
+    return sorted(hypotheses, key=lambda h: -h.score)[:n_best]
+
+
+def beam_step(
     model: Seq2Seq,
-    beams: _Beams,
-    step: int,
-    limits: Tensor,
+    beams: Beams,
+    step: int | None,
     eos_id: int,
     decode: DecodeConfig,
-    finished: list[list[Hypothesis]],
-    forced: Tensor | None,
-) -> _Beams | None:
+    finished: list[list[Hypothesis]] | dict[int, list[Hypothesis]],
+    forced: Tensor | None = None,
+) -> Beams | None:
     """Advance every live sentence by one token (``forced`` ``(N,)``: each sentence's prefix
-    token, -1: free); ``None`` once all are done."""
+    token, -1: free); ``None`` once all are done. ``step``: the tokens every sentence has
+    produced, or None when they differ (``beams.steps`` says). A finished hypothesis goes to
+    ``finished[key]``, the key being the sentence's entry in ``beams.sentences``."""
     beam_size = decode.beam_size
     num_sentences = beams.sentences.numel()
     logits, state, step_attention = model.decode_step(
         beams.prev_tokens, beams.state, beams.attention is not None
     )  # (N * K, V)
-    at_limit = limits[beams.sentences] == step + 1  # (N,)
+    at_limit = beams.limits == beams.steps + 1  # (N,)
+    if step is None:
+        step = beams.steps.repeat_interleave(beam_size)  # (N * K,) per row
+    top_scores, top_ids = _best_continuations(logits, beams, step, eos_id, decode, at_limit, forced)
     vocab = logits.size(-1)
-    # Each chunk's K * V continuations per sentence, best 2K kept: (N, 2K) scores and ids.
+    top_beams, top_tokens = top_ids // vocab, top_ids % vocab
+    from_rows = (
+        top_beams + torch.arange(num_sentences, device=top_ids.device).unsqueeze(1) * beam_size
+    )
+    is_eos = top_tokens == eos_id  # (N, 2K)
+    attention = beams.attention
+    if attention is not None:
+        attention = torch.cat([attention, step_attention.float().unsqueeze(1)], dim=1)
+
+    _finish(beams, top_scores, is_eos, from_rows, attention, decode, finished)
+    done = at_limit | torch.tensor(
+        [len(finished[i]) >= beam_size for i in beams.sentences.tolist()], device=at_limit.device
+    )
+    keep = (~done).nonzero().squeeze(1)  # (N',)
+    if keep.numel() == 0:
+        return None
+    alive_scores, alive_positions = top_scores.masked_fill(is_eos, -math.inf).topk(beam_size, dim=1)
+    rows = from_rows.gather(1, alive_positions)[keep].view(-1)  # (N' * K,)
+    next_tokens = top_tokens.gather(1, alive_positions)[keep].view(-1)  # (N' * K,)
+    return Beams(
+        sentences=beams.sentences[keep],
+        scores=alive_scores[keep],
+        tokens=torch.cat([beams.tokens[rows], next_tokens.unsqueeze(1)], dim=1),
+        attention=None if attention is None else attention[rows],
+        prev_tokens=next_tokens,
+        state=state.select(rows),
+        limits=beams.limits[keep],
+        steps=beams.steps[keep] + 1,
+    )
+
+
+def _best_continuations(
+    logits: Tensor,
+    beams: Beams,
+    step: int | Tensor,
+    eos_id: int,
+    decode: DecodeConfig,
+    at_limit: Tensor,
+    forced: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """The best ``2K`` of each sentence's ``K * V`` continuations of ``logits`` ``(N * K, V)``:
+    ``(N, 2K)`` cumulative scores and ids (``beam * V + token``), scored a chunk at a time."""
+    beam_size, num_sentences = decode.beam_size, beams.sentences.numel()
+    vocab = logits.size(-1)
     top_scores = torch.empty((num_sentences, 2 * beam_size), device=logits.device)
     top_ids = torch.empty((num_sentences, 2 * beam_size), dtype=torch.long, device=logits.device)
     chunk = rows_per_chunk(logits, beam_size)
@@ -392,51 +465,24 @@ def _beam_step(
         candidates = log_probs.add_(row_scores[rows]).view(-1, beam_size * vocab)
         sentences = slice(rows.start // beam_size, rows.start // beam_size + candidates.size(0))
         top_scores[sentences], top_ids[sentences] = top_k(candidates, 2 * beam_size)
-    top_beams, top_tokens = top_ids // vocab, top_ids % vocab
-    from_rows = (
-        top_beams + torch.arange(num_sentences, device=top_ids.device).unsqueeze(1) * beam_size
-    )
-    is_eos = top_tokens == eos_id  # (N, 2K)
-    attention = beams.attention
-    if attention is not None:
-        attention = torch.cat([attention, step_attention.float().unsqueeze(1)], dim=1)
-
-    _finish(beams, top_scores, is_eos, from_rows, attention, step, decode, finished)
-    done = at_limit | torch.tensor(
-        [len(finished[i]) >= beam_size for i in beams.sentences.tolist()], device=at_limit.device
-    )
-    keep = (~done).nonzero().squeeze(1)  # (N',)
-    if keep.numel() == 0:
-        return None
-    alive_scores, alive_positions = top_scores.masked_fill(is_eos, -math.inf).topk(beam_size, dim=1)
-    rows = from_rows.gather(1, alive_positions)[keep].view(-1)  # (N' * K,)
-    next_tokens = top_tokens.gather(1, alive_positions)[keep].view(-1)  # (N' * K,)
-    return _Beams(
-        sentences=beams.sentences[keep],
-        scores=alive_scores[keep],
-        tokens=torch.cat([beams.tokens[rows], next_tokens.unsqueeze(1)], dim=1),
-        attention=None if attention is None else attention[rows],
-        prev_tokens=next_tokens,
-        state=state.select(rows),
-    )
+    return top_scores, top_ids
 
 
 def _finish(
-    beams: _Beams,
+    beams: Beams,
     top_scores: Tensor,
     is_eos: Tensor,
     from_rows: Tensor,
     attention: Tensor | None,
-    step: int,
     decode: DecodeConfig,
-    finished: list[list[Hypothesis]],
+    finished: list[list[Hypothesis]] | dict[int, list[Hypothesis]],
 ) -> None:
     """Record the EOS candidates ranked in the top ``K`` of their sentence as finished."""
     beam_size = decode.beam_size
     eos_ranked = is_eos[:, :beam_size] & top_scores[:, :beam_size].isfinite()  # (N, K)
     if not bool(eos_ranked.any()):
         return
-    penalty = length_penalty(step + 1, decode.length_penalty)
+    steps, width = beams.steps.tolist(), beams.tokens.size(1)
     for n, rank in eos_ranked.nonzero().tolist():
         sentence = int(beams.sentences[n])
         if len(finished[sentence]) >= beam_size:
@@ -445,9 +491,9 @@ def _finish(
         log_prob = float(top_scores[n, rank])
         finished[sentence].append(
             Hypothesis(
-                tokens=beams.tokens[row].tolist(),
+                tokens=beams.tokens[row, width - steps[n] :].tolist(),
                 log_prob=log_prob,
-                score=log_prob / penalty,
+                score=log_prob / length_penalty(steps[n] + 1, decode.length_penalty),
                 attention=None if attention is None else attention[row].clone(),
             )
         )

@@ -33,7 +33,7 @@ UPSTREAM_OF_TRAIN = {
     "attention", "decoding", "metrics", "device", "checkpoint", "rundir", "evaluate", "optim",
     "distributed", "events", "session", *TRANSLATION, "export", "scoring", "sampling", "alignment",
     "constrained", "constrained_phrases", "terminology", "tensorboard_log", "initial",
-    "subword_sampling", "stop_signals",
+    "subword_sampling", "stop_signals", "streaming",
 }  # fmt: skip
 
 CLI_MODULES = {
@@ -81,6 +81,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "models": ({"config", *MODELS}, {"torch"}),
     "decoding": ({"config", "models.common"}, {"torch"}),
     "sampling": ({"config", "decoding", "models.common"}, {"torch"}),
+    "streaming": ({"config", "decoding", "models.common"}, {"torch"}),
     "constrained_phrases": (set(), {"torch"}),
     "constrained": ({"config", "constrained_phrases", "decoding", "models.common"}, {"torch"}),
     "terminology": ({"corpus"}, set()),
@@ -110,6 +111,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
             "models.int8",
             "sampling",
             "scoring",
+            "streaming",
             "translation.attention_views",
             "translation.common",
         },

@@ -2,8 +2,8 @@
 
 Decoding and training code talk to a model only through :class:`Seq2Seq` (``encode``,
 ``init_state``, ``decode_step``, ``forward``, ``attention_maps``, ``self_attention_maps``) and to
-a decoder state only through :class:`DecoderState` (``select``), so they never need to know which
-family they hold.
+a decoder state only through :class:`DecoderState` (``select``, ``join``), so they never need to
+know which family they hold.
 """
 
 from __future__ import annotations
@@ -16,6 +16,17 @@ from typing import Protocol, TypeVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def pad_to(tensor: Tensor, dim: int, size: int, front: bool = False) -> Tensor:
+    """``tensor`` grown to ``size`` along ``dim`` with zeros (False) at the end, or in front."""
+    missing = size - tensor.size(dim)
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    filler = tensor.new_zeros(shape)
+    return torch.cat([filler, tensor] if front else [tensor, filler], dim=dim)
 
 
 def select_rows(tensor: Tensor | None, batch_indices: Tensor) -> Tensor | None:
@@ -86,6 +97,13 @@ class DecoderState(Protocol):
         in that order; ``self`` is left as it was. A state built with ``beams > 1`` (see
         :meth:`Seq2Seq.init_state`) takes whole groups: each ``beams`` consecutive indices
         from one sentence's rows."""
+        ...
+
+    def join(self: StateT, other: StateT) -> StateT:
+        """A new state holding the rows of ``self`` then those of ``other`` (same model, same
+        ``beams``), which may have decoded a different number of steps and read sources of a
+        different length: each row goes on exactly as it would have alone. This is how a
+        search takes in sentences while it runs (:mod:`~seq2seq_attn.streaming`)."""
         ...
 
 
@@ -260,3 +278,9 @@ class PositionalEncoding(nn.Module):
         if self.learned is not None:
             return self.learned.weight[offset : offset + length]
         return self.table[offset : offset + length]
+
+    def at(self, positions: Tensor) -> Tensor:
+        """``(B, D)`` the encodings of ``positions`` ``(B,)`` (each below ``max_positions``:
+        the search's length limits keep them there)."""
+        table = self.table if self.learned is None else self.learned.weight
+        return table.index_select(0, positions)

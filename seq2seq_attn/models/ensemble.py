@@ -46,6 +46,12 @@ class EnsembleState:
         """Rows ``batch_indices`` of every member's state (see ``DecoderState.select``)."""
         return EnsembleState([member.select(batch_indices) for member in self.members])
 
+    def join(self, other: EnsembleState) -> EnsembleState:
+        """Every member's state joined with the same member's in ``other`` (see
+        ``DecoderState.join``)."""
+        pairs = zip(self.members, other.members, strict=True)
+        return EnsembleState([mine.join(theirs) for mine, theirs in pairs])
+
 
 class Ensemble(Seq2Seq):
     """The average of several models' per-step log-probabilities.

@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..attention import AdditiveScore, build_score, softmax_attention
 from ..config import ModelConfig, RNNConfig
-from .common import Dropout, Embeddings, EncoderOutput, Seq2Seq, select_rows
+from .common import Dropout, Embeddings, EncoderOutput, Seq2Seq, pad_to, select_rows
 from .rnn_loop import bahdanau_gru_loop, gru_forward, luong_gru_loop
 
 
@@ -195,6 +195,27 @@ class RNNState:
             hidden=self.hidden.index_select(0, batch_indices),
             cell=select_rows(self.cell, batch_indices),
             feed=select_rows(self.feed, batch_indices),
+        )
+
+    def join(self, other: RNNState) -> RNNState:
+        """The rows of ``self`` then those of ``other`` (see ``DecoderState.join``); the
+        shorter source is padded with masked positions."""
+        width = max(self.src_mask.size(1), other.src_mask.size(1))
+
+        def sources(name: str) -> Tensor:  # (B, S, ...) of both, padded to `width` positions
+            return torch.cat([pad_to(getattr(state, name), 1, width) for state in (self, other)])
+
+        def rows(name: str) -> Tensor | None:
+            first, second = getattr(self, name), getattr(other, name)
+            return None if first is None else torch.cat([first, second])
+
+        return RNNState(
+            memory=sources("memory"),
+            keys=sources("keys"),
+            src_mask=sources("src_mask"),
+            hidden=torch.cat([self.hidden, other.hidden]),
+            cell=rows("cell"),
+            feed=rows("feed"),
         )
 
 

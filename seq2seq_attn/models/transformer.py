@@ -23,6 +23,7 @@ from .common import (
     PositionalEncoding,
     SelfAttentionMaps,
     Seq2Seq,
+    pad_to,
 )
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
@@ -174,8 +175,16 @@ class TransformerState:
     self_caches: list[KVCache]  # growing, each (B, H, t, Dh)
     cross_caches: list[KVCache]  # static encoder projections, each (B / beams, H, S, Dh)
     src_mask: Tensor  # (B / beams, S)
-    position: int = 0  # target tokens decoded so far
+    position: int = 0  # cached target positions t (the tokens decoded so far)
     beams: int = 1  # rows per sentence
+    # (B,) leading cache slots each row must not see (it joined after them), or None: none.
+    # A row's own position is `position - offsets[row]`.
+    offsets: Tensor | None = None
+
+    @property
+    def rows(self) -> int:
+        """Number of decoder rows ``B``."""
+        return self.src_mask.size(0) * self.beams
 
     def select(self, batch_indices: Tensor) -> TransformerState:
         """A new state holding rows ``batch_indices`` ``(B',)``: each group of ``beams`` rows
@@ -207,7 +216,71 @@ class TransformerState:
             src_mask=src_mask,
             position=self.position,
             beams=self.beams,
+            offsets=None if self.offsets is None else self.offsets.index_select(0, batch_indices),
         )
+
+    def join(self, other: TransformerState) -> TransformerState:
+        """The rows of ``self`` then those of ``other`` in one state (see
+        ``DecoderState.join``): the shorter history is padded in front with cache slots its
+        rows never see (``offsets``), the shorter source with masked positions; slots no row
+        sees any more are then dropped."""
+        if other.beams != self.beams:
+            raise ValueError(f"join: {self.beams} and {other.beams} beams per sentence")
+        position = max(self.position, other.position)
+        width = max(self.src_mask.size(1), other.src_mask.size(1))
+        offsets = torch.cat([state.row_offsets(position) for state in (self, other)])  # (B,)
+        skip = int(offsets.min())  # slots that every row skips
+        rows = [self.rows, other.rows]
+
+        def sources(first: Tensor, second: Tensor, dim: int) -> Tensor:  # padded to `width`
+            return torch.cat([pad_to(first, dim, width), pad_to(second, dim, width)])
+
+        return TransformerState(
+            self_caches=[
+                join_caches([mine, theirs], rows, position, skip)
+                for mine, theirs in zip(self.self_caches, other.self_caches, strict=True)
+            ],
+            cross_caches=[
+                KVCache(
+                    static=True,
+                    key=sources(mine.key, theirs.key, 2),
+                    value=sources(mine.value, theirs.value, 2),
+                )
+                for mine, theirs in zip(self.cross_caches, other.cross_caches, strict=True)
+            ],
+            src_mask=sources(self.src_mask, other.src_mask, 1),
+            position=position - skip,
+            beams=self.beams,
+            offsets=None if bool((offsets == skip).all()) else offsets - skip,
+        )
+
+    def row_offsets(self, position: int) -> Tensor:
+        """``(B,)`` the slots each row skips once the cache is padded in front to
+        ``position`` slots."""
+        padding = position - self.position
+        if self.offsets is None:
+            return torch.full((self.rows,), padding, device=self.src_mask.device)
+        return self.offsets + padding
+
+
+def join_caches(caches: list[KVCache], rows: list[int], length: int, skip: int) -> KVCache:
+    """Self-attention ``caches`` (of ``rows`` rows each; an empty one: nothing decoded yet) as
+    one cache of ``length - skip`` slots: each padded in front with zeros to ``length`` slots
+    (slots its rows never see), the batches concatenated, and the first ``skip`` slots (seen by
+    no row) dropped."""
+    filled = [cache.key for cache in caches if cache.key is not None]
+    if length == skip or not filled:
+        return KVCache(static=False)
+    heads, head_dim = filled[0].size(1), filled[0].size(3)
+
+    def padded(tensor: Tensor | None, count: int) -> Tensor:  # -> (count, H, length, Dh)
+        if tensor is None:
+            return filled[0].new_zeros((count, heads, length, head_dim))
+        return pad_to(tensor, 2, length, front=True)
+
+    key = torch.cat([padded(cache.key, n) for cache, n in zip(caches, rows, strict=True)])
+    value = torch.cat([padded(cache.value, n) for cache, n in zip(caches, rows, strict=True)])
+    return KVCache(static=False, key=key[:, :, skip:], value=value[:, :, skip:])
 
 
 def select_cache(cache: KVCache, batch_indices: Tensor) -> KVCache:
@@ -361,15 +434,21 @@ class Transformer(Seq2Seq):
         self, prev_tokens: Tensor, state: TransformerState, need_attention: bool = False
     ) -> tuple[Tensor, TransformerState, Tensor | None]:
         """Decode one position for every row; see :meth:`Seq2Seq.decode_step`."""
-        x = self._embed(
-            self.tgt_embed, self.tgt_positions, prev_tokens.unsqueeze(1), state.position
-        )
+        tokens = prev_tokens.unsqueeze(1)  # (B, 1)
+        self_mask = None  # one new step may see every cached one...
+        if state.offsets is None:
+            x = self._embed(self.tgt_embed, self.tgt_positions, tokens, state.position)
+        else:  # ...but rows that joined later skip the slots before them
+            positions = state.position - state.offsets  # (B,) each row's own position
+            x = self.dropout(self.tgt_embed(tokens) + self.tgt_positions.at(positions)[:, None])
+            slots = torch.arange(state.position + 1, device=positions.device)  # (t + 1,)
+            self_mask = (slots >= state.offsets.unsqueeze(1)).unsqueeze(1)  # (B, 1, t + 1)
         cross_mask = state.src_mask.unsqueeze(1)  # (B / beams, 1, S)
         last = len(self.decoder_layers) - 1
         for index, layer in enumerate(self.decoder_layers):
             caches = (state.self_caches[index], state.cross_caches[index])
             wanted = need_attention and index == last
-            x, weights, _ = layer(x, None, None, cross_mask, caches, wanted, state.beams)
+            x, weights, _ = layer(x, None, self_mask, cross_mask, caches, wanted, state.beams)
         logits = self.output(self.decoder_norm(x)).squeeze(1)  # (B, V)
         state.position += 1
         if weights is None:
