@@ -7,11 +7,13 @@ The first ``--requests`` lines of ``--src`` (default: all) are translated
   time is its wall time minus that of the same command on an empty file (start-up and model
   loading; run once before, untimed, to warm the file cache, and once after); OUT's lines are
   the reference answers;
-- by ``attn-serve`` on 127.0.0.1, started once and warmed up with one request: for each count C
-  of ``--clients``, C client threads share a line counter, and each POSTs ``{"text": [line]}``
-  for the next line over its own keep-alive connection until the lines or ``--max-seconds`` run
-  out (a request unanswered by then is an error). /v1/health before and after the round gives
-  the mean sentences per search: the batch that dynamic batching reached.
+- by ``attn-serve`` on 127.0.0.1, once per ``--batching`` mode (``stream``: new requests join
+  running searches between their steps, the default; ``whole``: ``--no-streaming``, each request
+  waits for a whole-batch search), started and warmed up with one request: for each count C of
+  ``--clients``, C client threads share a line counter, and each POSTs ``{"text": [line]}`` for
+  the next line over its own keep-alive connection until the lines or ``--max-seconds`` run out
+  (a request unanswered by then is an error). /v1/health before and after the round gives the
+  batch that dynamic batching reached: mean sentences per search step (streaming) or per search.
 
 The clients run in this process and share the cores with the server (2 on the issue's CPU), so
 they are kept light: one connection each, a fixed header, ``json.dumps`` of one line. Below the
@@ -20,7 +22,8 @@ ceiling's sentences/s, p99 under 1 s, every request answered, every answer equal
 ceiling's line). The server is stopped with SIGTERM and must exit 0. Exit status 0 when measured
 (targets met or not), 1 when the harness failed::
 
-    python scripts/bench_serve.py runs/multi30k-de-en/transformer --clients 1 8 32
+    python scripts/bench_serve.py runs/multi30k-de-en/transformer --clients 1 8 32 \
+        --batching stream whole
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ HOST = "127.0.0.1"
 START_SECONDS = 300  # most seconds attn-serve may take to load the model and listen
 STOP_SECONDS = 120  # most seconds it may take to exit after SIGTERM
 HEADERS = {"Content-Type": "application/json", "Connection": "keep-alive"}
+MODES = {"stream": "streaming", "whole": "whole batches"}  # --batching: the rows' names
 
 
 @dataclass
@@ -93,7 +97,7 @@ class Row:
     p50_ms: float | None = None
     p99_ms: float | None = None
     max_ms: float | None = None
-    per_search: float | None = None
+    per_batch: float | None = None  # mean sentences per search step (streaming) or search
 
 
 def parse_args() -> argparse.Namespace:
@@ -108,6 +112,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--beam", type=int, help="beam size [the model's]")
     parser.add_argument("--precision", help="fp32, bf16... [attn-translate's default]")
     parser.add_argument("--batch-wait-ms", type=float, help="attn-serve's [its default]")
+    parser.add_argument(
+        "--batching",
+        nargs="+",
+        choices=["stream", "whole"],
+        default=["stream"],
+        help="attn-serve's modes to measure, each with its own server [stream]",
+    )
     parser.add_argument("--port", type=int, help="[a free one]")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -152,11 +163,12 @@ def batch_ceiling(args: argparse.Namespace, lines: list[str], scratch: Path) -> 
     return Row("attn-translate (batch ceiling)", len(lines), len(lines), 0, None, rate), reference
 
 
-def start_server(args: argparse.Namespace, port: int, log: Path) -> subprocess.Popen:
-    """attn-serve on 127.0.0.1:``port``, its stderr into ``log``."""
+def start_server(args: argparse.Namespace, mode: str, port: int, log: Path) -> subprocess.Popen:
+    """attn-serve on 127.0.0.1:``port`` in batching ``mode``, its stderr into ``log``."""
     command = [str(BIN / "attn-serve"), str(args.model), "--host", HOST, "--port", str(port),
                "--threads", str(args.threads), *flag("--precision", args.precision),
-               *flag("--batch-wait-ms", args.batch_wait_ms)]  # fmt: skip
+               *flag("--batch-wait-ms", args.batch_wait_ms),
+               *([] if mode == "stream" else ["--no-streaming"])]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     with log.open("wb") as handle:
         return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=handle)
@@ -205,8 +217,8 @@ def client(port: int, work: Work, log: ClientLog) -> None:
     connection.close()
 
 
-def load_round(port: int, count: int, work: Work, reference: list[str]) -> Row:
-    """``count`` clients on ``work``: the round's row."""
+def load_round(port: int, count: int, work: Work, reference: list[str], mode: str) -> Row:
+    """``count`` clients on ``work`` against a server in batching ``mode``: the round's row."""
     logs = [ClientLog() for _ in range(count)]
     threads = [threading.Thread(target=client, args=(port, work, log)) for log in logs]
     before, start = health(port), time.perf_counter()
@@ -218,14 +230,15 @@ def load_round(port: int, count: int, work: Work, reference: list[str]) -> Row:
     seconds, after = time.perf_counter() - start, health(port)
     latencies = sorted(latency * 1000 for log in logs for latency in log.latencies)
     answers = {index: text for log in logs for index, text in log.answers.items()}
-    searches = after["searches"] - before["searches"]
-    print(f"{count} clients: {len(answers)} answered in {seconds:.2f} s", file=sys.stderr)
+    batches, held = ("steps", "step_sentences") if mode == "stream" else ("searches", "sentences")
+    batches, held = after[batches] - before[batches], after[held] - before[held]
+    print(f"{mode}, {count} clients: {len(answers)} answered in {seconds:.2f} s", file=sys.stderr)
     return Row(
-        f"attn-serve, {count} clients", work.taken, len(answers), sum(log.errors for log in logs),
+        f"attn-serve ({MODES[mode]}), {count} clients", work.taken, len(answers),
+        sum(log.errors for log in logs),
         sum(text != reference[index] for index, text in answers.items()), len(answers) / seconds,
         count, percentile(latencies, 0.5), percentile(latencies, 0.99),
-        max(latencies, default=None),
-        (after["sentences"] - before["sentences"]) / searches if searches else None,
+        max(latencies, default=None), held / batches if batches else None,
     )  # fmt: skip
 
 
@@ -247,21 +260,26 @@ def stop_server(server: subprocess.Popen) -> int:
 
 
 def measure(args: argparse.Namespace, lines: list[str], scratch: Path) -> tuple[Row, list, int]:
-    """The ceiling, then every round against one server: rows and the server's exit status."""
+    """The ceiling, then every round against a server per batching mode: rows and the
+    servers' worst exit status."""
     ceiling, reference = batch_ceiling(args, lines, scratch)
-    port, log = args.port or free_port(), scratch / "serve.log"
     options = {} if args.beam is None else {"beam": args.beam}
-    server = start_server(args, port, log)
-    try:
-        wait_until_listening(server, port, log)
-        load_round(port, 1, Work(lines[:1], options, args.max_seconds), reference)  # warm-up
-        rounds = [
-            load_round(port, count, Work(lines, options, args.max_seconds), reference)
-            for count in args.clients
-        ]
-    finally:
-        status = stop_server(server)
-    return ceiling, rounds, status
+    rounds, worst = [], 0
+    for mode in args.batching:
+        port, log = args.port or free_port(), scratch / f"serve-{mode}.log"
+        server = start_server(args, mode, port, log)
+        try:
+            wait_until_listening(server, port, log)
+            warm_up = Work(lines[:1], options, args.max_seconds)
+            load_round(port, 1, warm_up, reference, mode)
+            rounds += [
+                load_round(port, count, Work(lines, options, args.max_seconds), reference, mode)
+                for count in args.clients
+            ]
+        finally:
+            status = stop_server(server)
+        worst = status if worst == 0 else worst
+    return ceiling, rounds, worst
 
 
 def free_port() -> int:
@@ -279,20 +297,20 @@ def shown(value: float | None, spec: str = ".1f") -> str:
 def print_table(ceiling: Row, rounds: list[Row]) -> None:
     """The Markdown table."""
     print("| system | requests sent | answered | errors | differing answers | sentences/s | share "
-          "of ceiling | p50 ms | p99 ms | max ms | mean sentences per search |")  # fmt: skip
+          "of ceiling | p50 ms | p99 ms | max ms | mean sentences per step / search |")  # fmt: skip
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in [ceiling, *rounds]:
         share = row.rate / ceiling.rate if row.rate is not None and ceiling.rate else None
         print(f"| {row.name} | {row.sent} | {row.answered} | {row.errors} "
               f"| {shown(row.differing, 'd')} | {shown(row.rate)} | {shown(share, '.2f')} "
               f"| {shown(row.p50_ms, '.0f')} | {shown(row.p99_ms, '.0f')} "
-              f"| {shown(row.max_ms, '.0f')} | {shown(row.per_search, '.2f')} |")  # fmt: skip
+              f"| {shown(row.max_ms, '.0f')} | {shown(row.per_batch, '.2f')} |")  # fmt: skip
 
 
 def targets(ceiling: Row, rounds: list[Row]) -> dict[str, bool | None]:
-    """The issue's targets at the largest client count (None: not measured, the ceiling's
-    translation time being lost in its start-up time)."""
-    top = max(rounds, key=lambda row: row.clients or 0)
+    """The issue's targets at the largest client count, for the first batching mode measured
+    (None: not measured, the ceiling's translation time being lost in its start-up time)."""
+    top = max(rounds, key=lambda row: row.clients or 0)  # the first of the largest
     share = top.rate / ceiling.rate if ceiling.rate else None
     p99 = top.p99_ms if top.p99_ms is not None else math.inf
     return {

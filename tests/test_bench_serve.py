@@ -46,13 +46,18 @@ def test_every_request_is_answered_as_attn_translate_answers(run_dir, corpus, tm
     results = tmp_path / "results.json"
     done = subprocess.run(
         [sys.executable, SCRIPT, run_dir, "--src", corpus / "dev.src", "--requests", "20",
-         "--clients", "1", "4", "--threads", "1", "--max-seconds", "120", "--json", results],
+         "--clients", "1", "4", "--threads", "1", "--max-seconds", "120", "--json", results,
+         "--batching", "stream", "whole"],
         capture_output=True, text=True, timeout=600,
         env=os.environ | {"OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = table_rows(done.stdout)
-    names = ["attn-translate (batch ceiling)", "attn-serve, 1 clients", "attn-serve, 4 clients"]
+    names = ["attn-translate (batch ceiling)"] + [
+        f"attn-serve ({mode}), {count} clients"
+        for mode in ("streaming", "whole batches")
+        for count in (1, 4)
+    ]
     assert list(rows)[2:] == names  # after the header and its rule
     for name in names[1:]:
         sent, answered, errors, differing = rows[name][:4]
@@ -62,7 +67,8 @@ def test_every_request_is_answered_as_attn_translate_answers(run_dir, corpus, tm
     written = json.loads(results.read_text())
     assert written["server_exit_status"] == 0
     assert [row["name"] for row in written["rows"]] == names
-    assert [row["per_search"] for row in written["rows"]][1] == 1.0  # one client: one a search
+    # one client: one sentence a search step, and one a search
+    assert [row["per_batch"] for row in written["rows"]][1::2] == [1.0, 1.0]
 
 
 class StubHandler(BaseHTTPRequestHandler):
@@ -81,10 +87,11 @@ class StubHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
-        """/v1/health: one search a sentence."""
+        """/v1/health: one search and two steps a sentence."""
         count = StubHandler.seen
         self.answer(200, {"status": "ok", "queued_sentences": 0, "searches": count,
-                          "sentences": count})  # fmt: skip
+                          "sentences": count, "steps": 2 * count,
+                          "step_sentences": 2 * count})  # fmt: skip
 
     def do_POST(self) -> None:
         """/v1/translate."""
@@ -116,16 +123,16 @@ def test_a_round_counts_errors_and_differing_answers(stub_port):
     lines[7] = "boom"
     reference = [line.upper() for line in lines]
     reference[12] = "SOMETHING ELSE"
-    row = bench.load_round(stub_port, 4, bench.Work(lines, {}, 30.0), reference)
+    row = bench.load_round(stub_port, 4, bench.Work(lines, {}, 30.0), reference, "whole")
     assert (row.sent, row.answered, row.errors, row.differing) == (30, 29, 1, 1)
-    assert row.per_search == 1.0 and row.clients == 4
+    assert row.per_batch == 1.0 and row.clients == 4 and "whole batches" in row.name
     verdict = bench.targets(bench.Row("ceiling", 30, 30, 0, None, row.rate), [row])
     assert verdict["nothing dropped"] is False and verdict["all answers equal"] is False
 
 
 def test_a_round_stops_at_its_deadline(stub_port):
     bench = load_script()
-    row = bench.load_round(stub_port, 2, bench.Work(["a"] * 50, {}, 0.0), ["A"] * 50)
+    row = bench.load_round(stub_port, 2, bench.Work(["a"] * 50, {}, 0.0), ["A"] * 50, "stream")
     assert row.sent == row.answered == 0 and row.p99_ms is None
 
 

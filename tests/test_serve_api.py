@@ -5,8 +5,10 @@ dynamic batcher puts concurrent requests into one search."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
+import time
 
 import pytest
 
@@ -20,6 +22,7 @@ from seq2seq_attn.serve import ServeLimits, ServeSettings, create_app, describe_
 from seq2seq_attn.serve.batcher import DynamicBatcher
 from seq2seq_attn.serve.schema import TranslateRequest, request_options
 from seq2seq_attn.translation import TranslationSettings, open_translator
+from seq2seq_attn.translation.torch_backend import TorchStream
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -218,21 +221,39 @@ def test_api_key_is_checked_on_every_api_request(translator):
         assert keyed.get("/").status_code == 200  # the page holds no data; it asks for the key
 
 
-def test_a_model_error_is_a_500_and_the_server_goes_on(translator, monkeypatch):
-    original = type(translator).n_best
+@pytest.mark.parametrize("streaming", [True, False])
+def test_a_model_error_is_a_500_and_the_server_goes_on(translator, monkeypatch, streaming):
+    original, original_add, original_step = (
+        type(translator).n_best,
+        TorchStream.add,
+        TorchStream.step,
+    )
 
     def failing(self, src_texts, *arguments, **options):
         if "boom" in src_texts:
             raise RuntimeError("out of memory in the search")
         return original(self, src_texts, *arguments, **options)
 
+    def failing_step(self):  # a search holding "boom" fails at its next step
+        if "boom" in self.texts:
+            raise RuntimeError("out of memory in the search")
+        return original_step(self)
+
+    def recording_add(self, src_texts):
+        self.texts = [*getattr(self, "texts", []), *src_texts]
+        return original_add(self, src_texts)
+
+    monkeypatch.setattr(TorchStream, "step", failing_step)
+    monkeypatch.setattr(TorchStream, "add", recording_add)
+
     monkeypatch.setattr(type(translator), "n_best", failing)
     with make_client(translator) as running:
         answer = post(running, {"text": ["boom"]})
         assert answer.status_code == 500 and "out of memory" in answer.json()["error"]
         assert post(running, {"text": ["still here"]}).status_code == 200
-    # a failing request batched with others fails alone
-    batcher = DynamicBatcher(translator, wait_seconds=0.5)
+    # a failing request batched with others fails alone (a running search that fails is
+    # searched again one job at a time)
+    batcher = DynamicBatcher(translator, wait_seconds=0.5, streaming=streaming)
     batcher.start()
     options = job_options(translator, ["x"])
     futures = [batcher.submit([text], options) for text in ("fine", "boom", "also fine")]
@@ -247,7 +268,7 @@ def test_a_model_error_is_a_500_and_the_server_goes_on(translator, monkeypatch):
 def test_concurrent_requests_share_one_search(translator, corpus):
     sources = source_lines(corpus, 8)
     options = job_options(translator, sources[:1])
-    batcher = DynamicBatcher(translator, wait_seconds=0.5)
+    batcher = DynamicBatcher(translator, wait_seconds=0.5, streaming=False)
     batcher.start()
     futures: dict[int, object] = {}
 
@@ -272,14 +293,53 @@ def job_options(translator, sources: list[str], **body):
     return request_options(request, translator.decode, translator.capabilities)
 
 
-def test_jobs_with_different_settings_do_not_share_a_search(translator, corpus):
+@pytest.mark.parametrize("streaming", [True, False])
+def test_jobs_with_different_settings_do_not_share_a_search(translator, corpus, streaming):
     sources = source_lines(corpus, 2)
-    batcher = DynamicBatcher(translator, wait_seconds=0.5)
+    batcher = DynamicBatcher(translator, wait_seconds=0.5, streaming=streaming)
     batcher.start()
     futures = [
         batcher.submit(sources, job_options(translator, sources, beam=beam)) for beam in (1, 2, 1)
     ]
-    for future in futures:
-        future.result(timeout=60)
+    results = [future.result(timeout=60) for future in futures]
     batcher.close()
-    assert batcher.stats.searches == 2 and batcher.stats.jobs == 3
+    assert batcher.stats.jobs == 3 and len(batcher._running) == 0
+    if streaming:  # one running search per setting, each step holding its jobs' sentences
+        assert batcher.stats.searches == 0 and batcher.stats.steps > 0
+    else:
+        assert batcher.stats.searches == 2
+    for beam, result in zip((1, 2, 1), results, strict=True):
+        searched = dataclasses.replace(translator, decode=job_options(
+            translator, sources, beam=beam).decode)  # fmt: skip
+        expected = searched.detokenize(searched.translate(sources))
+        assert [entry["translation"] for entry in result] == expected
+
+
+def test_a_request_joins_a_running_search(translator, corpus, monkeypatch):
+    """A request that arrives while another's search runs joins it between two steps: no
+    whole-batch search, a step that held both requests' sentences, and each gets the
+    translations it gets alone."""
+    sources = source_lines(corpus, 8)
+    options = job_options(translator, sources[:1])
+    arrived, original_step = threading.Event(), TorchStream.step
+
+    def held_step(self):  # the first step waits until the second request is queued
+        found = original_step(self)
+        arrived.wait(timeout=60)
+        return found
+
+    monkeypatch.setattr(TorchStream, "step", held_step)
+    batcher = DynamicBatcher(translator, wait_seconds=0.0)
+    batcher.start()
+    first = batcher.submit(sources[:4], options)
+    while batcher.queued_sentences == 4 and batcher._queue.qsize():  # taken by the worker
+        time.sleep(0.001)
+    second = batcher.submit(sources[4:], options)
+    arrived.set()
+    results = first.result(timeout=60) + second.result(timeout=60)
+    batcher.close()
+    stats = batcher.stats
+    assert stats.searches == 0 and stats.sentences == 8 and stats.largest_step > 4
+    assert [result["translation"] for result in results] == (
+        translator.detokenize(translator.translate(sources))
+    )

@@ -78,6 +78,14 @@ def serve_command(
             rich_help_panel=LIMITS_PANEL,
         ),
     ] = 5.0,
+    streaming: Annotated[
+        bool,
+        typer.Option(
+            help="Let the sentences of new requests join running searches between their steps "
+            "(plain searches on checkpoints); off: every request waits for a whole-batch search.",
+            rich_help_panel=LIMITS_PANEL,
+        ),
+    ] = True,
     max_sentences: Annotated[
         int, typer.Option(help="Sentences per request.", rich_help_panel=LIMITS_PANEL)
     ] = 64,
@@ -98,7 +106,8 @@ def serve_command(
     """Serve MODEL: POST /v1/translate (JSON), GET /v1/health, GET /v1/model, the API
     documentation at /docs and the attention explorer at /.
 
-    Sentences of concurrent requests are translated together (dynamic batching). Ctrl-C or
+    Sentences of concurrent requests are translated together (dynamic batching; new ones join
+    running searches between their steps). Ctrl-C or
     SIGTERM stops accepting, finishes the requests in flight and exits 0.
     """
     from ..serve import ServeLimits, ServeSettings, create_app, describe_model, is_loopback, serve
@@ -129,7 +138,7 @@ def serve_command(
     with package_logging(None, live=False):
         translator = open_model(model, settings, ensemble or [])
         info = describe_model(translator, model, 1 + len(ensemble or []), limits)
-        batcher = DynamicBatcher(translator, wait_seconds=batch_wait_ms / 1000)
+        batcher = DynamicBatcher(translator, batch_wait_ms / 1000, streaming=streaming)
         app = create_app(batcher, ServeSettings(limits, api_key, info))
         ended = serve(
             app, host, port, lambda: announce(info, host, port, api_key is not None),

@@ -111,15 +111,19 @@ def _add_api_routes(app: FastAPI, batcher: DynamicBatcher, settings: ServeSettin
 
     @app.get("/v1/health", summary="Liveness and queue length")
     async def health() -> JSONResponse:
-        """``ok`` while the model worker runs (else 503), the sentences waiting for it, and the
-        searches run so far with the sentences they held (their ratio: the batch size that
-        dynamic batching reaches)."""
+        """``ok`` while the model worker runs (else 503), the sentences waiting for it, the
+        sentences translated so far, the whole-batch searches run (``sentences`` over
+        ``searches``: the batch that gathering reaches, with no streaming) and the steps of
+        running searches with the sentences they held in all (``step_sentences`` over
+        ``steps``: the batch that streaming keeps)."""
         stats = batcher.stats
         answer = {
             "status": "ok" if batcher.running else "stopped",
             "queued_sentences": batcher.queued_sentences,
-            "searches": stats.searches,
             "sentences": stats.sentences,
+            "searches": stats.searches,
+            "steps": stats.steps,
+            "step_sentences": stats.step_sentences,
         }
         return JSONResponse(answer, status_code=200 if batcher.running else 503)
 

@@ -1,17 +1,22 @@
 """Dynamic batching: one worker thread owns the model and translates the sentences of
 concurrent requests together.
 
-A request becomes a :class:`Job` on a queue. The worker takes the oldest job, gathers what
-else arrives within ``wait_seconds`` of it (under load the wait is already over and it takes
-what queued up during the previous search), groups the jobs that may share a search
-(:meth:`~seq2seq_attn.serve.schema.JobOptions.batch_key`) and runs each group through the
-translator in one call, which cuts it into the same length-sorted, token-bounded batches as
-``attn-translate``. Each job's future then gets one JSON-ready result per sentence. The
-event loop only waits on futures: it never runs the model.
+A request becomes a :class:`Job` on a queue. Where the backend can (the torch backend, for jobs
+without prefixes, constraints or sampling: :meth:`JobOptions.streamable`), the worker keeps a
+running search per decode setting (:meth:`~seq2seq_attn.translation.Translator.stream`): between
+two of its steps, the sentences of newly queued jobs join it, and each job is answered as soon as
+its last sentence is finished, so a request neither waits for a batch to drain nor leaves the
+search running with few sentences (iteration-level scheduling). Other jobs are gathered as
+before: the worker takes the oldest job and what else arrives within ``wait_seconds`` of it,
+groups the jobs that may share a search (:meth:`~seq2seq_attn.serve.schema.JobOptions.batch_key`)
+and runs each group through the translator in one call, which cuts it into the same
+length-sorted, token-bounded batches as ``attn-translate``. Each job's future gets one JSON-ready
+result per sentence. The event loop only waits on futures: it never runs the model.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -22,7 +27,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from ..decoding import Hypothesis
-from ..translation import Translator
+from ..translation import TranslationStream, Translator
 from .schema import JobOptions
 
 logger = logging.getLogger(__name__)
@@ -41,13 +46,29 @@ class Job:
 
 @dataclass
 class BatcherStats:
-    """What the worker has done: searches run (one per group of jobs), jobs and sentences
-    translated, and the most sentences one search held."""
+    """What the worker has done: whole-batch searches run (one per group of jobs), jobs and
+    sentences translated, the most sentences one search held, and the steps of running
+    searches with the sentences they held in all (their ratio: the batch that streaming keeps)
+    and at most."""
 
     searches: int = 0
     jobs: int = 0
     sentences: int = 0
     largest_search: int = 0
+    steps: int = 0
+    step_sentences: int = 0
+    largest_step: int = 0
+
+
+@dataclass
+class _Running:
+    """A running search (:class:`~seq2seq_attn.translation.common.TranslationStream`) and,
+    for each of its sentences, its job and place there."""
+
+    stream: TranslationStream
+    translator: Translator  # with the jobs' decode settings, for their results
+    places: dict[int, tuple[Job, int]] = field(default_factory=dict)  # key -> (job, index)
+    found: dict[int, list] = field(default_factory=dict)  # id(job) -> hypotheses by index
 
 
 _STOP = object()  # put on the queue by close(): the worker ends after the jobs before it
@@ -55,17 +76,25 @@ _STOP = object()  # put on the queue by close(): the worker ends after the jobs 
 
 class DynamicBatcher:
     """The worker thread and its queue. ``wait_seconds``: how long the oldest waiting job
-    waits for company; ``max_gather_sentences``: most sentences gathered before a search
-    starts (the rest wait for the next)."""
+    waits for company when the worker is idle; ``max_gather_sentences``: most sentences in
+    searches at once (the rest wait); ``streaming``: let jobs join running searches where
+    they can (else every job waits for a whole-batch search)."""
 
     def __init__(
-        self, translator: Translator, wait_seconds: float = 0.005, max_gather_sentences: int = 256
+        self,
+        translator: Translator,
+        wait_seconds: float = 0.005,
+        max_gather_sentences: int = 256,
+        streaming: bool = True,
     ) -> None:
         self.translator = translator
         self.wait_seconds = wait_seconds
         self.max_gather_sentences = max_gather_sentences
+        self.streaming = streaming
         self.stats = BatcherStats()
         self._queue: queue.Queue = queue.Queue()
+        self._waiting: collections.deque[Job] = collections.deque()  # taken, not yet started
+        self._running: dict[tuple, _Running] = {}  # by batch key
         self._queued_sentences = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="attn-serve-model", daemon=True)
@@ -102,35 +131,129 @@ class DynamicBatcher:
         return job.future
 
     def _work(self) -> None:
-        """The worker: gather, group, translate, answer; until :meth:`close`."""
-        while True:
-            jobs, stop = self._gather()
-            live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
-            for group in _groups(live):
+        """The worker: take jobs, start them (joining running searches, or whole-batch
+        searches), step the running searches and answer; until :meth:`close` and every job
+        taken before it is answered."""
+        stopping = False
+        while not (stopping and not self._waiting and not self._running):
+            if not stopping:
+                stopping = self._take(block=not self._running and not self._waiting)
+            live, cancelled = [], []
+            for job in self._admit():
+                (live if job.future.set_running_or_notify_cancel() else cancelled).append(job)
+            self._answered(cancelled)
+            whole = [job for job in live if not self._join(job)]
+            for group in _groups(whole):
                 self._run(group)
-            with self._lock:
-                self._queued_sentences -= sum(len(job.sentences) for job in jobs)
-            if stop:
-                return
+            self._step_all()
 
-    def _gather(self) -> tuple[list[Job], bool]:
-        """The oldest job and those that arrive within ``wait_seconds`` of it (at most
-        ``max_gather_sentences`` sentences), and whether :meth:`close` was asked."""
-        first = self._queue.get()
-        if first is _STOP:
-            return [], True
-        jobs, count = [first], len(first.sentences)
-        deadline = first.arrived + self.wait_seconds
-        while count < self.max_gather_sentences:
+    def _take(self, block: bool) -> bool:
+        """Move the queued jobs to the waiting ones; when ``block`` (nothing to do), wait for
+        one and for what else arrives within ``wait_seconds`` of it. Whether :meth:`close`
+        was asked."""
+        deadline = math.inf
+        while True:
             try:
-                job = self._queue.get(timeout=max(deadline - time.monotonic(), 0.0))
+                if block and not self._waiting:
+                    job = self._queue.get()
+                elif block:
+                    job = self._queue.get(timeout=max(deadline - time.monotonic(), 0.0))
+                else:
+                    job = self._queue.get_nowait()
             except queue.Empty:
-                break
+                return False
             if job is _STOP:
-                return jobs, True
-            jobs.append(job)
-            count += len(job.sentences)
-        return jobs, False
+                return True
+            self._waiting.append(job)
+            if block and deadline == math.inf:
+                deadline = job.arrived + self.wait_seconds
+
+    def _admit(self) -> list[Job]:
+        """The waiting jobs that fit beside the sentences already in searches (at most
+        ``max_gather_sentences``; always at least one job when none are)."""
+        in_searches = sum(len(running.places) for running in self._running.values())
+        room = self.max_gather_sentences - in_searches
+        admitted: list[Job] = []
+        while self._waiting:
+            size = len(self._waiting[0].sentences)
+            if size > room and (admitted or in_searches):
+                break
+            admitted.append(self._waiting.popleft())
+            room -= size
+        return admitted
+
+    def _join(self, job: Job) -> bool:
+        """Let ``job`` join the running search of its batch key (started here if none);
+        False where it needs a whole-batch search."""
+        options = job.options
+        if not (self.streaming and options.streamable()):
+            return False
+        key = options.batch_key()
+        running = self._running.get(key)
+        if running is None:
+            stream = self.translator.stream(options.decode)
+            if stream is None:
+                return False
+            translator = dataclasses.replace(self.translator, decode=options.decode)
+            running = self._running[key] = _Running(stream, translator)
+        try:
+            keys = running.stream.add(job.sentences)
+        except Exception:  # a whole-batch search of this job alone reports its error
+            logger.warning("%d sentences could not join a search", len(job.sentences))
+            return False
+        running.places.update((key, (job, index)) for index, key in enumerate(keys))
+        running.found[id(job)] = [None] * len(job.sentences)
+        return True
+
+    def _step_all(self) -> None:
+        """One step of every running search; answer each job whose sentences are all done.
+        A search that fails ends, and its jobs are searched again one at a time as whole
+        batches, so that only a job at fault gets the error; the other searches go on."""
+        for key, running in list(self._running.items()):
+            try:
+                finished = running.stream.step()
+            except Exception:
+                logger.warning("a running search of %d sentences failed", len(running.places))
+                del self._running[key]
+                for job in {id(job): job for job, _ in running.places.values()}.values():
+                    self._run([job])
+                continue
+            self._count_step(len(running.places))
+            for sentence_key, hypotheses in finished:
+                self._finished(running, running.places.pop(sentence_key), hypotheses)
+            if not running.places:
+                del self._running[key]
+
+    def _count_step(self, sentences: int) -> None:
+        """Add one step of a running search holding ``sentences`` to the statistics."""
+        stats = self.stats
+        stats.steps += 1
+        stats.step_sentences += sentences
+        stats.largest_step = max(stats.largest_step, sentences)
+
+    def _finished(self, running: _Running, place: tuple[Job, int], hypotheses: list) -> None:
+        """Record one sentence's ``hypotheses``; answer its job once it has them all."""
+        job, index = place
+        found = running.found[id(job)]
+        found[index] = hypotheses
+        if any(entry is None for entry in found):
+            return
+        del running.found[id(job)]
+        self.stats.jobs += 1  # the statistics before the answer: a client may ask at once
+        self.stats.sentences += len(job.sentences)
+        self._answered([job])
+        try:
+            results = _results(running.translator, job, found)
+        except Exception as error:  # e.g. the alignments failed: this job only
+            logger.exception("the results of %d sentences failed", len(job.sentences))
+            job.future.set_exception(error)
+            return
+        job.future.set_result(results)
+
+    def _answered(self, jobs: list[Job]) -> None:
+        """``jobs`` leave the count of sentences queued."""
+        with self._lock:
+            self._queued_sentences -= sum(len(job.sentences) for job in jobs)
 
     def _run(self, group: list[Job]) -> None:
         """One search over every sentence of ``group`` (jobs with one batch key), then each
@@ -144,20 +267,25 @@ class DynamicBatcher:
             found = translator.n_best(
                 sentences, _joined(group, "prefixes", ""), _joined(group, "constraints", [])
             )
-            start = 0
+            results, start = [], 0
             for job in group:
                 end = start + len(job.sentences)
-                job.future.set_result(_results(translator, job, found[start:end]))
+                results.append(_results(translator, job, found[start:end]))
                 start = end
         except Exception as error:  # the model's error goes to the requests, not the worker
             if len(group) > 1:  # one job's input may be at fault: the others must not pay
                 for job in group:
-                    if not job.future.done():
-                        self._run([job])
+                    self._run([job])
                 return
             logger.exception("translating %d sentences failed", len(sentences))
+            self._count(group, len(sentences))
+            self._answered(group)
             group[0].future.set_exception(error)
-        self._count(group, len(sentences))
+            return
+        self._count(group, len(sentences))  # before the answers: a client may ask at once
+        self._answered(group)
+        for job, result in zip(group, results, strict=True):
+            job.future.set_result(result)
 
     def _count(self, group: list[Job], sentences: int) -> None:
         """Add one search of ``sentences`` sentences for ``group`` to the statistics."""

@@ -89,6 +89,11 @@ class JobOptions:
     attention: bool
     alignments: bool
 
+    def streamable(self) -> bool:
+        """Whether the job's sentences may join a running search: a plain search (no
+        prefixes, constraints or sampling, which take whole batches)."""
+        return self.sampling is None and self.prefixes is None and self.constraints is None
+
     def batch_key(self) -> tuple:
         """Jobs with equal keys may share a search: the same decode settings, and the same
         kind of guides (constrained search or not, prefixes or not). Sampling keys its random

@@ -6,13 +6,20 @@ Backends: :mod:`.torch_backend` (checkpoints and ensembles, and the search over 
 memory that validation runs) and :mod:`.ct2_backend` (exported folders).
 """
 
-from .common import Capabilities, TranslationError, TranslationSettings, Translator
+from .common import (
+    Capabilities,
+    TranslationError,
+    TranslationSettings,
+    TranslationStream,
+    Translator,
+)
 from .opener import open_translator
 
 __all__ = [
     "Capabilities",
     "TranslationError",
     "TranslationSettings",
+    "TranslationStream",
     "Translator",
     "open_translator",
 ]

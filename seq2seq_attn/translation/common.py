@@ -183,6 +183,11 @@ class Translator(Protocol):
         self-attention); only where ``capabilities.attention``."""
         ...
 
+    def stream(self, decode: DecodeConfig) -> TranslationStream | None:
+        """A running search with ``decode`` settings that sentences join between its steps
+        (what a server keeps busy), or None where the backend searches whole batches only."""
+        return None
+
     def translate(self, src_texts: Sequence[str]) -> list[Hypothesis]:
         """The best hypothesis of each input, in input order."""
         return [hypotheses[0] for hypotheses in self.n_best(src_texts)]
@@ -190,6 +195,26 @@ class Translator(Protocol):
     def detokenize(self, hypotheses: Sequence[Hypothesis]) -> list[str]:
         """The target text of each hypothesis."""
         return self.tokenizer.decode_tgt([hypothesis.tokens for hypothesis in hypotheses])
+
+
+class TranslationStream(Protocol):
+    """Sentences translated by one running search (:meth:`Translator.stream`): they join it
+    with :meth:`add` and come out of :meth:`step` when finished, each with its ``decode.n_best``
+    hypotheses, best first (what :meth:`Translator.n_best` gives it)."""
+
+    @property
+    def live(self) -> int:
+        """Sentences added and not handed back yet."""
+        ...
+
+    def add(self, src_texts: Sequence[str]) -> list[int]:
+        """Let ``src_texts`` join the search at its next step; their keys, in input order."""
+        ...
+
+    def step(self) -> list[tuple[int, list[Hypothesis]]]:
+        """One search step; ``(key, hypotheses)`` of each sentence it finished (a blank line:
+        at the first step after it was added, one empty hypothesis)."""
+        ...
 
 
 def encode_sources(

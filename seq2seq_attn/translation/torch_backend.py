@@ -9,8 +9,9 @@ one from checkpoint files (several: an ensemble).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -28,12 +29,14 @@ from ..models.ensemble import Ensemble
 from ..models.int8 import int8_supported, quantize_int8
 from ..sampling import Sampling, sample_search
 from ..scoring import score_pairs
+from ..streaming import StreamingSearch
 from ..tokenizer import BOS_ID, EOS_ID, Tokenizer
 from .attention_views import attention_views
 from .common import (
     Capabilities,
     TranslationError,
     TranslationSettings,
+    TranslationStream,
     Translator,
     encode_sources,
 )
@@ -109,21 +112,80 @@ def translate_n_best(
     src_ids = encode_sources(tokenizer, src_texts, model.max_positions, first_index)
     outputs = [[Hypothesis(tokens=[], log_prob=0.0, score=0.0)] for _ in src_ids]
     nonempty = [index for index, ids in enumerate(src_ids) if ids]
+    with evaluating(model, device, amp_dtype):
+        lengths = [len(src_ids[i]) + 1 for i in nonempty]
+        for rows in length_batches(lengths, max_tokens, max_sentences):
+            indices = [nonempty[row] for row in rows]
+            src, src_mask = source_batch([src_ids[i] for i in indices], device)  # (B, S)
+            found = _search(model, src, src_mask, decode, guides or SearchGuides(), indices)
+            for index, hypotheses in zip(indices, found, strict=True):
+                outputs[index] = hypotheses
+    return outputs
+
+
+@contextlib.contextmanager
+def evaluating(
+    model: Seq2Seq, device: torch.device, amp_dtype: torch.dtype | None
+) -> Iterator[None]:
+    """``model`` in eval mode (restored afterwards) under autocast to ``amp_dtype`` (None:
+    none), for a search."""
     was_training = model.training
     model.eval()
     try:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            lengths = [len(src_ids[i]) + 1 for i in nonempty]
-            for rows in length_batches(lengths, max_tokens, max_sentences):
-                indices = [nonempty[row] for row in rows]
-                batch = collate([src_ids[i] for i in indices], [[] for _ in indices], indices)
-                src, src_mask = batch.src.to(device), batch.src_mask.to(device)  # (B, S)
-                found = _search(model, src, src_mask, decode, guides or SearchGuides(), indices)
-                for index, hypotheses in zip(indices, found, strict=True):
-                    outputs[index] = hypotheses
+            yield
     finally:
         model.train(was_training)
-    return outputs
+
+
+def source_batch(
+    src_ids: Sequence[Sequence[int]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source id lists (without EOS) as a padded ``(B, S)`` batch and its mask on ``device``."""
+    batch = collate(src_ids, [[] for _ in src_ids], list(range(len(src_ids))))
+    return batch.src.to(device), batch.src_mask.to(device)
+
+
+class TorchStream(TranslationStream):
+    """:class:`~seq2seq_attn.streaming.StreamingSearch` over a translator's model: text in,
+    hypotheses out, under the translator's device and precision."""
+
+    def __init__(self, translator: TorchTranslator, decode: DecodeConfig) -> None:
+        self.translator = translator
+        self.search = StreamingSearch(translator.model, decode, BOS_ID, EOS_ID)
+        self.added = 0  # the next key
+        self.keys: dict[int, int] = {}  # the search's key of each live sentence -> ours
+        self.blank: list[int] = []  # keys of blank lines, answered at the next step
+
+    @property
+    def live(self) -> int:
+        """Sentences added and not handed back yet."""
+        return self.search.live + len(self.blank)
+
+    def add(self, src_texts: Sequence[str]) -> list[int]:
+        """Encode ``src_texts`` and let them join at the next step; their keys."""
+        translator = self.translator
+        src_ids = encode_sources(translator.tokenizer, src_texts, translator.model.max_positions)
+        keys = list(range(self.added, self.added + len(src_ids)))
+        searched = [(key, ids) for key, ids in zip(keys, src_ids, strict=True) if ids]
+        if searched:  # first: when this fails, the stream is left as it was
+            src, src_mask = source_batch([ids for _, ids in searched], translator.device)
+            with evaluating(translator.model, translator.device, translator.precision.dtype):
+                search_keys = self.search.add(src, src_mask)
+            self.keys.update(zip(search_keys, [key for key, _ in searched], strict=True))
+        self.blank += [key for key, ids in zip(keys, src_ids, strict=True) if not ids]
+        self.added += len(src_ids)
+        return keys
+
+    def step(self) -> list[tuple[int, list[Hypothesis]]]:
+        """One search step; each sentence it finished (and every blank line waiting)."""
+        done = [(key, [Hypothesis(tokens=[], log_prob=0.0, score=0.0)]) for key in self.blank]
+        self.blank = []
+        with evaluating(
+            self.translator.model, self.translator.device, self.translator.precision.dtype
+        ):
+            finished = self.search.step()
+        return done + [(self.keys.pop(key), hypotheses) for key, hypotheses in finished]
 
 
 def attention_matrix(
@@ -214,6 +276,11 @@ class TorchTranslator(Translator):
             self.model, self.tokenizer, src_texts, self.decode, self.max_tokens, self.device,
             self.precision.dtype, self.max_sentences, guides,
         )  # fmt: skip
+
+    def stream(self, decode: DecodeConfig) -> TorchStream | None:
+        """A :class:`TorchStream` searching with ``decode`` (no sampling: samples are drawn
+        in whole batches)."""
+        return None if self.sampling is not None else TorchStream(self, decode)
 
     def score(self, src_texts: Sequence[str], tgt_texts: Sequence[str]) -> list[list[float]]:
         """Forced decoding (:func:`~seq2seq_attn.scoring.score_pairs`): the log-probability of
