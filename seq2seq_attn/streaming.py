@@ -62,21 +62,22 @@ class StreamingSearch:
         if self.beams is None:
             return []
         before = self.beams.sentences.tolist()
-        self.beams = beam_step(
-            self.model, self.beams, None, self.eos_id, self.decode, self.finished
-        )
-        still = set() if self.beams is None else set(self.beams.sentences.tolist())
+        beams = beam_step(self.model, self.beams, None, self.eos_id, self.decode, self.finished)
+        still = [] if beams is None else beams.sentences.tolist()
+        if beams is not None and len(still) < len(before):  # drop history no sentence reads
+            beams.tokens = beams.tokens[:, beams.tokens.size(1) - int(beams.steps.max()) :]
+        self.beams, alive = beams, set(still)
         return [
             (key, best_first(self.finished.pop(key), self.decode.n_best))
             for key in before
-            if key not in still
+            if key not in alive
         ]
 
 
 def join_beams(live: Beams, joining: Beams) -> Beams:
     """The sentences of ``live`` then those of ``joining`` in one set of beams: the shorter
     token history is padded in front (``Beams`` reads each row's last ``steps`` tokens)."""
-    width = max(live.tokens.size(1), joining.tokens.size(1))
+    width = max(live.tokens.size(1), joining.tokens.size(1))  # (step() keeps it to the longest)
 
     def tokens(beams: Beams) -> Tensor:  # (N * K, width)
         missing = width - beams.tokens.size(1)

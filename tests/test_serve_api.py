@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-import time
 
 import pytest
 
@@ -22,6 +21,7 @@ from seq2seq_attn.serve import ServeLimits, ServeSettings, create_app, describe_
 from seq2seq_attn.serve.batcher import DynamicBatcher
 from seq2seq_attn.serve.schema import TranslateRequest, request_options
 from seq2seq_attn.translation import TranslationSettings, open_translator
+from seq2seq_attn.translation.common import encode_sources
 from seq2seq_attn.translation.torch_backend import TorchStream
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -239,9 +239,9 @@ def test_a_model_error_is_a_500_and_the_server_goes_on(translator, monkeypatch, 
             raise RuntimeError("out of memory in the search")
         return original_step(self)
 
-    def recording_add(self, src_texts):
+    def recording_add(self, src_texts, force=False):
         self.texts = [*getattr(self, "texts", []), *src_texts]
-        return original_add(self, src_texts)
+        return original_add(self, src_texts, force)
 
     monkeypatch.setattr(TorchStream, "step", failing_step)
     monkeypatch.setattr(TorchStream, "add", recording_add)
@@ -321,25 +321,62 @@ def test_a_request_joins_a_running_search(translator, corpus, monkeypatch):
     translations it gets alone."""
     sources = source_lines(corpus, 8)
     options = job_options(translator, sources[:1])
-    arrived, original_step = threading.Event(), TorchStream.step
+    stepped, arrived = threading.Event(), threading.Event()
+    original_step, original_add = TorchStream.step, TorchStream.add
+    steps_at_add = []
 
     def held_step(self):  # the first step waits until the second request is queued
         found = original_step(self)
+        stepped.set()
         arrived.wait(timeout=60)
         return found
 
+    def recording_add(self, src_texts, force=False):
+        steps_at_add.append(self.search.beams is not None)  # joining a search under way
+        return original_add(self, src_texts, force)
+
     monkeypatch.setattr(TorchStream, "step", held_step)
+    monkeypatch.setattr(TorchStream, "add", recording_add)
     batcher = DynamicBatcher(translator, wait_seconds=0.0)
     batcher.start()
     first = batcher.submit(sources[:4], options)
-    while batcher.queued_sentences == 4 and batcher._queue.qsize():  # taken by the worker
-        time.sleep(0.001)
+    assert stepped.wait(timeout=60)
     second = batcher.submit(sources[4:], options)
     arrived.set()
     results = first.result(timeout=60) + second.result(timeout=60)
     batcher.close()
     stats = batcher.stats
+    assert steps_at_add == [False, True]
     assert stats.searches == 0 and stats.sentences == 8 and stats.largest_step > 4
     assert [result["translation"] for result in results] == (
         translator.detokenize(translator.translate(sources))
     )
+
+
+def test_a_full_running_search_makes_requests_wait_for_room(translator, corpus, monkeypatch):
+    """--batch-tokens bounds a running search as it bounds a batch (sentences times the
+    longest source): a request that does not fit waits for sentences to finish, then joins;
+    nothing is lost, and an empty job is answered at once."""
+    sources = source_lines(corpus, 8)
+    encoded = encode_sources(translator.tokenizer, sources, translator.model.max_positions)
+    limit = 2 * max(len(ids) + 1 for ids in encoded)  # room for two at least, not for eight
+    refused, slots, original_add = [], [], TorchStream.add
+
+    def checked_add(self, src_texts, force=False):  # (an error here only moves the job)
+        keys = original_add(self, src_texts, force)
+        refused.append(keys is None)
+        live = list(self.lengths.values())
+        slots.append(len(live) * max(live) if len(live) > 1 else 0)
+        return keys
+
+    monkeypatch.setattr(TorchStream, "add", checked_add)
+    batcher = DynamicBatcher(dataclasses.replace(translator, max_tokens=limit), 0.05)
+    batcher.start()
+    options = job_options(translator, sources[:1])
+    assert batcher.submit([], options).result(timeout=60) == []
+    futures = [batcher.submit([source], options) for source in sources]
+    results = [future.result(timeout=60)[0]["translation"] for future in futures]
+    batcher.close()
+    assert any(refused) and max(slots) <= limit and 1 < batcher.stats.largest_step < 8
+    assert results == translator.detokenize(translator.translate(sources))
+    assert batcher.stats.sentences == 8 and batcher.queued_sentences == 0

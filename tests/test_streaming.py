@@ -9,7 +9,7 @@ import torch
 from test_decoding import BOS, EOS, KINDS, make, source_batch
 
 from seq2seq_attn.config import DecodeConfig, ModelConfig, RNNConfig
-from seq2seq_attn.decoding import beam_search
+from seq2seq_attn.decoding import beam_search, greedy_search
 from seq2seq_attn.models import build_model
 from seq2seq_attn.models.ensemble import Ensemble
 from seq2seq_attn.streaming import StreamingSearch
@@ -62,6 +62,7 @@ def streamed(model, src, src_mask, options, joins: list[tuple[int, list[int]]]) 
 
 
 def assert_same(got: list[tuple], expected: list[tuple]) -> None:
+    """The same tokens, and log-probabilities and scores within rounding."""
     assert [tokens for tokens, _, _ in got] == [tokens for tokens, _, _ in expected]
     for (_, log_prob, score), (_, ref_log_prob, ref_score) in zip(got, expected, strict=True):
         assert log_prob == pytest.approx(ref_log_prob, abs=1e-4)
@@ -85,6 +86,34 @@ def test_sentences_joining_a_running_search_get_what_they_get_alone(kind, beam_s
     assert sorted(results) == list(range(7))
     for row in range(7):
         assert_same(results[row], expected[row])
+    if beam_size == 1:  # a beam of one is greedy search
+        greedy = greedy_search(model, src, src_mask, BOS, EOS, options)
+        assert [results[row][0][0] for row in range(7)] == [h.tokens for h in greedy]
+
+
+@pytest.mark.parametrize("kind", ["transformer", "rnn-bahdanau"])
+def test_a_long_running_search_keeps_only_what_its_live_sentences_need(kind):
+    """Sentences joining and leaving for many steps: the token history is as long as the
+    longest live output, and at each join the source width is the longest live source and the
+    Transformer's self-attention cache as long as the longest live output."""
+    model = model_of(kind, seed=8)
+    src, src_mask = source_batch([9, 3, 4, 3, 5, 2, 4, 3] * 4, seed=8)
+    options = DecodeConfig(beam_size=2, max_length_ratio=1.0, max_length_offset=2)
+    search, added, steps = StreamingSearch(model, options, BOS, EOS), 0, 0
+    while added < src.size(0) or search.live:
+        if added < src.size(0) and steps % 2 == 0:  # a sentence every other step
+            width = int(src_mask[added].sum())
+            search.add(src[added : added + 1, :width], src_mask[added : added + 1, :width])
+            added += 1
+            beams, state = search.beams, search.beams.state
+            assert state.src_mask.size(1) == int(state.src_mask.sum(1).max())
+            if kind == "transformer":
+                assert state.position == int(beams.steps.max())
+        search.step()
+        steps += 1
+        if search.beams is not None:
+            assert search.beams.tokens.size(1) == int(search.beams.steps.max())
+    assert steps > 40  # many joins and departures
 
 
 def test_min_length_and_length_limits_hold_per_sentence():

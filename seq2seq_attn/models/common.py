@@ -29,6 +29,16 @@ def pad_to(tensor: Tensor, dim: int, size: int, front: bool = False) -> Tensor:
     return torch.cat([filler, tensor] if front else [tensor, filler], dim=dim)
 
 
+def fit_to(tensor: Tensor, dim: int, size: int) -> Tensor:
+    """``tensor`` cut or padded (zeros, False) at the end of ``dim`` to ``size``."""
+    return tensor.narrow(dim, 0, size) if tensor.size(dim) > size else pad_to(tensor, dim, size)
+
+
+def source_width(*masks: Tensor) -> int:
+    """The longest real source in ``(B, S)`` masks padded at the end: the width they need."""
+    return int(torch.cat([mask.sum(dim=1) for mask in masks]).max())
+
+
 def select_rows(tensor: Tensor | None, batch_indices: Tensor) -> Tensor | None:
     """``tensor.index_select(0, batch_indices)``, passing ``None`` through."""
     return None if tensor is None else tensor.index_select(0, batch_indices)

@@ -18,7 +18,15 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..attention import AdditiveScore, build_score, softmax_attention
 from ..config import ModelConfig, RNNConfig
-from .common import Dropout, Embeddings, EncoderOutput, Seq2Seq, pad_to, select_rows
+from .common import (
+    Dropout,
+    Embeddings,
+    EncoderOutput,
+    Seq2Seq,
+    fit_to,
+    select_rows,
+    source_width,
+)
 from .rnn_loop import bahdanau_gru_loop, gru_forward, luong_gru_loop
 
 
@@ -198,12 +206,13 @@ class RNNState:
         )
 
     def join(self, other: RNNState) -> RNNState:
-        """The rows of ``self`` then those of ``other`` (see ``DecoderState.join``); the
-        shorter source is padded with masked positions."""
-        width = max(self.src_mask.size(1), other.src_mask.size(1))
+        """The rows of ``self`` then those of ``other`` (see ``DecoderState.join``): sources
+        padded (masked) or cut to the longest real one, so that the width does not outlive the
+        sentences that needed it."""
+        width = source_width(self.src_mask, other.src_mask)
 
-        def sources(name: str) -> Tensor:  # (B, S, ...) of both, padded to `width` positions
-            return torch.cat([pad_to(getattr(state, name), 1, width) for state in (self, other)])
+        def sources(name: str) -> Tensor:  # (B, S, ...) of both, `width` positions
+            return torch.cat([fit_to(getattr(state, name), 1, width) for state in (self, other)])
 
         def rows(name: str) -> Tensor | None:
             first, second = getattr(self, name), getattr(other, name)

@@ -23,7 +23,9 @@ from .common import (
     PositionalEncoding,
     SelfAttentionMaps,
     Seq2Seq,
+    fit_to,
     pad_to,
+    source_width,
 )
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
@@ -122,7 +124,8 @@ class DecoderLayer(nn.Module):
         Args:
             x: ``(B, T, D)`` target states.
             memory: ``(B, S, D)`` encoder states; ``None`` when ``caches`` hold their projections.
-            self_mask: ``(T, T_cached + T)`` causal mask, or ``None`` (one new step may see all).
+            self_mask: ``(T, T_cached + T)`` causal mask, ``(B, 1, T_cached + 1)`` for one new
+                step of rows that skip some cached slots, or ``None`` (one new step sees all).
             cross_mask: ``(B, 1, S)``, True at real source tokens.
             caches: ``(self-attention cache, cross-attention cache)`` for incremental decoding.
             need_weights: also return the cross-attention weights.
@@ -222,18 +225,18 @@ class TransformerState:
     def join(self, other: TransformerState) -> TransformerState:
         """The rows of ``self`` then those of ``other`` in one state (see
         ``DecoderState.join``): the shorter history is padded in front with cache slots its
-        rows never see (``offsets``), the shorter source with masked positions; slots no row
-        sees any more are then dropped."""
+        rows never see (``offsets``), the sources padded (masked) or cut to the longest real
+        one; slots no row sees any more are then dropped."""
         if other.beams != self.beams:
             raise ValueError(f"join: {self.beams} and {other.beams} beams per sentence")
         position = max(self.position, other.position)
-        width = max(self.src_mask.size(1), other.src_mask.size(1))
+        width = source_width(self.src_mask, other.src_mask)  # padding does not outlive its use
         offsets = torch.cat([state.row_offsets(position) for state in (self, other)])  # (B,)
         skip = int(offsets.min())  # slots that every row skips
         rows = [self.rows, other.rows]
 
-        def sources(first: Tensor, second: Tensor, dim: int) -> Tensor:  # padded to `width`
-            return torch.cat([pad_to(first, dim, width), pad_to(second, dim, width)])
+        def sources(first: Tensor, second: Tensor, dim: int) -> Tensor:  # `width` positions
+            return torch.cat([fit_to(first, dim, width), fit_to(second, dim, width)])
 
         return TransformerState(
             self_caches=[

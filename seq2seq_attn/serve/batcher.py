@@ -125,6 +125,9 @@ class DynamicBatcher:
         if not self.running:
             raise RuntimeError("the model worker is not running")
         job = Job(sentences, options)
+        if not sentences:  # nothing to translate
+            job.future.set_result([])
+            return job.future
         with self._lock:
             self._queued_sentences += len(sentences)
         self._queue.put(job)
@@ -139,10 +142,12 @@ class DynamicBatcher:
             if not stopping:
                 stopping = self._take(block=not self._running and not self._waiting)
             live, cancelled = [], []
-            for job in self._admit():
-                (live if job.future.set_running_or_notify_cancel() else cancelled).append(job)
+            for job in self._admit():  # (a job back from a full search is running already)
+                started = job.future.running() or job.future.set_running_or_notify_cancel()
+                (live if started else cancelled).append(job)
             self._answered(cancelled)
-            whole = [job for job in live if not self._join(job)]
+            whole, no_room = self._join_all(live)
+            self._waiting.extendleft(reversed(no_room))  # first in line at the next step
             for group in _groups(whole):
                 self._run(group)
             self._step_all()
@@ -182,27 +187,62 @@ class DynamicBatcher:
             room -= size
         return admitted
 
-    def _join(self, job: Job) -> bool:
-        """Let ``job`` join the running search of its batch key (started here if none);
-        False where it needs a whole-batch search."""
-        options = job.options
-        if not (self.streaming and options.streamable()):
-            return False
-        key = options.batch_key()
-        running = self._running.get(key)
-        if running is None:
-            stream = self.translator.stream(options.decode)
-            if stream is None:
-                return False
-            translator = dataclasses.replace(self.translator, decode=options.decode)
-            running = self._running[key] = _Running(stream, translator)
+    def _join_all(self, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
+        """Let the streamable ``jobs`` join the running search of their batch key (started
+        here if none), each key's jobs in one encoder batch. Returns the jobs that need a
+        whole-batch search, and those the search has no room for yet."""
+        whole, no_room, by_key = [], [], {}
+        for job in jobs:
+            if self.streaming and job.options.streamable():
+                by_key.setdefault(job.options.batch_key(), []).append(job)
+            else:
+                whole.append(job)
+        for key, group in by_key.items():
+            running = self._running.get(key) or self._start_search(key, group[0].options)
+            joined = False if running is None else self._add(running, group)
+            if joined is None:  # not all at once: one job at a time, until one does not fit
+                for index, job in enumerate(group):  # (an idle search takes one, whatever size)
+                    alone = self._add(running, [job], force=not running.places)
+                    if alone is None:
+                        no_room += group[index:]
+                        break
+                    whole += [] if alone else [job]
+            elif not joined:
+                whole += group
+            if running is not None and not running.places:
+                del self._running[key]
+        return whole, no_room
+
+    def _start_search(self, key: tuple, options: JobOptions) -> _Running | None:
+        """A running search for jobs of ``options`` (kept under ``key``), or None where the
+        backend has none."""
         try:
-            keys = running.stream.add(job.sentences)
-        except Exception:  # a whole-batch search of this job alone reports its error
-            logger.warning("%d sentences could not join a search", len(job.sentences))
+            stream = self.translator.stream(options.decode)
+        except Exception:
+            logger.warning("no running search for %s", options.decode, exc_info=True)
+            return None
+        if stream is None:
+            return None
+        translator = dataclasses.replace(self.translator, decode=options.decode)
+        running = self._running[key] = _Running(stream, translator)
+        return running
+
+    def _add(self, running: _Running, jobs: list[Job], force: bool = False) -> bool | None:
+        """Add the sentences of ``jobs`` to ``running`` (``force``: even over its bound): True
+        when they joined, None when it has no room for them now, False when they failed to (a
+        whole-batch search of each job alone then reports its error)."""
+        sentences = [sentence for job in jobs for sentence in job.sentences]
+        try:
+            keys = running.stream.add(sentences, force)
+        except Exception:
+            logger.warning("%d sentences could not join a search", len(sentences), exc_info=True)
             return False
-        running.places.update((key, (job, index)) for index, key in enumerate(keys))
-        running.found[id(job)] = [None] * len(job.sentences)
+        if keys is None:
+            return None
+        places = [(job, index) for job in jobs for index in range(len(job.sentences))]
+        running.places.update(zip(keys, places, strict=True))
+        for job in jobs:
+            running.found[id(job)] = [None] * len(job.sentences)
         return True
 
     def _step_all(self) -> None:
@@ -213,7 +253,9 @@ class DynamicBatcher:
             try:
                 finished = running.stream.step()
             except Exception:
-                logger.warning("a running search of %d sentences failed", len(running.places))
+                logger.warning(
+                    "a running search of %d sentences failed", len(running.places), exc_info=True
+                )
                 del self._running[key]
                 for job in {id(job): job for job, _ in running.places.values()}.values():
                     self._run([job])

@@ -202,13 +202,10 @@ class TranslationStream(Protocol):
     with :meth:`add` and come out of :meth:`step` when finished, each with its ``decode.n_best``
     hypotheses, best first (what :meth:`Translator.n_best` gives it)."""
 
-    @property
-    def live(self) -> int:
-        """Sentences added and not handed back yet."""
-        ...
-
-    def add(self, src_texts: Sequence[str]) -> list[int]:
-        """Let ``src_texts`` join the search at its next step; their keys, in input order."""
+    def add(self, src_texts: Sequence[str], force: bool = False) -> list[int] | None:
+        """Let ``src_texts`` join the search at its next step: their keys, in input order, or
+        None (nothing added) where the search has no room for them beside its live sentences
+        (its batch bound), unless ``force`` (for what must run even alone over the bound)."""
         ...
 
     def step(self) -> list[tuple[int, list[Hypothesis]]]:

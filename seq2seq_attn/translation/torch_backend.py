@@ -148,43 +148,56 @@ def source_batch(
 
 class TorchStream(TranslationStream):
     """:class:`~seq2seq_attn.streaming.StreamingSearch` over a translator's model: text in,
-    hypotheses out, under the translator's device and precision."""
+    hypotheses out, under the translator's device and precision, holding at most the
+    translator's ``max_tokens`` source token slots (sentences times the longest source, EOS
+    included) and ``max_sentences`` sentences, as a batch of ``attn-translate`` does."""
 
     def __init__(self, translator: TorchTranslator, decode: DecodeConfig) -> None:
         self.translator = translator
         self.search = StreamingSearch(translator.model, decode, BOS_ID, EOS_ID)
         self.added = 0  # the next key
         self.keys: dict[int, int] = {}  # the search's key of each live sentence -> ours
+        self.lengths: dict[int, int] = {}  # the search's key -> source length with EOS
         self.blank: list[int] = []  # keys of blank lines, answered at the next step
 
-    @property
-    def live(self) -> int:
-        """Sentences added and not handed back yet."""
-        return self.search.live + len(self.blank)
-
-    def add(self, src_texts: Sequence[str]) -> list[int]:
-        """Encode ``src_texts`` and let them join at the next step; their keys."""
+    def add(self, src_texts: Sequence[str], force: bool = False) -> list[int] | None:
+        """Encode ``src_texts`` and let them join at the next step: their keys, or None (and
+        nothing added) where they would not fit beside the live sentences, unless ``force``."""
         translator = self.translator
         src_ids = encode_sources(translator.tokenizer, src_texts, translator.model.max_positions)
+        searched = [ids for ids in src_ids if ids]
+        if searched and not force and not self._fits([len(ids) + 1 for ids in searched]):
+            return None
         keys = list(range(self.added, self.added + len(src_ids)))
-        searched = [(key, ids) for key, ids in zip(keys, src_ids, strict=True) if ids]
         if searched:  # first: when this fails, the stream is left as it was
-            src, src_mask = source_batch([ids for _, ids in searched], translator.device)
+            src, src_mask = source_batch(searched, translator.device)
             with evaluating(translator.model, translator.device, translator.precision.dtype):
                 search_keys = self.search.add(src, src_mask)
-            self.keys.update(zip(search_keys, [key for key, _ in searched], strict=True))
+            ours = [key for key, ids in zip(keys, src_ids, strict=True) if ids]
+            self.keys.update(zip(search_keys, ours, strict=True))
+            self.lengths.update(
+                (key, len(ids) + 1) for key, ids in zip(search_keys, searched, strict=True)
+            )
         self.blank += [key for key, ids in zip(keys, src_ids, strict=True) if not ids]
         self.added += len(src_ids)
         return keys
+
+    def _fits(self, lengths: list[int]) -> bool:
+        """Whether sources of ``lengths`` fit beside the live ones."""
+        count = len(self.lengths) + len(lengths)
+        slots = count * max([*self.lengths.values(), *lengths])  # a batch padded to the longest
+        limit = self.translator.max_sentences
+        return slots <= self.translator.max_tokens and (limit is None or count <= limit)
 
     def step(self) -> list[tuple[int, list[Hypothesis]]]:
         """One search step; each sentence it finished (and every blank line waiting)."""
         done = [(key, [Hypothesis(tokens=[], log_prob=0.0, score=0.0)]) for key in self.blank]
         self.blank = []
-        with evaluating(
-            self.translator.model, self.translator.device, self.translator.precision.dtype
-        ):
+        translator = self.translator
+        with evaluating(translator.model, translator.device, translator.precision.dtype):
             finished = self.search.step()
+        for key, _ in finished:
+            del self.lengths[key]
         return done + [(self.keys.pop(key), hypotheses) for key, hypotheses in finished]
 
 
