@@ -10,6 +10,7 @@ import json
 import threading
 
 import pytest
+import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -17,6 +18,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient
 from test_translate_cli import run_dir, source_lines, translate_cli  # noqa: F401 (fixture)
 
+from seq2seq_attn.device import Precision
 from seq2seq_attn.serve import ServeLimits, ServeSettings, create_app, describe_model
 from seq2seq_attn.serve.batcher import DynamicBatcher
 from seq2seq_attn.serve.schema import TranslateRequest, request_options
@@ -380,3 +382,24 @@ def test_a_full_running_search_makes_requests_wait_for_room(translator, corpus, 
     assert any(refused) and max(slots) <= limit and 1 < batcher.stats.largest_step < 8
     assert results == translator.detokenize(translator.translate(sources))
     assert batcher.stats.sentences == 8 and batcher.queued_sentences == 0
+
+
+def test_a_bf16_running_search_casts_its_weights_once(translator, corpus, monkeypatch):
+    """Under bf16 autocast, a running search keeps the cast weights from step to step (the
+    autocast cache is cleared when it ends, not after every step)."""
+    sources = source_lines(corpus, 3)
+    bf16 = dataclasses.replace(translator, precision=Precision("bf16", "cpu"))
+    cleared, original_clear = [], torch.clear_autocast_cache
+    monkeypatch.setattr(
+        torch, "clear_autocast_cache", lambda: cleared.append(1) or original_clear()
+    )
+    stream = bf16.stream(bf16.decode)
+    keys = stream.add(sources)
+    found, steps = {}, 0
+    while len(found) < len(keys):
+        found.update(stream.step())
+        steps += 1
+    assert steps > 1 and cleared == []
+    stream.close()
+    assert cleared == [1] and not torch.is_autocast_enabled("cpu")
+    assert all(found[key][0].tokens for key in keys)

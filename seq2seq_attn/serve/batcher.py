@@ -210,8 +210,12 @@ class DynamicBatcher:
             elif not joined:
                 whole += group
             if running is not None and not running.places:
-                del self._running[key]
+                self._end(key)
         return whole, no_room
+
+    def _end(self, key: tuple) -> None:
+        """Close the running search of ``key`` and forget it."""
+        self._running.pop(key).stream.close()
 
     def _start_search(self, key: tuple, options: JobOptions) -> _Running | None:
         """A running search for jobs of ``options`` (kept under ``key``), or None where the
@@ -256,7 +260,7 @@ class DynamicBatcher:
                 logger.warning(
                     "a running search of %d sentences failed", len(running.places), exc_info=True
                 )
-                del self._running[key]
+                self._end(key)
                 for job in {id(job): job for job, _ in running.places.values()}.values():
                     self._run([job])
                 continue
@@ -264,7 +268,7 @@ class DynamicBatcher:
             for sentence_key, hypotheses in finished:
                 self._finished(running, running.places.pop(sentence_key), hypotheses)
             if not running.places:
-                del self._running[key]
+                self._end(key)
 
     def _count_step(self, sentences: int) -> None:
         """Add one step of a running search holding ``sentences`` to the statistics."""

@@ -213,6 +213,11 @@ class TranslationStream(Protocol):
         at the first step after it was added, one empty hypothesis)."""
         ...
 
+    def close(self) -> None:
+        """Free what the search keeps between steps beyond its sentences (called in the
+        thread that stepped it, when it has none left or is given up)."""
+        ...
+
 
 def encode_sources(
     tokenizer: Tokenizer, src_texts: Sequence[str], max_positions: int | None,

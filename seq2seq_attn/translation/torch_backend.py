@@ -159,6 +159,7 @@ class TorchStream(TranslationStream):
         self.keys: dict[int, int] = {}  # the search's key of each live sentence -> ours
         self.lengths: dict[int, int] = {}  # the search's key -> source length with EOS
         self.blank: list[int] = []  # keys of blank lines, answered at the next step
+        self.holds_cast_weights = False  # see _hold_cast_weights
 
     def add(self, src_texts: Sequence[str], force: bool = False) -> list[int] | None:
         """Encode ``src_texts`` and let them join at the next step: their keys, or None (and
@@ -169,6 +170,7 @@ class TorchStream(TranslationStream):
         if searched and not force and not self._fits([len(ids) + 1 for ids in searched]):
             return None
         keys = list(range(self.added, self.added + len(src_ids)))
+        self._hold_cast_weights()
         if searched:  # first: when this fails, the stream is left as it was
             src, src_mask = source_batch(searched, translator.device)
             with evaluating(translator.model, translator.device, translator.precision.dtype):
@@ -181,6 +183,23 @@ class TorchStream(TranslationStream):
         self.blank += [key for key, ids in zip(keys, src_ids, strict=True) if not ids]
         self.added += len(src_ids)
         return keys
+
+    def _hold_cast_weights(self) -> None:
+        """Under autocast, keep the weights cast to the low precision from one step to the
+        next (each step's autocast context would drop them on leaving, and casting every weight
+        again each step made a bf16 stream slower than whole-batch searches) until
+        :meth:`close`: one more level of autocast nesting, in this (the worker's) thread."""
+        if self.translator.precision.dtype is not None and not self.holds_cast_weights:
+            torch.autocast_increment_nesting()
+            self.holds_cast_weights = True
+
+    def close(self) -> None:
+        """Let go of the cast weights (see :meth:`_hold_cast_weights`); the stream may go on
+        and take them again."""
+        if self.holds_cast_weights:
+            self.holds_cast_weights = False
+            if torch.autocast_decrement_nesting() == 0:
+                torch.clear_autocast_cache()
 
     def _fits(self, lengths: list[int]) -> bool:
         """Whether sources of ``lengths`` fit beside the live ones."""
