@@ -109,6 +109,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, help="most requests a round [every line]")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="per round")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of both")
+    parser.add_argument("--serve-threads", type=int, help="attn-serve's only [--threads]")
     parser.add_argument("--beam", type=int, help="beam size [the model's]")
     parser.add_argument("--precision", help="fp32, bf16... [attn-translate's default]")
     parser.add_argument("--batch-wait-ms", type=float, help="attn-serve's [its default]")
@@ -124,6 +125,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if min(args.clients) < 1 or (args.requests is not None and args.requests < 1):
         parser.error("--clients and --requests: use 1 or more")
+    if args.threads < 1 or (args.serve_threads is not None and args.serve_threads < 1):
+        parser.error("--threads and --serve-threads: use 1 or more")
     if not args.max_seconds > 0:
         parser.error("--max-seconds: use more than 0")
     return args
@@ -165,11 +168,12 @@ def batch_ceiling(args: argparse.Namespace, lines: list[str], scratch: Path) -> 
 
 def start_server(args: argparse.Namespace, mode: str, port: int, log: Path) -> subprocess.Popen:
     """attn-serve on 127.0.0.1:``port`` in batching ``mode``, its stderr into ``log``."""
+    threads = args.serve_threads or args.threads
     command = [str(BIN / "attn-serve"), str(args.model), "--host", HOST, "--port", str(port),
-               "--threads", str(args.threads), *flag("--precision", args.precision),
+               "--threads", str(threads), *flag("--precision", args.precision),
                *flag("--batch-wait-ms", args.batch_wait_ms),
                *([] if mode == "stream" else ["--no-streaming"])]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with log.open("wb") as handle:
         return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=handle)
 
@@ -331,7 +335,10 @@ def main() -> None:
         raise SystemExit(f"{args.src}: no lines")
     with tempfile.TemporaryDirectory() as scratch:
         ceiling, rounds, status = measure(args, lines, Path(scratch))
-    print(f"{len(lines)} lines of {args.src}, {args.threads} thread(s), one sentence a request, "
+    threads = f"{args.threads} thread(s)" + (
+        f" ({args.serve_threads} for attn-serve)" if args.serve_threads else ""
+    )
+    print(f"{len(lines)} lines of {args.src}, {threads}, one sentence a request, "
           f"at most {args.max_seconds:g} s a round; the clients share the cores with the "
           "server\n")  # fmt: skip
     print_table(ceiling, rounds)
@@ -344,6 +351,7 @@ def main() -> None:
     print(f"attn-serve stopped by SIGTERM with exit status {status}")
     if args.json:
         results = {"src": str(args.src), "lines": len(lines), "threads": args.threads,
+                   "serve_threads": args.serve_threads or args.threads,
                    "rows": [asdict(row) for row in [ceiling, *rounds]], "targets": verdict,
                    "server_exit_status": status}  # fmt: skip
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
