@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .config import DecodeConfig
 from .decoding import Beams, Hypothesis, beam_step, best_first, output_limits
-from .models.common import Seq2Seq
+from .models.common import Seq2Seq, pad_to
 
 
 class StreamingSearch:
@@ -61,33 +61,23 @@ class StreamingSearch:
         as ``(key, their decode.n_best hypotheses, best first)``, in key order."""
         if self.beams is None:
             return []
-        before = self.beams.sentences.tolist()
         beams = beam_step(self.model, self.beams, None, self.eos_id, self.decode, self.finished)
-        still = [] if beams is None else beams.sentences.tolist()
-        if beams is not None and len(still) < len(before):  # drop history no sentence reads
+        alive = set() if beams is None else set(beams.sentences.tolist())
+        if beams is not None and len(alive) < len(self.finished):  # drop unread history
             beams.tokens = beams.tokens[:, beams.tokens.size(1) - int(beams.steps.max()) :]
-        self.beams, alive = beams, set(still)
-        return [
-            (key, best_first(self.finished.pop(key), self.decode.n_best))
-            for key in before
-            if key not in alive
-        ]
+        self.beams = beams
+        done = [key for key in self.finished if key not in alive]  # (the keys live before)
+        return [(key, best_first(self.finished.pop(key), self.decode.n_best)) for key in done]
 
 
 def join_beams(live: Beams, joining: Beams) -> Beams:
     """The sentences of ``live`` then those of ``joining`` in one set of beams: the shorter
     token history is padded in front (``Beams`` reads each row's last ``steps`` tokens)."""
     width = max(live.tokens.size(1), joining.tokens.size(1))  # (step() keeps it to the longest)
-
-    def tokens(beams: Beams) -> Tensor:  # (N * K, width)
-        missing = width - beams.tokens.size(1)
-        filler = beams.tokens.new_zeros((beams.tokens.size(0), missing))
-        return torch.cat([filler, beams.tokens], dim=1) if missing else beams.tokens
-
     return Beams(
         sentences=torch.cat([live.sentences, joining.sentences]),
         scores=torch.cat([live.scores, joining.scores]),
-        tokens=torch.cat([tokens(live), tokens(joining)]),
+        tokens=torch.cat([pad_to(b.tokens, 1, width, front=True) for b in (live, joining)]),
         attention=None,
         prev_tokens=torch.cat([live.prev_tokens, joining.prev_tokens]),
         state=live.state.join(joining.state),

@@ -285,12 +285,14 @@ class PositionalEncoding(nn.Module):
                 f"sequence of {offset + length} positions is longer than model.max_positions "
                 f"({self.max_positions}); shorten it or raise model.max_positions"
             )
-        if self.learned is not None:
-            return self.learned.weight[offset : offset + length]
-        return self.table[offset : offset + length]
+        return self.vectors[offset : offset + length]
 
     def at(self, positions: Tensor) -> Tensor:
         """``(B, D)`` the encodings of ``positions`` ``(B,)`` (each below ``max_positions``:
         the search's length limits keep them there)."""
-        table = self.table if self.learned is None else self.learned.weight
-        return table.index_select(0, positions)
+        return self.vectors.index_select(0, positions)
+
+    @property
+    def vectors(self) -> Tensor:
+        """``(max_positions, D)`` every position's encoding: the sinusoids or the learned table."""
+        return self.table if self.learned is None else self.learned.weight

@@ -219,6 +219,11 @@ class TranslationStream(Protocol):
         ...
 
 
+def blank_output() -> list[Hypothesis]:
+    """What a blank input line gets, without reaching the model: one empty hypothesis."""
+    return [Hypothesis(tokens=[], log_prob=0.0, score=0.0)]
+
+
 def encode_sources(
     tokenizer: Tokenizer, src_texts: Sequence[str], max_positions: int | None,
     first_index: int = 0,

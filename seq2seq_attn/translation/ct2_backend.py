@@ -27,7 +27,14 @@ from ..export import ExportError, import_ctranslate2, read_info
 from ..sampling import Sampling
 from ..scoring import encode_pairs, scoring_batches
 from ..tokenizer import EOS_ID, Tokenizer
-from .common import Capabilities, TranslationError, TranslationSettings, Translator, encode_sources
+from .common import (
+    Capabilities,
+    TranslationError,
+    TranslationSettings,
+    Translator,
+    blank_output,
+    encode_sources,
+)
 
 if TYPE_CHECKING:
     import ctranslate2
@@ -77,7 +84,7 @@ class CT2Translator(Translator):
             )
         src_ids = encode_sources(self.tokenizer, src_texts, self.max_positions, first_index)
         prefix_ids = self._prefix_ids(src_texts, prefixes)
-        outputs = [[Hypothesis(tokens=[], log_prob=0.0, score=0.0)] for _ in src_ids]
+        outputs = [blank_output() for _ in src_ids]
         nonempty = [index for index, ids in enumerate(src_ids) if ids]
         lengths = [len(src_ids[i]) + 1 for i in nonempty]  # EOS included, as the model sees
         limits = output_limits(

@@ -38,6 +38,7 @@ from .common import (
     TranslationSettings,
     TranslationStream,
     Translator,
+    blank_output,
     encode_sources,
 )
 
@@ -110,7 +111,7 @@ def translate_n_best(
     device = torch.device(device)
     first_index = 0 if guides is None else guides.first_index
     src_ids = encode_sources(tokenizer, src_texts, model.max_positions, first_index)
-    outputs = [[Hypothesis(tokens=[], log_prob=0.0, score=0.0)] for _ in src_ids]
+    outputs = [blank_output() for _ in src_ids]
     nonempty = [index for index, ids in enumerate(src_ids) if ids]
     with evaluating(model, device, amp_dtype):
         lengths = [len(src_ids[i]) + 1 for i in nonempty]
@@ -210,7 +211,7 @@ class TorchStream(TranslationStream):
 
     def step(self) -> list[tuple[int, list[Hypothesis]]]:
         """One search step; each sentence it finished (and every blank line waiting)."""
-        done = [(key, [Hypothesis(tokens=[], log_prob=0.0, score=0.0)]) for key in self.blank]
+        done = [(key, blank_output()) for key in self.blank]
         self.blank = []
         translator = self.translator
         with evaluating(translator.model, translator.device, translator.precision.dtype):
