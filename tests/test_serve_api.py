@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from test_translate_cli import run_dir, source_lines, translate_cli  # noqa: F40
 
 from seq2seq_attn.device import Precision
 from seq2seq_attn.serve import ServeLimits, ServeSettings, create_app, describe_model
+from seq2seq_attn.serve import batcher as batcher_module
 from seq2seq_attn.serve.batcher import DynamicBatcher
 from seq2seq_attn.serve.schema import TranslateRequest, request_options
 from seq2seq_attn.translation import TranslationSettings, open_translator
@@ -287,6 +289,88 @@ def test_concurrent_requests_share_one_search(translator, corpus):
     assert batcher.stats.searches == 1 and batcher.stats.largest_search == 8
     alone = translator.detokenize(translator.translate(sources))
     assert [result[0]["translation"] for result in results] == alone
+
+
+def recorded_searches(translator, monkeypatch) -> tuple[list[list[str]], threading.Event]:
+    """Record the sentences of each whole-batch search; the first search waits until the
+    returned event is set."""
+    searches: list[list[str]] = []
+    release = threading.Event()
+    original = type(translator).n_best
+
+    def recording(self, src_texts, *arguments, **options):
+        searches.append(list(src_texts))
+        if len(searches) == 1:
+            release.wait(timeout=60)
+        return original(self, src_texts, *arguments, **options)
+
+    monkeypatch.setattr(type(translator), "n_best", recording)
+    return searches, release
+
+
+def test_requests_answered_together_come_back_to_one_batch(translator, corpus, monkeypatch):
+    """Closed-loop clients: a request queued during a search and the requests that its
+    answers bring back share the next batch (the gathering window opens when the worker
+    turns to the queue, not when the queued request arrived long before)."""
+    sources = source_lines(corpus, 3)
+    options = job_options(translator, sources[:1])
+    searches, release = recorded_searches(translator, monkeypatch)
+    batcher = DynamicBatcher(translator, wait_seconds=0.5, streaming=False)
+    batcher.start()
+    first = batcher.submit(sources[:1], options)
+    while not searches:
+        time.sleep(0.01)
+    queued = batcher.submit(sources[1:2], options)
+    time.sleep(0.8)  # longer than wait_seconds: a window opened at its arrival has closed
+    release.set()
+    first.result(timeout=60)
+    returning = batcher.submit(sources[2:], options)  # the answered client's next request
+    results = queued.result(timeout=60) + returning.result(timeout=60)
+    batcher.close()
+    assert searches == [sources[:1], sources[1:]]
+    assert [result["translation"] for result in results] == (
+        translator.detokenize(translator.translate(sources[1:]))
+    )
+
+
+def test_gathering_goes_on_while_requests_keep_arriving(translator, corpus, monkeypatch):
+    """An idle worker gathers until ``wait_seconds`` pass without a new request: requests
+    spaced closer than that share one batch even when they span more than ``wait_seconds``."""
+    sources = source_lines(corpus, 4)
+    options = job_options(translator, sources[:1])
+    searches, release = recorded_searches(translator, monkeypatch)
+    release.set()
+    batcher = DynamicBatcher(translator, wait_seconds=0.4, streaming=False)
+    batcher.start()
+    futures = []
+    for source in sources:  # 0.6 s from the first to the last
+        futures.append(batcher.submit([source], options))
+        time.sleep(0.2)
+    for future in futures:
+        future.result(timeout=60)
+    batcher.close()
+    assert searches == [sources]
+
+
+def test_gathering_stops_at_its_bound_under_steady_traffic(translator, corpus, monkeypatch):
+    """Requests that never pause do not hold the batch back for ever: the gathering ends
+    GATHER_WAITS x wait_seconds after it opened, and the rest wait for the next search."""
+    sources = source_lines(corpus, 12)
+    options = job_options(translator, sources[:1])
+    searches, release = recorded_searches(translator, monkeypatch)
+    release.set()
+    monkeypatch.setattr(batcher_module, "GATHER_WAITS", 3)  # a bound of 0.6 s
+    batcher = DynamicBatcher(translator, wait_seconds=0.2, streaming=False)
+    batcher.start()
+    futures = []
+    for source in sources:  # one every 0.1 s: 1.1 s from the first to the last
+        futures.append(batcher.submit([source], options))
+        time.sleep(0.1)
+    for future in futures:
+        future.result(timeout=60)
+    batcher.close()
+    assert 1 < len(searches[0]) < len(sources)
+    assert [sentence for search in searches for sentence in search] == sources
 
 
 def job_options(translator, sources: list[str], **body):

@@ -74,10 +74,11 @@ def serve_command(
     batch_wait_ms: Annotated[
         float,
         typer.Option(
-            help="How long a request waits for others to share its batch.",
+            help="When the model is idle, how long it goes on gathering requests for a batch "
+            "after the last one arrived (at most 10 times this in all).",
             rich_help_panel=LIMITS_PANEL,
         ),
-    ] = 5.0,
+    ] = 10.0,
     streaming: Annotated[
         bool,
         typer.Option(

@@ -6,12 +6,13 @@ without prefixes, constraints or sampling: :meth:`JobOptions.streamable`), the w
 running search per decode setting (:meth:`~seq2seq_attn.translation.Translator.stream`): between
 two of its steps, the sentences of newly queued jobs join it, and each job is answered as soon as
 its last sentence is finished, so a request neither waits for a batch to drain nor leaves the
-search running with few sentences (iteration-level scheduling). Other jobs are gathered as
-before: the worker takes the oldest job and what else arrives within ``wait_seconds`` of it,
-groups the jobs that may share a search (:meth:`~seq2seq_attn.serve.schema.JobOptions.batch_key`)
-and runs each group through the translator in one call, which cuts it into the same
-length-sorted, token-bounded batches as ``attn-translate``. Each job's future gets one JSON-ready
-result per sentence. The event loop only waits on futures: it never runs the model.
+search running with few sentences (iteration-level scheduling). Other jobs are gathered: an
+idle worker takes the queued jobs and what else arrives until ``wait_seconds`` pass without a
+new one (:meth:`DynamicBatcher._gather_deadline`), groups the jobs that may share a search
+(:meth:`~seq2seq_attn.serve.schema.JobOptions.batch_key`) and runs each group through the
+translator in one call, which cuts it into the same length-sorted, token-bounded batches as
+``attn-translate``. Each job's future gets one JSON-ready result per sentence. The event loop
+only waits on futures: it never runs the model.
 """
 
 from __future__ import annotations
@@ -71,19 +72,21 @@ class _Running:
     found: dict[int, list] = field(default_factory=dict)  # id(job) -> hypotheses by index
 
 
+GATHER_WAITS = 10  # an idle worker gathers jobs for at most this many wait_seconds
 _STOP = object()  # put on the queue by close(): the worker ends after the jobs before it
 
 
 class DynamicBatcher:
-    """The worker thread and its queue. ``wait_seconds``: how long the oldest waiting job
-    waits for company when the worker is idle; ``max_gather_sentences``: most sentences in
-    searches at once (the rest wait); ``streaming``: let jobs join running searches where
-    they can (else every job waits for a whole-batch search)."""
+    """The worker thread and its queue. ``wait_seconds``: when the worker is idle, how long
+    after the last arrival it goes on gathering jobs for a search (see
+    :meth:`_gather_deadline`); ``max_gather_sentences``: most sentences in searches at once
+    (the rest wait); ``streaming``: let jobs join running searches where they can (else every
+    job waits for a whole-batch search)."""
 
     def __init__(
         self,
         translator: Translator,
-        wait_seconds: float = 0.005,
+        wait_seconds: float = 0.01,
         max_gather_sentences: int = 256,
         streaming: bool = True,
     ) -> None:
@@ -154,9 +157,9 @@ class DynamicBatcher:
 
     def _take(self, block: bool) -> bool:
         """Move the queued jobs to the waiting ones; when ``block`` (nothing to do), wait for
-        one and for what else arrives within ``wait_seconds`` of it. Whether :meth:`close`
-        was asked."""
-        deadline = math.inf
+        a job and gather what else comes (see :meth:`_gather_deadline`). Whether
+        :meth:`close` was asked."""
+        deadline, turned = math.inf, time.monotonic()
         while True:
             try:
                 if block and not self._waiting:
@@ -170,8 +173,19 @@ class DynamicBatcher:
             if job is _STOP:
                 return True
             self._waiting.append(job)
-            if block and deadline == math.inf:
-                deadline = job.arrived + self.wait_seconds
+            if block:
+                deadline = self._gather_deadline(max(self._waiting[0].arrived, turned))
+
+    def _gather_deadline(self, opened: float) -> float:
+        """When an idle worker stops gathering jobs for a search: ``wait_seconds`` after the
+        last arrival, at most ``GATHER_WAITS`` times that after the gathering ``opened`` (when
+        the first job arrived, or when the worker turned to the queue if the job was there
+        already). The window opens late for jobs that queued during a search: the clients just
+        answered by that search send their next requests now, and they join the same batch
+        instead of waiting a whole search for the next one (with the window opened at the
+        first arrival, closed-loop clients split into two halves that took turns)."""
+        now = time.monotonic()
+        return min(opened + GATHER_WAITS * self.wait_seconds, max(now, opened) + self.wait_seconds)
 
     def _admit(self) -> list[Job]:
         """The waiting jobs that fit beside the sentences already in searches (at most

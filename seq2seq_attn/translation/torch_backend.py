@@ -129,14 +129,17 @@ def evaluating(
     model: Seq2Seq, device: torch.device, amp_dtype: torch.dtype | None
 ) -> Iterator[None]:
     """``model`` in eval mode (restored afterwards) under autocast to ``amp_dtype`` (None:
-    none), for a search."""
+    none), for a search. A model in eval mode already is left alone: setting the mode walks
+    every submodule, a cost a running search would pay at each of its steps."""
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     try:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             yield
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
 
 
 def source_batch(
