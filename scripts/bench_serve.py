@@ -13,7 +13,12 @@ The first ``--requests`` lines of ``--src`` (default: all) are translated
   ``--clients``, C client threads share a line counter, and each POSTs ``{"text": [line]}`` for
   the next line over its own keep-alive connection until the lines or ``--max-seconds`` run out
   (a request unanswered by then is an error). /v1/health before and after the round gives the
-  batch that dynamic batching reached: mean sentences per search step (streaming) or per search.
+  batch that dynamic batching reached: mean sentences per search step (streaming) or per search;
+- with ``--rates R ...``, also open-loop rounds, after the closed-loop ones: requests sent at
+  the times of a Poisson process of R requests a second (seeded: the same times for every
+  mode), as independent users would send them, whether or not earlier ones were answered, by a
+  pool of ``SENDERS`` connections; a request's latency counts from its scheduled time, so a
+  pool too small for the load shows as latency, not as a lower rate.
 
 The clients run in this process and share the cores with the server (2 on the issue's CPU), so
 they are kept light: one connection each, a fixed header, ``json.dumps`` of one line. Below the
@@ -33,6 +38,7 @@ import http.client
 import json
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -51,6 +57,7 @@ START_SECONDS = 300  # most seconds attn-serve may take to load the model and li
 STOP_SECONDS = 120  # most seconds it may take to exit after SIGTERM
 HEADERS = {"Content-Type": "application/json", "Connection": "keep-alive"}
 MODES = {"stream": "streaming", "whole": "whole batches"}  # --batching: the rows' names
+SENDERS = 64  # connections of an open-loop round (--rates)
 
 
 @dataclass
@@ -61,6 +68,9 @@ class Work:
     lines: list[str]
     options: dict
     seconds: float
+    offsets: list[float] | None = None  # open loop: when to send each line, after the start
+    rate: float | None = None  # open loop: the Poisson process's requests a second
+    start: float = 0.0  # set when the round starts
     deadline: float = math.inf  # set when the round starts
     taken: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -72,6 +82,25 @@ class Work:
                 return None
             self.taken += 1
             return self.taken - 1
+
+    def due(self, index: int) -> float:
+        """When line ``index`` is to be sent (closed loop: now); an open-loop sender sleeps
+        until then. Its latency counts from this time."""
+        if self.offsets is None:
+            return time.perf_counter()
+        due = self.start + self.offsets[index]
+        time.sleep(max(due - time.perf_counter(), 0.0))
+        return due
+
+    @classmethod
+    def poisson(cls, lines: list[str], options: dict, seconds: float, rate: float) -> Work:
+        """Open-loop work: the lines sent at the arrival times of a Poisson process of ``rate``
+        requests a second (seeded, so every mode gets the same times)."""
+        draw, offsets, elapsed = random.Random(0), [], 0.0
+        for _ in lines:
+            elapsed += draw.expovariate(rate)
+            offsets.append(elapsed)
+        return cls(lines, options, seconds, offsets, rate)
 
 
 @dataclass
@@ -93,7 +122,8 @@ class Row:
     errors: int
     differing: int | None
     rate: float | None  # sentences/s
-    clients: int | None = None
+    clients: int | None = None  # closed-loop clients (None: the ceiling, an open-loop round)
+    offered: float | None = None  # an open-loop round's requests a second
     p50_ms: float | None = None
     p99_ms: float | None = None
     max_ms: float | None = None
@@ -105,7 +135,10 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", type=Path, help="a checkpoint or run directory")
     parser.add_argument("--src", type=Path, default=Path("data/multi30k/test_2016_flickr.de"))
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--clients", type=int, nargs="*", default=[1, 8, 32])
+    parser.add_argument(
+        "--rates", type=float, nargs="+", default=[], help="open-loop requests/s rounds [none]"
+    )
     parser.add_argument("--requests", type=int, help="most requests a round [every line]")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="per round")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of both")
@@ -123,8 +156,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="[a free one]")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    if min(args.clients) < 1 or (args.requests is not None and args.requests < 1):
+    if not args.clients and not args.rates:
+        parser.error("--clients, --rates: give at least one round")
+    if min(args.clients, default=1) < 1 or (args.requests is not None and args.requests < 1):
         parser.error("--clients and --requests: use 1 or more")
+    if not all(rate > 0 for rate in args.rates):
+        parser.error("--rates: use more than 0")
     if args.threads < 1 or (args.serve_threads is not None and args.serve_threads < 1):
         parser.error("--threads and --serve-threads: use 1 or more")
     if not args.max_seconds > 0:
@@ -204,7 +241,7 @@ def client(port: int, work: Work, log: ClientLog) -> None:
     connection = http.client.HTTPConnection(HOST, port, timeout=work.seconds)
     while (index := work.take()) is not None:
         body = json.dumps({"text": [work.lines[index]], **work.options}).encode()
-        start, answer = time.perf_counter(), None
+        start, answer = work.due(index), None
         try:
             connection.request("POST", "/v1/translate", body, HEADERS)
             response = connection.getresponse()
@@ -222,11 +259,12 @@ def client(port: int, work: Work, log: ClientLog) -> None:
 
 
 def load_round(port: int, count: int, work: Work, reference: list[str], mode: str) -> Row:
-    """``count`` clients on ``work`` against a server in batching ``mode``: the round's row."""
+    """``count`` clients (open loop: senders) on ``work`` against a server in batching
+    ``mode``: the round's row."""
     logs = [ClientLog() for _ in range(count)]
     threads = [threading.Thread(target=client, args=(port, work, log)) for log in logs]
     before, start = health(port), time.perf_counter()
-    work.deadline = start + work.seconds
+    work.start, work.deadline = start, start + work.seconds
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -236,13 +274,16 @@ def load_round(port: int, count: int, work: Work, reference: list[str], mode: st
     answers = {index: text for log in logs for index, text in log.answers.items()}
     batches, held = ("steps", "step_sentences") if mode == "stream" else ("searches", "sentences")
     batches, held = after[batches] - before[batches], after[held] - before[held]
-    print(f"{mode}, {count} clients: {len(answers)} answered in {seconds:.2f} s", file=sys.stderr)
+    offered = work.rate
+    load = f"{count} clients" if offered is None else f"open loop, {offered:g} requests/s"
+    print(f"{mode}, {load}: {len(answers)} answered in {seconds:.2f} s", file=sys.stderr)
     return Row(
-        f"attn-serve ({MODES[mode]}), {count} clients", work.taken, len(answers),
+        f"attn-serve ({MODES[mode]}), {load}", work.taken, len(answers),
         sum(log.errors for log in logs),
         sum(text != reference[index] for index, text in answers.items()), len(answers) / seconds,
-        count, percentile(latencies, 0.5), percentile(latencies, 0.99),
-        max(latencies, default=None), held / batches if batches else None,
+        None if offered else count, offered, percentile(latencies, 0.5),
+        percentile(latencies, 0.99), max(latencies, default=None),
+        held / batches if batches else None,
     )  # fmt: skip
 
 
@@ -280,6 +321,11 @@ def measure(args: argparse.Namespace, lines: list[str], scratch: Path) -> tuple[
                 load_round(port, count, Work(lines, options, args.max_seconds), reference, mode)
                 for count in args.clients
             ]
+            rounds += [
+                load_round(port, SENDERS, Work.poisson(lines, options, args.max_seconds, rate),
+                           reference, mode)
+                for rate in args.rates
+            ]  # fmt: skip
         finally:
             status = stop_server(server)
         worst = status if worst == 0 else worst
@@ -313,15 +359,23 @@ def print_table(ceiling: Row, rounds: list[Row]) -> None:
 
 def targets(ceiling: Row, rounds: list[Row]) -> dict[str, bool | None]:
     """The issue's targets at the largest client count, for the first batching mode measured
-    (None: not measured, the ceiling's translation time being lost in its start-up time)."""
-    top = max(rounds, key=lambda row: row.clients or 0)  # the first of the largest
-    share = top.rate / ceiling.rate if ceiling.rate else None
-    p99 = top.p99_ms if top.p99_ms is not None else math.inf
+    (None: not measured, the ceiling's translation time being lost in its start-up time, or
+    open-loop rounds only)."""
+    closed = [row for row in rounds if row.clients]
+    if not closed:
+        load = {"closed-loop clients: none measured": None}
+    else:
+        top = max(closed, key=lambda row: row.clients)  # the first of the largest
+        share = top.rate / ceiling.rate if ceiling.rate else None
+        p99 = top.p99_ms if top.p99_ms is not None else math.inf
+        load = {
+            f"{top.clients} clients >= 0.5 x ceiling ({shown(share, '.2f')})": (
+                None if share is None else share >= 0.5
+            ),
+            f"p99 < 1000 ms ({shown(top.p99_ms, '.0f')} ms)": p99 < 1000,
+        }
     return {
-        f"{top.clients} clients >= 0.5 x ceiling ({shown(share, '.2f')})": (
-            None if share is None else share >= 0.5
-        ),
-        f"p99 < 1000 ms ({shown(top.p99_ms, '.0f')} ms)": p99 < 1000,
+        **load,
         "nothing dropped": all(row.errors == 0 and row.answered == row.sent for row in rounds),
         "all answers equal": all(row.differing == 0 for row in rounds),
     }

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -47,16 +48,16 @@ def test_every_request_is_answered_as_attn_translate_answers(run_dir, corpus, tm
     done = subprocess.run(
         [sys.executable, SCRIPT, run_dir, "--src", corpus / "dev.src", "--requests", "20",
          "--clients", "1", "4", "--threads", "1", "--max-seconds", "120", "--json", results,
-         "--batching", "stream", "whole"],
+         "--batching", "stream", "whole", "--rates", "50"],
         capture_output=True, text=True, timeout=600,
         env=os.environ | {"OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = table_rows(done.stdout)
     names = ["attn-translate (batch ceiling)"] + [
-        f"attn-serve ({mode}), {count} clients"
+        f"attn-serve ({mode}), {load}"
         for mode in ("streaming", "whole batches")
-        for count in (1, 4)
+        for load in ("1 clients", "4 clients", "open loop, 50 requests/s")
     ]
     assert list(rows)[2:] == names  # after the header and its rule
     for name in names[1:]:
@@ -68,7 +69,8 @@ def test_every_request_is_answered_as_attn_translate_answers(run_dir, corpus, tm
     assert written["server_exit_status"] == 0
     assert [row["name"] for row in written["rows"]] == names
     # one client: one sentence a search step, and one a search
-    assert [row["per_batch"] for row in written["rows"]][1::2] == [1.0, 1.0]
+    assert [row["per_batch"] for row in written["rows"]][1::3] == [1.0, 1.0]
+    assert [row["offered"] for row in written["rows"]][3::3] == [50.0, 50.0]
 
 
 class StubHandler(BaseHTTPRequestHandler):
@@ -134,6 +136,30 @@ def test_a_round_stops_at_its_deadline(stub_port):
     bench = load_script()
     row = bench.load_round(stub_port, 2, bench.Work(["a"] * 50, {}, 0.0), ["A"] * 50, "stream")
     assert row.sent == row.answered == 0 and row.p99_ms is None
+
+
+def test_an_open_loop_round_sends_at_its_poisson_times(stub_port):
+    bench = load_script()
+    lines = [f"line {index}" for index in range(40)]
+    work = bench.Work.poisson(lines, {}, 30.0, 100.0)
+    assert work.offsets == bench.Work.poisson(lines, {}, 30.0, 100.0).offsets  # seeded
+    assert work.offsets == sorted(work.offsets) and 0.1 < work.offsets[-1] < 1.0  # ~0.4 s
+    sent_at = []
+    original_due = bench.Work.due
+
+    def recording_due(self, index):
+        due = original_due(self, index)
+        sent_at.append((time.perf_counter() - due, index))
+        return due
+
+    bench.Work.due = recording_due
+    row = bench.load_round(stub_port, 8, work, [line.upper() for line in lines], "stream")
+    assert (row.sent, row.answered, row.errors, row.differing) == (40, 40, 0, 0)
+    assert row.clients is None and row.offered == 100.0
+    assert row.name == "attn-serve (streaming), open loop, 100 requests/s"
+    assert all(late >= 0 for late, _ in sent_at)  # never before its time
+    verdict = bench.targets(bench.Row("ceiling", 40, 40, 0, None, row.rate), [row])
+    assert verdict["closed-loop clients: none measured"] is None
 
 
 def test_percentiles_are_nearest_rank():
