@@ -128,6 +128,10 @@ class Schedule:
     - ``plateau``: linear warmup, then ``lr`` times ``plateau_factor`` each time dev BLEU has not
       improved for more than ``plateau_patience`` validations.
     - ``constant``: linear warmup, then ``lr``.
+    - ``cosine``: linear warmup, then ``lr`` decayed along half a cosine to 0 at ``max_steps``
+      (Loshchilov & Hutter, 2017, without restarts): a fixed budget of updates ends on small
+      steps, as averaging the last checkpoints tries to. Resuming with a larger ``max_steps``
+      stretches the rest of the curve.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
@@ -141,6 +145,9 @@ class Schedule:
         warmup = self.cfg.warmup_steps
         if self.cfg.schedule == "inverse_sqrt":
             factor = step / warmup if step < warmup else math.sqrt(max(warmup, 1) / step)
+        elif self.cfg.schedule == "cosine" and step > warmup:
+            done = min((step - warmup) / (self.cfg.max_steps - warmup), 1.0)  # decay's share
+            factor = 0.5 * (1.0 + math.cos(math.pi * done))
         else:
             factor = min(1.0, step / warmup) if warmup else 1.0
         return self.cfg.lr * factor * self.scale

@@ -138,6 +138,25 @@ def test_inverse_sqrt_warms_up_then_decays():
     assert schedule(schedule="constant", warmup_steps=0).lr_at(10_000) == pytest.approx(1e-3)
 
 
+def test_cosine_warms_up_then_decays_to_zero_at_max_steps():
+    sched = schedule(schedule="cosine", warmup_steps=100, max_steps=1100)
+    assert sched.lr_at(50) == pytest.approx(0.5e-3)
+    assert sched.lr_at(100) == pytest.approx(1e-3)
+    assert sched.lr_at(600) == pytest.approx(0.5e-3)  # half way through the decay
+    assert sched.lr_at(350) == pytest.approx(1e-3 * (1 + math.cos(math.pi / 4)) / 2)
+    assert sched.lr_at(1100) == pytest.approx(0.0, abs=1e-12)
+    assert sched.lr_at(2000) == pytest.approx(0.0, abs=1e-12)  # (past the budget: nothing)
+    decaying = [sched.lr_at(step) for step in range(100, 1101, 50)]
+    assert decaying == sorted(decaying, reverse=True)
+    with pytest.raises(ConfigError, match=r"train\.max_steps: .*cosine decays to 0"):
+        TrainConfig(schedule="cosine", warmup_steps=100)
+    with pytest.raises(
+        ConfigError,
+        match=r"train\.max_steps: invalid value 100; .*above train\.warmup_steps \(100\)",
+    ):
+        TrainConfig(schedule="cosine", warmup_steps=100, max_steps=100)
+
+
 def test_plateau_reduces_after_patience_and_resumes():
     sched = schedule(schedule="plateau", warmup_steps=0, plateau_patience=1, plateau_factor=0.5)
     assert [sched.validated(bleu) for bleu in (10.0, 12.0, 11.0)] == [False] * 3

@@ -281,7 +281,7 @@ class TrainConfig:
     lr: float = 5e-4
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 0.0
-    schedule: Literal["inverse_sqrt", "plateau", "constant"] = "inverse_sqrt"
+    schedule: Literal["inverse_sqrt", "plateau", "constant", "cosine"] = "inverse_sqrt"
     warmup_steps: int = 4000
     plateau_factor: float = 0.5
     plateau_patience: int = 2
@@ -342,6 +342,13 @@ class TrainConfig:
         require(
             0 < self.plateau_factor < 1, "train.plateau_factor", self.plateau_factor,
             "the learning rate is multiplied by it on a plateau: use a value in (0, 1)",
+        )  # fmt: skip
+        require(
+            self.schedule != "cosine"
+            or (self.max_steps is not None and self.max_steps > self.warmup_steps),
+            "train.max_steps", self.max_steps,
+            f"train.schedule cosine decays to 0 at train.max_steps: set it above "
+            f"train.warmup_steps ({self.warmup_steps})",
         )  # fmt: skip
 
     def _check_weight_decay(self) -> None:
