@@ -7,13 +7,14 @@ The first ``--requests`` lines of ``--src`` (default: all) are translated
   time is its wall time minus that of the same command on an empty file (start-up and model
   loading; run once before, untimed, to warm the file cache, and once after); OUT's lines are
   the reference answers;
-- by ``attn-serve`` on 127.0.0.1, once per ``--batching`` mode (``stream``: new requests join
-  running searches between their steps, the default; ``whole``: ``--no-streaming``, each request
-  waits for a whole-batch search), started and warmed up with one request: for each count C of
-  ``--clients``, C client threads share a line counter, and each POSTs ``{"text": [line]}`` for
-  the next line over its own keep-alive connection until the lines or ``--max-seconds`` run out
-  (a request unanswered by then is an error). /v1/health before and after the round gives the
-  batch that dynamic batching reached: mean sentences per search step (streaming) or per search;
+- by ``attn-serve`` on 127.0.0.1, once per ``--batching`` mode (``stream``: ``--streaming``,
+  new requests join running searches between their steps; ``whole``: each request waits for a
+  whole-batch search, attn-serve's default), started and warmed up with one request: for each
+  count C of ``--clients``, C client threads share a line counter, and each POSTs
+  ``{"text": [line]}`` for the next line over its own keep-alive connection until the lines or
+  ``--max-seconds`` run out (a request unanswered by then is an error). /v1/health before and
+  after the round gives the batch that dynamic batching reached: mean sentences per search step
+  (streaming) or per search;
 - with ``--rates R ...``, also open-loop rounds, after the closed-loop ones: requests sent at
   the times of a Poisson process of R requests a second (seeded: the same times for every
   mode), as independent users would send them, whether or not earlier ones were answered, by a
@@ -150,8 +151,8 @@ def parse_args() -> argparse.Namespace:
         "--batching",
         nargs="+",
         choices=["stream", "whole"],
-        default=["stream"],
-        help="attn-serve's modes to measure, each with its own server [stream]",
+        default=["whole"],
+        help="attn-serve's modes to measure, each with its own server [whole: its default]",
     )
     parser.add_argument("--port", type=int, help="[a free one]")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -209,7 +210,7 @@ def start_server(args: argparse.Namespace, mode: str, port: int, log: Path) -> s
     command = [str(BIN / "attn-serve"), str(args.model), "--host", HOST, "--port", str(port),
                "--threads", str(threads), *flag("--precision", args.precision),
                *flag("--batch-wait-ms", args.batch_wait_ms),
-               *([] if mode == "stream" else ["--no-streaming"])]  # fmt: skip
+               "--streaming" if mode == "stream" else "--no-streaming"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with log.open("wb") as handle:
         return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=handle)

@@ -39,10 +39,12 @@ def translator(run_dir):  # noqa: F811
     return open_translator(run_dir, TranslationSettings(device="cpu"))
 
 
-def make_client(translator, api_key: str | None = None, wait: float = 0.0) -> TestClient:
+def make_client(
+    translator, api_key: str | None = None, wait: float = 0.0, streaming: bool = False
+) -> TestClient:
     """A test client of an app around ``translator`` (enter it to start the worker)."""
     info = describe_model(translator, translator_path(translator), 1, LIMITS)
-    batcher = DynamicBatcher(translator, wait_seconds=wait)
+    batcher = DynamicBatcher(translator, wait_seconds=wait, streaming=streaming)
     return TestClient(create_app(batcher, ServeSettings(LIMITS, api_key, info)))
 
 
@@ -51,10 +53,10 @@ def translator_path(translator) -> str:
     return "toy"
 
 
-@pytest.fixture(scope="module")
-def client(translator):
-    """A running app without an API key."""
-    with make_client(translator) as running:
+@pytest.fixture(scope="module", params=[False, True], ids=["whole", "streaming"])
+def client(translator, request):
+    """A running app without an API key, in each batching mode."""
+    with make_client(translator, streaming=request.param) as running:
         yield running
 
 
@@ -251,7 +253,7 @@ def test_a_model_error_is_a_500_and_the_server_goes_on(translator, monkeypatch, 
     monkeypatch.setattr(TorchStream, "add", recording_add)
 
     monkeypatch.setattr(type(translator), "n_best", failing)
-    with make_client(translator) as running:
+    with make_client(translator, streaming=streaming) as running:
         answer = post(running, {"text": ["boom"]})
         assert answer.status_code == 500 and "out of memory" in answer.json()["error"]
         assert post(running, {"text": ["still here"]}).status_code == 200
@@ -423,7 +425,7 @@ def test_a_request_joins_a_running_search(translator, corpus, monkeypatch):
 
     monkeypatch.setattr(TorchStream, "step", held_step)
     monkeypatch.setattr(TorchStream, "add", recording_add)
-    batcher = DynamicBatcher(translator, wait_seconds=0.0)
+    batcher = DynamicBatcher(translator, wait_seconds=0.0, streaming=True)
     batcher.start()
     first = batcher.submit(sources[:4], options)
     assert stepped.wait(timeout=60)
@@ -456,7 +458,9 @@ def test_a_full_running_search_makes_requests_wait_for_room(translator, corpus, 
         return keys
 
     monkeypatch.setattr(TorchStream, "add", checked_add)
-    batcher = DynamicBatcher(dataclasses.replace(translator, max_tokens=limit), 0.05)
+    batcher = DynamicBatcher(
+        dataclasses.replace(translator, max_tokens=limit), 0.05, streaming=True
+    )
     batcher.start()
     options = job_options(translator, sources[:1])
     assert batcher.submit([], options).result(timeout=60) == []

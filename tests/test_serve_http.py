@@ -101,6 +101,19 @@ def test_translations_over_http_equal_attn_translate(server, run_dir, corpus):  
     assert served == expected.stdout.split("\n")[:-1]
 
 
+@pytest.mark.parametrize(("options", "streams"), [((), False), (("--streaming",), True)])
+def test_whole_batches_by_default_and_streaming_when_asked(run_dir, corpus, options, streams):  # noqa: F811
+    process, port = start_server(run_dir, *options)
+    try:
+        sources = source_lines(corpus, 3)
+        status, answer = request(port, "POST", "/v1/translate", {"text": sources})
+        assert status == 200 and len(answer["translations"]) == 3
+        health = request(port, "GET", "/v1/health")[1]
+        assert (health["steps"] > 0, health["searches"] > 0) == (streams, not streams)
+    finally:
+        assert stop(process)[0] == 0
+
+
 def test_a_client_leaving_mid_request_does_not_stop_the_server(server, corpus):
     body = json.dumps({"text": source_lines(corpus, 16), "beam": 5}).encode()
     head = (

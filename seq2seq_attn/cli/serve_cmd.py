@@ -83,9 +83,10 @@ def serve_command(
         bool,
         typer.Option(
             help="Let the sentences of new requests join running searches between their steps "
-            "(plain searches on checkpoints); off: every request waits for a whole-batch search.",
+            "(plain searches on checkpoints); off: every request waits for a whole-batch search, "
+            "which served closed-loop clients better here (docs/serving.md).",
         ),
-    ] = True,
+    ] = False,
     max_sentences: Annotated[
         int, typer.Option(help="Sentences per request.", rich_help_panel=LIMITS_PANEL)
     ] = 64,

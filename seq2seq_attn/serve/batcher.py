@@ -88,7 +88,7 @@ class DynamicBatcher:
         translator: Translator,
         wait_seconds: float = 0.01,
         max_gather_sentences: int = 256,
-        streaming: bool = True,
+        streaming: bool = False,
     ) -> None:
         self.translator = translator
         self.wait_seconds = wait_seconds
