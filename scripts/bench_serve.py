@@ -77,9 +77,12 @@ class Work:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def take(self) -> int | None:
-        """The next line index, or None when every line was sent or the time is up."""
+        """The next line index, or None when every line was sent or the time is up (open
+        loop: when the next line is due after the deadline)."""
         with self.lock:
             if self.taken == len(self.lines) or time.perf_counter() >= self.deadline:
+                return None
+            if self.offsets is not None and self.start + self.offsets[self.taken] >= self.deadline:
                 return None
             self.taken += 1
             return self.taken - 1

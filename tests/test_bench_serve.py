@@ -160,6 +160,9 @@ def test_an_open_loop_round_sends_at_its_poisson_times(stub_port):
     assert all(late >= 0 for late, _ in sent_at)  # never before its time
     verdict = bench.targets(bench.Row("ceiling", 40, 40, 0, None, row.rate), [row])
     assert verdict["closed-loop clients: none measured"] is None
+    short = bench.Work.poisson(lines, {}, 0.1, 100.0)  # only the requests due in 0.1 s are sent
+    row = bench.load_round(stub_port, 8, short, [line.upper() for line in lines], "stream")
+    assert 0 < row.sent <= sum(offset < 0.1 for offset in short.offsets) < len(lines)
 
 
 def test_percentiles_are_nearest_rank():
