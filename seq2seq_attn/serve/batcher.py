@@ -1,12 +1,14 @@
 """Dynamic batching: one worker thread owns the model and translates the sentences of
 concurrent requests together.
 
-A request becomes a :class:`Job` on a queue. Where the backend can (the torch backend, for jobs
-without prefixes, constraints or sampling: :meth:`JobOptions.streamable`), the worker keeps a
-running search per decode setting (:meth:`~seq2seq_attn.translation.Translator.stream`): between
-two of its steps, the sentences of newly queued jobs join it, and each job is answered as soon as
-its last sentence is finished, so a request neither waits for a batch to drain nor leaves the
-search running with few sentences (iteration-level scheduling). Other jobs are gathered: an
+A request becomes a :class:`Job` on a queue. With ``streaming``, where the backend can (the
+torch backend, for jobs without prefixes, constraints or sampling:
+:meth:`JobOptions.streamable`), the worker keeps a running search per decode setting
+(:meth:`~seq2seq_attn.translation.Translator.stream`): between two of its steps, the sentences
+of newly queued jobs join it, and each job is answered as soon as its last sentence is
+finished, so a request neither waits for a batch to drain nor leaves the search running with
+few sentences (iteration-level scheduling). Other jobs, and every job
+without ``streaming`` (the default: it served closed-loop clients better), are gathered: an
 idle worker takes the queued jobs and what else arrives until ``wait_seconds`` pass without a
 new one (:meth:`DynamicBatcher._gather_deadline`), groups the jobs that may share a search
 (:meth:`~seq2seq_attn.serve.schema.JobOptions.batch_key`) and runs each group through the
