@@ -107,9 +107,9 @@ def serve_command(
     """Serve MODEL: POST /v1/translate (JSON), GET /v1/health, GET /v1/model, the API
     documentation at /docs and the attention explorer at /.
 
-    Sentences of concurrent requests are translated together (dynamic batching: new ones join
-    running searches between their steps). Ctrl-C or SIGTERM stops accepting, finishes the
-    requests in flight and exits 0.
+    Sentences of concurrent requests are translated together (dynamic batching: gathered into
+    shared batches, or with --streaming joining running searches between their steps). Ctrl-C
+    or SIGTERM stops accepting, finishes the requests in flight and exits 0.
     """
     from ..serve import ServeLimits, ServeSettings, create_app, describe_model, is_loopback, serve
     from ..serve.batcher import DynamicBatcher

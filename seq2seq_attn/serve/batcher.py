@@ -7,10 +7,10 @@ torch backend, for jobs without prefixes, constraints or sampling:
 (:meth:`~seq2seq_attn.translation.Translator.stream`): between two of its steps, the sentences
 of newly queued jobs join it, and each job is answered as soon as its last sentence is
 finished, so a request neither waits for a batch to drain nor leaves the search running with
-few sentences (iteration-level scheduling). Other jobs, and every job
-without ``streaming`` (the default: it served closed-loop clients better), are gathered: an
-idle worker takes the queued jobs and what else arrives until ``wait_seconds`` pass without a
-new one (:meth:`DynamicBatcher._gather_deadline`), groups the jobs that may share a search
+few sentences (iteration-level scheduling). Other jobs, and every job without ``streaming``
+(the default: it served closed-loop clients better), are gathered: an idle worker takes the
+queued jobs and what else arrives until ``wait_seconds`` pass without a new one
+(:meth:`DynamicBatcher._gather_deadline`), groups the jobs that may share a search
 (:meth:`~seq2seq_attn.serve.schema.JobOptions.batch_key`) and runs each group through the
 translator in one call, which cuts it into the same length-sorted, token-bounded batches as
 ``attn-translate``. Each job's future gets one JSON-ready result per sentence. The event loop
