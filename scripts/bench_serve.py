@@ -13,8 +13,10 @@ The first ``--requests`` lines of ``--src`` (default: all) are translated
   count C of ``--clients``, C client threads share a line counter, and each POSTs
   ``{"text": [line]}`` for the next line over its own keep-alive connection until the lines or
   ``--max-seconds`` run out (a request unanswered by then is an error). /v1/health before and
-  after the round gives the batch that dynamic batching reached: mean sentences per search step
-  (streaming) or per search;
+  after the round gives the batch that dynamic batching reached (mean sentences per search step
+  when streaming, per search otherwise) and the share of the round the model worker was busy
+  (its ``busy_seconds`` over the round's wall time: near 1, the model's speed limits the
+  round; well below, the turnaround of requests does);
 - with ``--rates R ...``, also open-loop rounds, after the closed-loop ones: requests sent at
   the times of a Poisson process of R requests a second (seeded: the same times for every
   mode), as independent users would send them, whether or not earlier ones were answered, by a
@@ -132,6 +134,7 @@ class Row:
     p99_ms: float | None = None
     max_ms: float | None = None
     per_batch: float | None = None  # mean sentences per search step (streaming) or search
+    busy: float | None = None  # share of the round's wall time the model worker was busy
 
 
 def parse_args() -> argparse.Namespace:
@@ -288,6 +291,7 @@ def load_round(port: int, count: int, work: Work, reference: list[str], mode: st
         None if offered else count, offered, percentile(latencies, 0.5),
         percentile(latencies, 0.99), max(latencies, default=None),
         held / batches if batches else None,
+        (after["busy_seconds"] - before["busy_seconds"]) / seconds,
     )  # fmt: skip
 
 
@@ -351,14 +355,16 @@ def shown(value: float | None, spec: str = ".1f") -> str:
 def print_table(ceiling: Row, rounds: list[Row]) -> None:
     """The Markdown table."""
     print("| system | requests sent | answered | errors | differing answers | sentences/s | share "
-          "of ceiling | p50 ms | p99 ms | max ms | mean sentences per step / search |")  # fmt: skip
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "of ceiling | p50 ms | p99 ms | max ms | mean sentences per step / search | worker "
+          "busy |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in [ceiling, *rounds]:
         share = row.rate / ceiling.rate if row.rate is not None and ceiling.rate else None
         print(f"| {row.name} | {row.sent} | {row.answered} | {row.errors} "
               f"| {shown(row.differing, 'd')} | {shown(row.rate)} | {shown(share, '.2f')} "
               f"| {shown(row.p50_ms, '.0f')} | {shown(row.p99_ms, '.0f')} "
-              f"| {shown(row.max_ms, '.0f')} | {shown(row.per_batch, '.2f')} |")  # fmt: skip
+              f"| {shown(row.max_ms, '.0f')} | {shown(row.per_batch, '.2f')} "
+              f"| {shown(row.busy, '.2f')} |")  # fmt: skip
 
 
 def targets(ceiling: Row, rounds: list[Row]) -> dict[str, bool | None]:

@@ -71,6 +71,8 @@ def test_every_request_is_answered_as_attn_translate_answers(run_dir, corpus, tm
     # one client: one sentence a search step, and one a search
     assert [row["per_batch"] for row in written["rows"]][1::3] == [1.0, 1.0]
     assert [row["offered"] for row in written["rows"]][3::3] == [50.0, 50.0]
+    # the worker's busy share of each round: some work, never more than the round's time
+    assert all(0 < row["busy"] <= 1.0 for row in written["rows"][1:])
 
 
 class StubHandler(BaseHTTPRequestHandler):
@@ -89,11 +91,11 @@ class StubHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
-        """/v1/health: one search and two steps a sentence."""
+        """/v1/health: one search, two steps and a millisecond of work a sentence."""
         count = StubHandler.seen
         self.answer(200, {"status": "ok", "queued_sentences": 0, "searches": count,
                           "sentences": count, "steps": 2 * count,
-                          "step_sentences": 2 * count})  # fmt: skip
+                          "step_sentences": 2 * count, "busy_seconds": count / 1000})  # fmt: skip
 
     def do_POST(self) -> None:
         """/v1/translate."""
@@ -128,6 +130,7 @@ def test_a_round_counts_errors_and_differing_answers(stub_port):
     row = bench.load_round(stub_port, 4, bench.Work(lines, {}, 30.0), reference, "whole")
     assert (row.sent, row.answered, row.errors, row.differing) == (30, 29, 1, 1)
     assert row.per_batch == 1.0 and row.clients == 4 and "whole batches" in row.name
+    assert row.busy == pytest.approx(30 / 1000 * row.rate / row.answered)  # 30 ms in the round
     verdict = bench.targets(bench.Row("ceiling", 30, 30, 0, None, row.rate), [row])
     assert verdict["nothing dropped"] is False and verdict["all answers equal"] is False
 

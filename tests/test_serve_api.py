@@ -204,6 +204,7 @@ def test_bodies_that_are_not_json_too_large_or_elsewhere(client):
 def test_health_model_and_documentation(client):
     health = client.get("/v1/health").json()
     assert health["status"] == "ok" and health["queued_sentences"] == 0
+    assert health["busy_seconds"] >= 0
     model = client.get("/v1/model").json()
     assert model["family"] == "transformer" and model["backend"] == "torch"
     assert model["capabilities"] == {"attention": True, "constraints": True, "self_attention": True}
@@ -373,6 +374,38 @@ def test_gathering_stops_at_its_bound_under_steady_traffic(translator, corpus, m
     batcher.close()
     assert 1 < len(searches[0]) < len(sources)
     assert [sentence for search in searches for sentence in search] == sources
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_busy_seconds_count_work_not_waiting(translator, corpus, monkeypatch, streaming):
+    """The worker's busy seconds hold the searches (here slowed to 0.3 s each), already when
+    the answer comes, and not the time it waited for requests."""
+    sources = source_lines(corpus, 2)
+    options = job_options(translator, sources[:1])
+    original_n_best, original_step = type(translator).n_best, TorchStream.step
+
+    def slow_n_best(self, *arguments, **keywords):
+        time.sleep(0.3)
+        return original_n_best(self, *arguments, **keywords)
+
+    def slow_step(self):
+        if not getattr(self, "slowed", False):  # the first step of each running search
+            self.slowed = True
+            time.sleep(0.3)
+        return original_step(self)
+
+    monkeypatch.setattr(type(translator), "n_best", slow_n_best)
+    monkeypatch.setattr(TorchStream, "step", slow_step)
+    batcher = DynamicBatcher(translator, wait_seconds=0.01, streaming=streaming)
+    batcher.start()
+    started = time.perf_counter()
+    time.sleep(0.5)  # idle: not busy
+    for source in sources:
+        batcher.submit([source], options).result(timeout=60)
+        assert batcher.stats.busy_seconds >= 0.3 * (sources.index(source) + 1)
+    elapsed = time.perf_counter() - started
+    batcher.close()
+    assert batcher.stats.busy_seconds <= elapsed - 0.5
 
 
 def job_options(translator, sources: list[str], **body):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -114,3 +116,24 @@ def test_every_failure_is_one_error_type(
     with pytest.raises(TranslationError, match=message) as raised:
         open_translator(path, settings)
     assert raised.value.unreadable is unreadable
+
+
+OPEN_AND_ALLOCATE = """
+import resource, sys, torch
+from seq2seq_attn.translation import TranslationSettings, open_translator
+open_translator(sys.argv[1], TranslationSettings(device="cpu"))
+for step in range(3):  # what search steps do: large logits, written and freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    logits = torch.ones(65 << 20, dtype=torch.uint8)
+    del logits
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)  # the last step's faults
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
+def test_a_cpu_translator_keeps_freed_memory_for_the_next_step(checkpoint):
+    """Opened on the CPU, a translator has the allocator keep what it frees: the logits of the
+    next search step reuse the pages of the last (no fresh mapping, faulted in page by page)."""
+    run = subprocess.run([sys.executable, "-c", OPEN_AND_ALLOCATE, str(checkpoint)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert int(run.stdout) < (65 << 20) // 4096 // 10

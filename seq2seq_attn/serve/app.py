@@ -115,7 +115,8 @@ def _add_api_routes(app: FastAPI, batcher: DynamicBatcher, settings: ServeSettin
         sentences translated so far, the whole-batch searches run (``sentences`` over
         ``searches``: the batch that gathering reaches, with no streaming) and the steps of
         running searches with the sentences they held in all (``step_sentences`` over
-        ``steps``: the batch that streaming keeps)."""
+        ``steps``: the batch that streaming keeps) and the seconds the model worker spent
+        translating rather than waiting for requests (``busy_seconds``)."""
         stats = batcher.stats
         answer = {
             "status": "ok" if batcher.running else "stopped",
@@ -124,6 +125,7 @@ def _add_api_routes(app: FastAPI, batcher: DynamicBatcher, settings: ServeSettin
             "searches": stats.searches,
             "steps": stats.steps,
             "step_sentences": stats.step_sentences,
+            "busy_seconds": round(stats.busy_seconds, 3),
         }
         return JSONResponse(answer, status_code=200 if batcher.running else 503)
 

@@ -50,9 +50,10 @@ class Job:
 @dataclass
 class BatcherStats:
     """What the worker has done: whole-batch searches run (one per group of jobs), jobs and
-    sentences translated, the most sentences one search held, and the steps of running
-    searches with the sentences they held in all (their ratio: the batch that streaming keeps)
-    and at most."""
+    sentences translated, the most sentences one search held, the steps of running searches
+    with the sentences they held in all (their ratio: the batch that streaming keeps) and at
+    most, and the seconds it spent on jobs rather than waiting for them (over a stretch of
+    wall time: the share of it the model was kept busy)."""
 
     searches: int = 0
     jobs: int = 0
@@ -61,6 +62,7 @@ class BatcherStats:
     steps: int = 0
     step_sentences: int = 0
     largest_step: int = 0
+    busy_seconds: float = 0.0
 
 
 @dataclass
@@ -103,6 +105,7 @@ class DynamicBatcher:
         self._queued_sentences = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="attn-serve-model", daemon=True)
+        self._busy_from = 0.0  # when the worker last turned from waiting (or counting) to work
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -146,6 +149,7 @@ class DynamicBatcher:
         while not (stopping and not self._waiting and not self._running):
             if not stopping:
                 stopping = self._take(block=not self._running and not self._waiting)
+            self._busy_from = time.perf_counter()
             live, cancelled = [], []
             for job in self._admit():  # (a job back from a full search is running already)
                 started = job.future.running() or job.future.set_running_or_notify_cancel()
@@ -156,6 +160,7 @@ class DynamicBatcher:
             for group in _groups(whole):
                 self._run(group)
             self._step_all()
+            self._count_busy()
 
     def _take(self, block: bool) -> bool:
         """Move the queued jobs to the waiting ones; when ``block`` (nothing to do), wait for
@@ -286,8 +291,16 @@ class DynamicBatcher:
             if not running.places:
                 self._end(key)
 
+    def _count_busy(self) -> None:
+        """Add the time since the worker turned to work (or last counted it) to its busy
+        seconds; called before answers too, so a client that asks at once sees them."""
+        now = time.perf_counter()
+        self.stats.busy_seconds += now - self._busy_from
+        self._busy_from = now
+
     def _count_step(self, sentences: int) -> None:
         """Add one step of a running search holding ``sentences`` to the statistics."""
+        self._count_busy()
         stats = self.stats
         stats.steps += 1
         stats.step_sentences += sentences
@@ -351,6 +364,7 @@ class DynamicBatcher:
 
     def _count(self, group: list[Job], sentences: int) -> None:
         """Add one search of ``sentences`` sentences for ``group`` to the statistics."""
+        self._count_busy()
         stats = self.stats
         stats.searches += 1
         stats.jobs += len(group)
