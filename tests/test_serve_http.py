@@ -263,3 +263,32 @@ def test_a_ctranslate2_folder_is_served_without_attention(run_dir, corpus, tmp_p
         assert refused.status_code == 422 and refused.json()["field"] == "constraints"
     expected = translate_cli(exported, stdin="\n".join(sources) + "\n").stdout.split("\n")[:-1]
     assert [result["translation"] for result in served] == expected
+
+
+def test_the_model_is_opened_in_a_thread_that_ends_before_serving(run_dir, monkeypatch, tmp_path):  # noqa: F811
+    """The main thread (uvicorn's) runs no torch operation: attn-serve opens the model in a
+    short-lived thread, which has ended when serving starts, so that only the model worker
+    keeps an OpenMP team (see ``open_off_the_main_thread``); an exit while opening (an
+    unreadable model) is raised as before."""
+    from seq2seq_attn import serve as serve_module
+    from seq2seq_attn.cli import serve_app, serve_cmd
+
+    openers, original = [], serve_cmd.open_model
+
+    def recording(*arguments):
+        openers.append(threading.current_thread())
+        return original(*arguments)
+
+    def serving(*arguments, **keywords):  # instead of uvicorn: is the opener gone by now?
+        assert openers and not openers[0].is_alive()
+        return "stopped"
+
+    monkeypatch.setattr(serve_cmd, "open_model", recording)
+    monkeypatch.setattr(serve_module, "serve", serving)
+    result = CliRunner().invoke(serve_app, [str(run_dir), "--port", str(free_port())])
+    assert result.exit_code == 0, result.output
+    assert len(openers) == 1 and openers[0] is not threading.main_thread()
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(b"not a checkpoint")
+    unreadable = CliRunner().invoke(serve_app, [str(damaged)])
+    assert unreadable.exit_code == 1 and str(damaged) in unreadable.output
