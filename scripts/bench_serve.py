@@ -15,8 +15,9 @@ The first ``--requests`` lines of ``--src`` (default: all) are translated
   ``--max-seconds`` run out (a request unanswered by then is an error). /v1/health before and
   after the round gives the batch that dynamic batching reached (mean sentences per search step
   when streaming, per search otherwise) and the share of the round the model worker was busy
-  (its ``busy_seconds`` over the round's wall time: near 1, the model's speed limits the
-  round; well below, the turnaround of requests does);
+  (its ``busy_seconds``, counted as each search or step ends, over the round's wall time: near
+  1, requests are there whenever the worker is free, so the round's rate is the rate of the
+  searches the clients' requests make up; well below, the worker waits for requests);
 - with ``--rates R ...``, also open-loop rounds, after the closed-loop ones: requests sent at
   the times of a Poisson process of R requests a second (seeded: the same times for every
   mode), as independent users would send them, whether or not earlier ones were answered, by a

@@ -400,12 +400,13 @@ def test_busy_seconds_count_work_not_waiting(translator, corpus, monkeypatch, st
     batcher.start()
     started = time.perf_counter()
     time.sleep(0.5)  # idle: not busy
-    for source in sources:
+    for searched, source in enumerate(sources, start=1):
         batcher.submit([source], options).result(timeout=60)
-        assert batcher.stats.busy_seconds >= 0.3 * (sources.index(source) + 1)
-    elapsed = time.perf_counter() - started
+        assert batcher.stats.busy_seconds >= 0.3 * searched
     batcher.close()
+    elapsed = time.perf_counter() - started  # every busy stretch lies within it, after the idle
     assert batcher.stats.busy_seconds <= elapsed - 0.5
+    assert (batcher.stats.steps > 0) == streaming  # the streaming case did stream
 
 
 def job_options(translator, sources: list[str], **body):

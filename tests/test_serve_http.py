@@ -266,8 +266,8 @@ def test_a_ctranslate2_folder_is_served_without_attention(run_dir, corpus, tmp_p
 
 
 def test_the_model_is_opened_in_a_thread_that_ends_before_serving(run_dir, monkeypatch, tmp_path):  # noqa: F811
-    """The main thread (uvicorn's) runs no torch operation: attn-serve opens the model in a
-    short-lived thread, which has ended when serving starts, so that only the model worker
+    """The main thread (uvicorn's) runs no parallel torch operation: attn-serve opens the model
+    in a short-lived thread, which has ended when serving starts, so that only the model worker
     keeps an OpenMP team (see ``open_off_the_main_thread``); an exit while opening (an
     unreadable model) is raised as before."""
     from seq2seq_attn import serve as serve_module
@@ -291,4 +291,4 @@ def test_the_model_is_opened_in_a_thread_that_ends_before_serving(run_dir, monke
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes(b"not a checkpoint")
     unreadable = CliRunner().invoke(serve_app, [str(damaged)])
-    assert unreadable.exit_code == 1 and str(damaged) in unreadable.output
+    assert unreadable.exit_code == 1 and "damaged.pt" in unreadable.output

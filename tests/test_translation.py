@@ -121,7 +121,8 @@ def test_every_failure_is_one_error_type(
 OPEN_AND_ALLOCATE = """
 import resource, sys, torch
 from seq2seq_attn.translation import TranslationSettings, open_translator
-open_translator(sys.argv[1], TranslationSettings(device="cpu"))
+if sys.argv[1] != "-":  # "-": no translator, the allocator as it comes
+    open_translator(sys.argv[1], TranslationSettings(device="cpu"))
 for step in range(3):  # what search steps do: large logits, written and freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     logits = torch.ones(65 << 20, dtype=torch.uint8)
@@ -134,6 +135,13 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)  # the last s
 def test_a_cpu_translator_keeps_freed_memory_for_the_next_step(checkpoint):
     """Opened on the CPU, a translator has the allocator keep what it frees: the logits of the
     next search step reuse the pages of the last (no fresh mapping, faulted in page by page)."""
-    run = subprocess.run([sys.executable, "-c", OPEN_AND_ALLOCATE, str(checkpoint)],
-                         capture_output=True, text=True, check=True)  # fmt: skip
-    assert int(run.stdout) < (65 << 20) // 4096 // 10
+
+    def faults(model: str) -> int:
+        run = subprocess.run([sys.executable, "-c", OPEN_AND_ALLOCATE, model],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        return int(run.stdout)
+
+    default, opened = faults("-"), faults(str(checkpoint))
+    if default < (65 << 20) // 4096 // 8:  # e.g. transparent huge pages for every mapping
+        pytest.skip(f"this kernel faults in a fresh 65 MB block in {default} faults: no cost")
+    assert opened < default // 10

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -163,10 +163,23 @@ def open_off_the_main_thread(
     with a team for the thread that loaded the model beside the worker's there are more OpenMP
     threads than cores: libgomp then cuts its spin-waiting short, and the worker's threads fell
     asleep between the operations of a search, which ran about 0.7x as fast. A thread's team
-    ends with it. Exits (an unreadable model...) are raised here as from ``open_model``.
+    ends with it. Exits (an unreadable model...) are raised here as from ``open_model``; Ctrl-C
+    during a long load stops waiting for it at once (the loading thread is a daemon).
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="attn-serve-load") as loader:
-        return loader.submit(open_model, model, settings, ensemble).result()
+    outcome: dict[str, object] = {}
+
+    def load() -> None:
+        try:
+            outcome["translator"] = open_model(model, settings, ensemble)
+        except BaseException as error:  # typer.Exit included: re-raised below
+            outcome["error"] = error
+
+    loader = threading.Thread(target=load, name="attn-serve-load", daemon=True)
+    loader.start()
+    loader.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["translator"]
 
 
 def announce(info: dict, host: str, port: int, keyed: bool) -> None:

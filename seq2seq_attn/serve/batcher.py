@@ -293,7 +293,8 @@ class DynamicBatcher:
 
     def _count_busy(self) -> None:
         """Add the time since the worker turned to work (or last counted it) to its busy
-        seconds; called before answers too, so a client that asks at once sees them."""
+        seconds; called when a search or a step ends, before its answers, so a client that asks
+        at once sees that search's time (a streaming job's results are counted after)."""
         now = time.perf_counter()
         self.stats.busy_seconds += now - self._busy_from
         self._busy_from = now
