@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,6 +19,7 @@ from seq2seq_attn.translation import (
     TranslationSettings,
     Translator,
     open_translator,
+    torch_backend,
 )
 from seq2seq_attn.translation.torch_backend import TorchTranslator
 
@@ -118,30 +117,11 @@ def test_every_failure_is_one_error_type(
     assert raised.value.unreadable is unreadable
 
 
-OPEN_AND_ALLOCATE = """
-import resource, sys, torch
-from seq2seq_attn.translation import TranslationSettings, open_translator
-if sys.argv[1] != "-":  # "-": no translator, the allocator as it comes
-    open_translator(sys.argv[1], TranslationSettings(device="cpu"))
-for step in range(3):  # what search steps do: large logits, written and freed
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    logits = torch.ones(65 << 20, dtype=torch.uint8)
-    del logits
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)  # the last step's faults
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
-def test_a_cpu_translator_keeps_freed_memory_for_the_next_step(checkpoint):
-    """Opened on the CPU, a translator has the allocator keep what it frees: the logits of the
-    next search step reuse the pages of the last (no fresh mapping, faulted in page by page)."""
-
-    def faults(model: str) -> int:
-        run = subprocess.run([sys.executable, "-c", OPEN_AND_ALLOCATE, model],
-                             capture_output=True, text=True, check=True)  # fmt: skip
-        return int(run.stdout)
-
-    default, opened = faults("-"), faults(str(checkpoint))
-    if default < (65 << 20) // 4096 // 8:  # e.g. transparent huge pages for every mapping
-        pytest.skip(f"this kernel faults in a fresh 65 MB block in {default} faults: no cost")
-    assert opened < default // 10
+def test_a_cpu_translator_keeps_freed_memory_for_the_next_step(checkpoint, monkeypatch):
+    """Opened on the CPU, a translator has the allocator keep what it frees
+    (``device.keep_freed_memory``, whose effect on page faults ``tests/test_device.py``
+    measures): the logits of the next search step reuse the pages of the last."""
+    calls = []
+    monkeypatch.setattr(torch_backend, "keep_freed_memory", lambda: calls.append(1) or True)
+    open_translator(checkpoint, CPU)
+    assert calls == [1]
