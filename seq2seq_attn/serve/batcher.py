@@ -85,7 +85,9 @@ class DynamicBatcher:
     after the last arrival it goes on gathering jobs for a search (see
     :meth:`_gather_deadline`); ``max_gather_sentences``: most sentences in searches at once
     (the rest wait); ``streaming``: let jobs join running searches where they can (else every
-    job waits for a whole-batch search)."""
+    job waits for a whole-batch search). Open ``translator`` in a thread that has ended (as
+    attn-serve does): a thread that ran torch keeps an OpenMP team, and a second team beside
+    the worker's makes libgomp throttle the worker's searches."""
 
     def __init__(
         self,
