@@ -252,8 +252,13 @@ def check_model_fields(state: Mapping, path: Path | str, fix: str = REBUILD_FIX)
         tgt_model is None or (isinstance(tgt_model, bytes) and len(tgt_model) > 0),
         "tokenizer.tgt_model", "the bytes of a SentencePiece model, or None (joint)", tgt_model,
     )  # fmt: skip
-    for name, tensor in fields.mapping(state, "model").items():
-        field = f"model[{name!r}]" if isinstance(name, str) else f"model[{_describe(name)}]"
+    _check_weights(fields, state, "model")
+
+
+def _check_weights(fields: _Fields, state: Mapping, key: str) -> None:
+    """``state[key]``: a mapping of names (str) to tensors."""
+    for name, tensor in fields.mapping(state, key).items():
+        field = f"{key}[{name!r}]" if isinstance(name, str) else f"{key}[{_describe(name)}]"
         fields.require(
             isinstance(name, str) and isinstance(tensor, torch.Tensor), field,
             "a tensor named by a str", tensor,
@@ -262,7 +267,8 @@ def check_model_fields(state: Mapping, path: Path | str, fix: str = REBUILD_FIX)
 
 def check_training_checkpoint(state: Mapping, path: Path | str) -> None:
     """Check every field a resume reads (those of :func:`check_model_fields`, ``progress``,
-    ``sampler``, the optimizer's, the generators', ``origin``) before any is used; raises
+    ``sampler``, the optimizer's, the generators', ``origin``, and with a moving average of the
+    weights ``training_weights`` and ``ema_updates``) before any is used; raises
     :class:`CheckpointError` naming ``path``, the field, what it holds and the fix."""
     check_model_fields(state, path, RESUME_FIX)
     fields = _Fields(path, RESUME_FIX)
@@ -276,6 +282,9 @@ def check_training_checkpoint(state: Mapping, path: Path | str) -> None:
     _check_optimisation(fields, state)
     _check_generators(fields, state)
     _check_origin(fields, state)
+    if "training_weights" in state:  # "model" holds the moving average (train.ema_decay)
+        _check_weights(fields, state, "training_weights")
+        fields.count(state, "ema_updates")
 
 
 def _check_progress(fields: _Fields, state: Mapping) -> None:

@@ -1,10 +1,12 @@
 """One optimisation step and what it needs: the loss, the optimizer, the learning-rate schedule,
-and the :class:`Trainer` that runs steps with accumulation, clipping and NaN/inf skipping
-through the model protocol only, in the precision :mod:`~seq2seq_attn.device` resolved."""
+the moving average of the weights, and the :class:`Trainer` that runs steps with accumulation,
+clipping and NaN/inf skipping through the model protocol only, in the precision
+:mod:`~seq2seq_attn.device` resolved."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 from collections.abc import Iterable
@@ -185,6 +187,39 @@ class Schedule:
 # ---- the step ---------------------------------------------------------------------------------
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights (``train.ema_decay``), kept in a copy
+    of the model that translates and validates in its place.
+
+    Update ``n`` (after the ``n``-th applied optimizer step) moves every averaged parameter
+    ``1 - min(decay, (1 + n) / (10 + n))`` of the way to the model's: early updates use a lower
+    decay, so the average does not hold on to the first, untrained weights for ``1 / (1 -
+    decay)`` steps. Buffers are copied as they are. The copy is in eval mode and takes no
+    gradients.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        """Start the average at ``model``'s current weights."""
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold ``model``'s weights (the same architecture) into the average."""
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        averaged, current = list(self.model.parameters()), list(model.parameters())
+        torch._foreach_lerp_(averaged, current, 1 - decay)
+        for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
+            mine.copy_(theirs)
+
+    def restart(self, model: nn.Module) -> None:
+        """Start the average again at ``model``'s current weights."""
+        self.model.load_state_dict(model.state_dict())
+        self.updates = 0
+
+
 class NonFiniteLossError(RuntimeError):
     """Too many NaN/inf losses or gradients in a row; the message says what to try."""
 
@@ -219,7 +254,9 @@ class Trainer:
 
     In a distributed run ``replica`` is the model's ``DistributedDataParallel`` wrapper (it
     all-reduces gradients) and ``collectives`` sums the step's token counts and losses over the
-    processes; without them (one process) a step is a plain accumulation.
+    processes; without them (one process) a step is a plain accumulation. With
+    ``train.ema_decay`` every applied step also updates a :class:`WeightAverage`, which is then
+    the :attr:`inference_model`: what validates and what checkpoints hold as ``model``.
     """
 
     def __init__(
@@ -236,9 +273,16 @@ class Trainer:
         self.optimizer = build_optimizer(model, cfg)
         self.schedule = Schedule(self.optimizer, cfg)
         self.scaler = precision.grad_scaler()
+        self.average = None if cfg.ema_decay is None else WeightAverage(model, cfg.ema_decay)
         self.nonfinite_in_a_row = 0
         if device.type == "cpu":
             keep_freed_memory()  # the same large tensors come back every step
+
+    @property
+    def inference_model(self) -> Seq2Seq:
+        """The weights to validate and translate with: the moving average when there is one,
+        else the model being trained."""
+        return self.model if self.average is None else self.average.model
 
     def _loss_sums(
         self, batch: Batch, module: nn.Module | None = None, grad_scale: float = 1.0
@@ -305,6 +349,8 @@ class Trainer:
         lr = self.schedule.set_step(step)
         if finite:
             self.scaler.step(self.optimizer)
+            if self.average is not None:
+                self.average.update(self.model)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.nonfinite_in_a_row = 0 if finite else self.nonfinite_in_a_row + 1
@@ -326,30 +372,47 @@ class Trainer:
 
     @torch.no_grad()
     def evaluation_loss(self, batches: Iterable[Batch]) -> tuple[float, float]:
-        """Per-token (label-smoothed loss, NLL) over ``batches`` in eval mode."""
-        was_training = self.model.training
-        self.model.eval()
+        """Per-token (label-smoothed loss, NLL) of the :attr:`inference_model` over
+        ``batches`` in eval mode."""
+        model = self.inference_model
+        was_training = model.training
+        model.eval()
         sums, tokens = torch.zeros(2, device=self.device), 0
         for batch in batches:
-            sums += torch.stack(self._loss_sums(batch))
+            sums += torch.stack(self._loss_sums(batch, model))
             tokens += batch.num_tgt_tokens
-        self.model.train(was_training)
+        model.train(was_training)
         loss, nll = (sums / max(tokens, 1)).tolist()
         return loss, nll
 
     def state_dict(self) -> dict:
-        """Model, optimizer, schedule and scaler states (tensors and plain data)."""
-        return {
-            "model": self.model.state_dict(),
+        """Model, optimizer, schedule and scaler states (tensors and plain data). ``model``
+        holds the :attr:`inference_model`'s weights; with a moving average the trained weights
+        are ``training_weights`` and the average's update count ``ema_updates``."""
+        state = {
+            "model": self.inference_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
         }
+        if self.average is not None:
+            state["training_weights"] = self.model.state_dict()
+            state["ema_updates"] = self.average.updates
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self.model.load_state_dict(state["model"])
+        """Restore what :meth:`state_dict` returned. A run resumed with ``train.ema_decay``
+        switched on starts its average at the resumed weights; switched off, it trains on
+        from ``training_weights``."""
+        averaged = "training_weights" in state
+        self.model.load_state_dict(state["training_weights"] if averaged else state["model"])
+        if self.average is not None and averaged:
+            self.average.model.load_state_dict(state["model"])
+            self.average.updates = int(state["ema_updates"])
+        elif self.average is not None:
+            logger.info("train.ema_decay: the moving average of the weights starts here")
+            self.average.restart(self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         if state["scaler"]:

@@ -375,15 +375,16 @@ class Run:
         """Rank 0's part of a validation: the dev loss and NLL, the dev split translated
         greedily and scored, and (when a callback wants it) the attention of one dev sentence."""
         loss, nll = self.trainer.evaluation_loss(self.dev_loader())
+        model = self.trainer.inference_model  # the moving average of the weights, if any
         evaluation = score_translations(
-            self.model, self.tokenizer, self.dev_pairs["src"], self.dev_pairs["tgt"],
+            model, self.tokenizer, self.dev_pairs["src"], self.dev_pairs["tgt"],
             replace(self.config.decode, beam_size=1, n_best=1), self.config.data.max_tokens,
             self.device, amp_dtype=self.precision.dtype,
         )  # fmt: skip
         attention = None
         if any(callback.wants_attention for callback in self.callbacks):
             attention = first_sentence_attention(
-                self.model, self.tokenizer, self.dev_pairs["src"], self.config.decode,
+                model, self.tokenizer, self.dev_pairs["src"], self.config.decode,
                 self.config.data.max_tokens, self.device, self.precision.dtype,
             )  # fmt: skip
         return loss, nll, evaluation, attention

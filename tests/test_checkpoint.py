@@ -209,6 +209,8 @@ BROKEN_FIELDS = [
     ("origin", {"checkpoint": 5, "step": None, "tokenizer": {}},
      r"field origin\.checkpoint holds 5, expected a path"),
     ("origin", {"path": "x"}, r"field origin has the unknown key the str 'path'"),
+    ("training_weights", {"w": 3}, r"field training_weights\['w'\] holds 3, expected a tensor"),
+    ("training_weights", {}, r": no field ema_updates; "),  # the average's update count
 ]  # fmt: skip
 
 

@@ -256,6 +256,18 @@ def test_accumulating_processes_match_one_process_accumulating_all(corpus, cache
     assert max_difference(parameters(tmp_path / "ddp"), parameters(tmp_path / "one")) < 1e-5
 
 
+def test_processes_keep_the_moving_average_one_process_keeps(corpus, cache, tmp_path):
+    # every process folds the same all-reduced update into its average; rank 0's is saved
+    config = tiny_config(corpus, cache, max_steps=3, ema_decay=0.5)
+    finish(torchrun(config, tmp_path / "ddp"))
+    train(config_from_plain(to_plain_with(config, accumulate_steps=2)), tmp_path / "one")
+    ddp, one = (load_checkpoint(tmp_path / run / "last.pt") for run in ("ddp", "one"))
+    assert ddp["ema_updates"] == one["ema_updates"] == 3
+    assert max_difference(ddp["model"], one["model"]) < 1e-5
+    assert max_difference(ddp["training_weights"], one["training_weights"]) < 1e-5
+    assert max_difference(ddp["model"], ddp["training_weights"]) > 1e-4
+
+
 def test_two_machines_on_one_host_train_one_model(uneven, one_process_reference, tmp_path):
     two = uneven
     run_dir, endpoint = tmp_path / "nodes", f"127.0.0.1:{free_port()}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -248,3 +249,75 @@ def test_the_step_reports_the_gradient_norm_before_clipping():
     assert outcome.grad_norm == pytest.approx(expected, rel=1e-5)
     clipped = torch.linalg.vector_norm(torch.stack([g.norm() for g in seen])).item()
     assert clipped == pytest.approx(0.01, rel=1e-4)  # the update used the clipped gradient
+
+
+def test_the_moving_average_of_the_weights_follows_torchs_averaged_model():
+    # torch's AveragedModel copies the weights on its first update and then calls avg_fn with
+    # the number of updates folded in so far: n = 1 at the first optimizer step, as ours
+    def warm_ema(averaged, current, updates):
+        decay = min(0.9, (1 + updates) / (10 + updates))
+        return decay * averaged + (1 - decay) * current
+
+    trainer = tiny_trainer(ema_decay=0.9)
+    reference = torch.optim.swa_utils.AveragedModel(trainer.model, avg_fn=warm_ema)
+    reference.update_parameters(trainer.model)
+    batches = [collate(SRC, TGT, range(4))]
+    for step in range(1, 31):
+        trainer.train_step(batches, step)
+        reference.update_parameters(trainer.model)
+    assert trainer.average.updates == 30
+    averaged = list(trainer.inference_model.parameters())
+    expected = list(reference.module.parameters())
+    assert len(averaged) == len(expected) > 0
+    for mine, theirs, trained in zip(averaged, expected, trainer.model.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-5)
+        assert not torch.equal(mine, trained) and not mine.requires_grad
+    assert not trainer.inference_model.training
+
+
+def test_a_skipped_update_leaves_the_moving_average_alone():
+    trainer = tiny_trainer(ema_decay=0.9)
+    with torch.no_grad():
+        next(trainer.model.parameters())[0, 1] = math.nan
+    before = {k: v.clone() for k, v in trainer.inference_model.state_dict().items()}
+    assert trainer.train_step([collate(SRC, TGT, range(4))], step=1).skipped
+    assert trainer.average.updates == 0
+    after = trainer.inference_model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_checkpoints_hold_the_average_as_the_model_and_resume_it():
+    batches = [collate(SRC, TGT, range(4))]
+    trainer = tiny_trainer(ema_decay=0.9)
+    for step in range(1, 6):
+        trainer.train_step(batches, step)
+    state = copy.deepcopy(trainer.state_dict())  # as a file holds it: no tensor shared
+    assert state["ema_updates"] == 5
+    for name, tensor in trainer.inference_model.state_dict().items():
+        assert torch.equal(state["model"][name], tensor)
+        assert torch.equal(state["training_weights"][name], trainer.model.state_dict()[name])
+    resumed = tiny_trainer(ema_decay=0.9)
+    resumed.load_state_dict(state)
+    trainer.train_step(batches, 6)
+    resumed.train_step(batches, 6)
+    for model in ("model", "training_weights"):
+        expected, actual = trainer.state_dict()[model], resumed.state_dict()[model]
+        assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    # switched off on resume: training goes on from the trained weights, not the average
+    plain = tiny_trainer()
+    plain.load_state_dict(copy.deepcopy(state))
+    assert "training_weights" not in plain.state_dict()
+    for name, tensor in plain.model.state_dict().items():
+        assert torch.equal(tensor, state["training_weights"][name])
+    # switched on: the average starts at the resumed weights
+    started = tiny_trainer(ema_decay=0.9)
+    started.load_state_dict(copy.deepcopy(plain.state_dict()))
+    assert started.average.updates == 0
+    for name, tensor in started.inference_model.state_dict().items():
+        assert torch.equal(tensor, state["training_weights"][name])
+
+
+def test_an_ema_decay_outside_zero_to_one_is_refused():
+    for decay in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match=r"train\.ema_decay.*such as 0\.998"):
+            TrainConfig(ema_decay=decay)

@@ -455,3 +455,33 @@ def test_validation_records_carry_the_training_time(corpus, tmp_path):
     assert 0 < validations[0]["elapsed"] < validations[1]["elapsed"]
     assert {"loss", "bleu", "chrf"} <= set(validations[0])
     assert [record["step"] for record in read_metrics(tmp_path / "run", "train")] == [5, 10, 15, 20]
+
+
+def test_a_moving_average_validates_and_is_saved_without_changing_training(corpus, tmp_path):
+    plain = Recorder()
+    train(toy_config(corpus, max_steps=20, lr=1e-2), tmp_path / "plain", callbacks=[plain])
+    config = toy_config(corpus, max_steps=20, lr=1e-2, ema_decay=0.8)
+    whole = Recorder()
+    summary = train(config, tmp_path / "whole", callbacks=[whole])
+    assert [r.loss for r in whole.steps] == [r.loss for r in plain.steps]
+    last, plain_last = (load_checkpoint(tmp_path / run / "last.pt") for run in ("whole", "plain"))
+    assert last["ema_updates"] == 20
+    trained, averaged = last["training_weights"], last["model"]
+    assert all(torch.equal(trained[name], plain_last["model"][name]) for name in trained)
+    assert not all(torch.equal(trained[name], averaged[name]) for name in trained)
+    # validation scored the average: best.pt alone translates its samples again
+    best = next(v for v in whole.validations if v.step == summary.best_step)
+    model, tokenizer, _ = model_from_checkpoint(load_checkpoint(summary.best_checkpoint))
+    greedy = dataclasses.replace(config.decode, beam_size=1)
+    sources = [src for src, _, _ in best.samples]
+    outputs = translate_n_best(model, tokenizer, sources, greedy, 256, "cpu")
+    assert tokenizer.decode_tgt([found[0].tokens for found in outputs]) == [
+        h for _, _, h in best.samples
+    ]
+    # stopped and resumed: the same average and weights as the uninterrupted run
+    stop = threading.Event()
+    train(config, tmp_path / "parts", callbacks=[Recorder(stop, stop_at=13)], stop=stop)
+    resumed = train(config, tmp_path / "parts", resume=True)
+    again = load_checkpoint(resumed.last_checkpoint)
+    for key in ("model", "training_weights"):
+        assert all(torch.equal(last[key][name], again[key][name]) for name in last[key])

@@ -287,6 +287,7 @@ class TrainConfig:
     plateau_patience: int = 2
     label_smoothing: float = 0.1
     clip_grad_norm: float | None = 1.0
+    ema_decay: float | None = None  # validate and save a moving average of the weights
     accumulate_steps: int = 1
     max_steps: int | None = None
     max_epochs: int | None = None
@@ -335,6 +336,11 @@ class TrainConfig:
             self.ddp_timeout_minutes,
             f"use minutes > 0, longer than a validation takes, and at most "
             f"{MAX_DDP_TIMEOUT_MINUTES} (a week)",
+        )  # fmt: skip
+        require(
+            self.ema_decay is None or 0 < self.ema_decay < 1, "train.ema_decay", self.ema_decay,
+            "use a decay in (0, 1) such as 0.998 (the average's memory is about 1 / (1 - decay) "
+            "steps), or null for no moving average",
         )  # fmt: skip
         for key in ("clip_grad_norm", "max_minutes"):
             value = getattr(self, key)
