@@ -202,6 +202,9 @@ class WeightAverage:
         """Start the average at ``model``'s current weights."""
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        for module in self.model.modules():
+            if isinstance(module, nn.RNNBase):  # a deep copy loses cuDNN's one weight buffer
+                module.flatten_parameters()
         self.updates = 0
 
     @torch.no_grad()
@@ -349,7 +352,8 @@ class Trainer:
         lr = self.schedule.set_step(step)
         if finite:
             self.scaler.step(self.optimizer)
-            if self.average is not None:
+            # an fp16 step the scaler skipped (overflowed gradients) is no update to average
+            if self.average is not None and math.isfinite(norm_value):
                 self.average.update(self.model)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

@@ -135,6 +135,7 @@ class Run:
         self.shares = self.step_shares()
         self.replica = self.world.replicate(self.model)
         collectives = self.world if self.world.distributed else None
+        # after replicate(): its broadcast of rank 0's weights is what a moving average starts at
         self.trainer = Trainer(
             self.model, config.train, self.precision, self.device, self.replica, collectives
         )

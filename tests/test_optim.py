@@ -182,8 +182,8 @@ def test_precision_resolution_on_the_cpu():
     assert not Precision("bf16", "cpu").grad_scaler().is_enabled()
 
 
-def tiny_trainer(**train_options) -> Trainer:
-    """A Trainer over a seeded tiny Transformer without dropout, in fp32."""
+def tiny_trainer(precision: str = "fp32", **train_options) -> Trainer:
+    """A Trainer over a seeded tiny Transformer without dropout, in fp32 unless told."""
     torch.manual_seed(0)
     section = TransformerConfig(
         d_model=16, num_heads=2, encoder_layers=1, decoder_layers=1, attention_dropout=0.0
@@ -191,7 +191,7 @@ def tiny_trainer(**train_options) -> Trainer:
     config = ModelConfig(dropout=0.0, max_positions=32, transformer=section)
     model = build_model(config, VOCAB, VOCAB)
     options = {"warmup_steps": 0, "lr": 1e-2} | train_options
-    return Trainer(model, TrainConfig(**options), Precision("fp32", "cpu"), torch.device("cpu"))
+    return Trainer(model, TrainConfig(**options), Precision(precision, "cpu"), torch.device("cpu"))
 
 
 SRC = [[5, 6, 7], [8, 9], [10, 11, 12, 13, 14], [4]]
@@ -251,14 +251,15 @@ def test_the_step_reports_the_gradient_norm_before_clipping():
     assert clipped == pytest.approx(0.01, rel=1e-4)  # the update used the clipped gradient
 
 
-def test_the_moving_average_of_the_weights_follows_torchs_averaged_model():
+@pytest.mark.parametrize("ema_decay", [0.9, 0.5])  # warmup decay throughout; past it at 8
+def test_the_moving_average_of_the_weights_follows_torchs_averaged_model(ema_decay):
     # torch's AveragedModel copies the weights on its first update and then calls avg_fn with
     # the number of updates folded in so far: n = 1 at the first optimizer step, as ours
     def warm_ema(averaged, current, updates):
-        decay = min(0.9, (1 + updates) / (10 + updates))
+        decay = min(ema_decay, (1 + updates) / (10 + updates))
         return decay * averaged + (1 - decay) * current
 
-    trainer = tiny_trainer(ema_decay=0.9)
+    trainer = tiny_trainer(ema_decay=ema_decay)
     reference = torch.optim.swa_utils.AveragedModel(trainer.model, avg_fn=warm_ema)
     reference.update_parameters(trainer.model)
     batches = [collate(SRC, TGT, range(4))]
@@ -284,6 +285,21 @@ def test_a_skipped_update_leaves_the_moving_average_alone():
     assert trainer.average.updates == 0
     after = trainer.inference_model.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_an_fp16_step_the_scaler_skips_leaves_the_moving_average_alone():
+    trainer = tiny_trainer("fp16", ema_decay=0.9)
+    assert trainer.scaler.is_enabled()
+    first = next(trainer.model.parameters())
+    hook = first.register_hook(lambda grad: grad * math.inf)  # overflowed gradients
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    outcome = trainer.train_step([collate(SRC, TGT, range(4))], step=1)
+    assert math.isinf(outcome.grad_norm)
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+    assert trainer.average.updates == 0
+    hook.remove()
+    trainer.train_step([collate(SRC, TGT, range(4))], step=2)
+    assert trainer.average.updates == 1
 
 
 def test_checkpoints_hold_the_average_as_the_model_and_resume_it():
