@@ -469,15 +469,19 @@ def test_a_moving_average_validates_and_is_saved_without_changing_training(corpu
     trained, averaged = last["training_weights"], last["model"]
     assert all(torch.equal(trained[name], plain_last["model"][name]) for name in trained)
     assert not all(torch.equal(trained[name], averaged[name]) for name in trained)
-    # validation scored the average: best.pt alone translates its samples again
-    best = next(v for v in whole.validations if v.step == summary.best_step)
-    model, tokenizer, _ = model_from_checkpoint(load_checkpoint(summary.best_checkpoint))
+    # validation scored the average: the last one's samples are last.pt's model's translations,
+    # not those the trained weights gave the plain run's last validation
+    final, plain_final = whole.validations[-1], plain.validations[-1]
+    assert final.step == plain_final.step == summary.step
+    assert [h for _, _, h in final.samples] != [h for _, _, h in plain_final.samples]
+    model, tokenizer, _ = model_from_checkpoint(last)
     greedy = dataclasses.replace(config.decode, beam_size=1)
-    sources = [src for src, _, _ in best.samples]
+    sources = [src for src, _, _ in final.samples]
     outputs = translate_n_best(model, tokenizer, sources, greedy, 256, "cpu")
     assert tokenizer.decode_tgt([found[0].tokens for found in outputs]) == [
-        h for _, _, h in best.samples
+        h for _, _, h in final.samples
     ]
+    assert final.loss != plain_final.loss  # the dev loss too
     # stopped and resumed: the same average and weights as the uninterrupted run
     stop = threading.Event()
     train(config, tmp_path / "parts", callbacks=[Recorder(stop, stop_at=13)], stop=stop)
