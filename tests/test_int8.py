@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_models import KINDS, briefly_trained, decode_incrementally, padded_batch
 from test_serve_api import make_client
 from test_translate_cli import run_dir, source_lines, translate_cli  # noqa: F401 (fixture)
@@ -14,6 +15,7 @@ from torch import nn
 from seq2seq_attn.attention import MultiHeadAttention
 from seq2seq_attn.models import Ensemble
 from seq2seq_attn.models.int8 import Int8Linear, int8_supported, quantize_int8
+from seq2seq_attn.models.transformer import FeedForward
 from seq2seq_attn.translation import TranslationError, TranslationSettings, open_translator
 from seq2seq_attn.translation.torch_backend import open_checkpoints
 
@@ -130,3 +132,26 @@ def test_attn_translate_precision_int8(run_dir, corpus):  # noqa: F811
     assert same >= len(lines) // 2, f"only {same} of {len(lines)} lines equal fp32's"
     refused = translate_cli(run_dir, "--precision", "int4", stdin="a\n")
     assert refused.exit_code != 0 and "fp16 or int8" in refused.output
+
+
+@pytest.mark.parametrize("kind", ["transformer-pre", "transformer-post"])
+def test_a_relu_feed_forward_block_applies_its_relu_inside_the_int8_layer(kind):
+    model = briefly_trained(kind, steps=2)
+    blocks = [m for m in model.modules() if isinstance(m, FeedForward)]
+    activation = blocks[0].activation  # relu for transformer-pre, gelu for transformer-post
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, blocks[0].linear1.in_features) * 3  # (B, T, D)
+    with torch.no_grad():  # each block with separate int8 layers and its activation between
+        expected = [
+            Int8Linear.from_linears(block.linear2)(
+                activation(Int8Linear.from_linears(block.linear1)(x))
+            )
+            for block in blocks
+        ]
+    quantize_int8(model)
+    fused = activation is F.relu
+    assert all(block.linear1.relu == fused and not block.linear2.relu for block in blocks)
+    assert all((block.activation is activation) != fused for block in blocks)
+    with torch.no_grad():
+        for block, output in zip(blocks, expected, strict=True):
+            assert torch.equal(block(x), output)  # the same numbers, one pass fewer

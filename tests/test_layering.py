@@ -77,7 +77,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "models.rnn_loop": ({"attention"}, {"torch"}),
     "models.transformer": ({"config", "attention", "models.common"}, {"torch"}),
     "models.ensemble": ({"models.common"}, {"torch"}),
-    "models.int8": ({"attention"}, {"torch"}),
+    "models.int8": ({"attention", "models.transformer"}, {"torch"}),
     "models": ({"config", *MODELS}, {"torch"}),
     "decoding": ({"config", "models.common"}, {"torch"}),
     "sampling": ({"config", "decoding", "models.common"}, {"torch"}),

@@ -3,10 +3,12 @@ projection included, computed in int8 with dynamic activation quantization.
 
 Weights are quantized once, symmetrically per output row (scale = row max |w| / 127, zero
 point 0); each call quantizes its input per tensor from its own range (fbgemm/oneDNN
-``quantized::linear_dynamic``) and returns fp32. Embeddings, layer norms, recurrent encoder
-cells, softmax and attention scores stay fp32. This is what ``--precision int8`` of
-``attn-translate``/``attn-serve`` runs; a quantized model is for translating only (its packed
-weights are not parameters: nothing of it is saved or trained).
+``quantized::linear_dynamic``) and returns fp32. A Transformer feed-forward block's ReLU runs
+inside its first int8 layer (``quantized::linear_relu_dynamic``: the same output, without a pass
+over the block's widest activations). Embeddings, layer norms, recurrent encoder cells, softmax
+and attention scores stay fp32. This is what ``--precision int8`` of ``attn-translate``/
+``attn-serve`` runs; a quantized model is for translating only (its packed weights are not
+parameters: nothing of it is saved or trained).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import MultiHeadAttention
+from .transformer import FeedForward
 
 __all__ = ["Int8Linear", "int8_supported", "quantize_int8"]
 
@@ -35,10 +39,12 @@ class Int8Linear(nn.Module):
     engine active at that moment (``torch.backends.quantized.engine``).
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
-        """Quantize ``weight`` ``(out, in)`` per output row and pack it with ``bias`` ``(out,)``."""
+    def __init__(self, weight: Tensor, bias: Tensor | None, relu: bool = False) -> None:
+        """Quantize ``weight`` ``(out, in)`` per output row and pack it with ``bias`` ``(out,)``;
+        ``relu``: apply ``max(0, .)`` to the output inside the int8 kernel."""
         super().__init__()
         self.out_features, self.in_features = weight.shape
+        self.relu = relu
         weight = weight.detach().float().cpu()
         scales = (weight.abs().amax(dim=1) / 127).clamp_min(_TINY)
         zero_points = torch.zeros(self.out_features, dtype=torch.long)
@@ -53,13 +59,14 @@ class Int8Linear(nn.Module):
         self._packed = torch.ops.quantized.linear_prepack(quantized, bias)
 
     @classmethod
-    def from_linears(cls, *layers: nn.Linear) -> Int8Linear:
+    def from_linears(cls, *layers: nn.Linear, relu: bool = False) -> Int8Linear:
         """One int8 layer computing ``layers`` (same input size) side by side: its output is
-        their outputs concatenated along the last dimension (a fused Q/K/V projection)."""
+        their outputs concatenated along the last dimension (a fused Q/K/V projection), passed
+        through a ReLU where ``relu``."""
         weight = torch.cat([layer.weight for layer in layers])
         biases = [layer.bias for layer in layers]
         if all(bias is None for bias in biases):
-            return cls(weight, None)
+            return cls(weight, None, relu)
         bias = torch.cat(
             [
                 torch.zeros(layer.out_features, device=layer.weight.device)
@@ -68,7 +75,7 @@ class Int8Linear(nn.Module):
                 for layer, bias in zip(layers, biases, strict=True)
             ]
         )
-        return cls(weight, bias)
+        return cls(weight, bias, relu)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(..., in) -> (..., out)``, fp32.
@@ -80,20 +87,26 @@ class Int8Linear(nn.Module):
         """
         flat = x.reshape(-1, self.in_features).float()  # (N, in)
         # reduce_range=False: full 8-bit activations (x86/oneDNN and VNNI do not saturate)
-        output = torch.ops.quantized.linear_dynamic(flat, self._packed, False)  # (N, out)
+        kernel = (
+            torch.ops.quantized.linear_relu_dynamic
+            if self.relu
+            else torch.ops.quantized.linear_dynamic
+        )
+        output = kernel(flat, self._packed, False)  # (N, out)
         return output.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         """Sizes, as ``nn.Linear`` prints them."""
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        fused = ", relu" if self.relu else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8{fused}"
 
 
 def quantize_int8(model: nn.Module) -> int:
     """Replace, in place, every ``nn.Linear`` of ``model`` (on the CPU, in eval mode) by an
     :class:`Int8Linear`, and give each :class:`~seq2seq_attn.attention.MultiHeadAttention` its
-    fused int8 Q/K/V and K/V projections. Layers with one output (an additive attention's
-    energy vector ``v``: a dot product whose error would go straight into the attention
-    scores) stay fp32.
+    fused int8 Q/K/V and K/V projections; a ReLU feed-forward block's first layer applies the
+    ReLU itself. Layers with one output (an additive attention's energy vector ``v``: a dot
+    product whose error would go straight into the attention scores) stay fp32.
 
     Returns:
         How many linear layers are now int8. Raises ``ValueError`` for a model on another
@@ -112,9 +125,19 @@ def quantize_int8(model: nn.Module) -> int:
             )
             module.fused_projections["kv"] = Int8Linear.from_linears(module.k_proj, module.v_proj)
     replaced = 0
+    for module in model.modules():
+        if isinstance(module, FeedForward) and module.activation is F.relu:
+            module.linear1 = Int8Linear.from_linears(module.linear1, relu=True)
+            module.activation = _applied_by_linear1
+            replaced += 1
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear) and child.out_features > 1:
                 setattr(parent, name, Int8Linear.from_linears(child))
                 replaced += 1
     return replaced
+
+
+def _applied_by_linear1(x: Tensor) -> Tensor:
+    """A feed-forward block's activation once its int8 ``linear1`` applies the ReLU itself."""
+    return x
