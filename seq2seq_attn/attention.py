@@ -320,6 +320,9 @@ class MultiHeadAttention(nn.Module):
         # Prebuilt fused projections ("qkv", "kv") that replace concatenating the weights at
         # every call; empty unless a quantization (models.int8) fills it. No parameters.
         self.fused_projections = nn.ModuleDict()
+        # The dtype incremental decoding keeps cached keys/values in and attends in (None: the
+        # projections'); models.int8 sets bf16 where the CPU computes it natively.
+        self.cache_dtype: torch.dtype | None = None
 
     def forward(
         self,
@@ -340,7 +343,8 @@ class MultiHeadAttention(nn.Module):
                 ``(B, H|1, Tq|1, Tk)``. With a self-attention cache ``Tk`` counts the cached
                 positions too (see :func:`causal_mask`).
             need_weights: also return per-head attention weights.
-            cache: incremental decoding state, updated in place.
+            cache: incremental decoding state, updated in place; with :attr:`cache_dtype` set,
+                it keeps keys and values in that dtype and the attention runs in it.
 
         Returns:
             ``(output (B, Tq, D), weights (B, H, Tq, Tk) or None)``.
@@ -351,13 +355,17 @@ class MultiHeadAttention(nn.Module):
         else:
             q, k, v = self._project(query, key, value)
             if cache is not None:
-                k, v = cache.update(k, v)
+                k, v = cache.update(self._for_cache(k), self._for_cache(v))
+        if cache is not None and self.cache_dtype is not None:
+            q = q.to(self.cache_dtype)  # attend in the cache's dtype
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)  # (B, Tq|1, Tk) -> (B, 1, Tq|1, Tk)
         dropout_p = self.dropout if self.training else 0.0
         context, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p, need_weights)
         batch, _, query_len, _ = context.shape
         context = context.transpose(1, 2).reshape(batch, query_len, self.d_model)  # (B, Tq, D)
+        if self.cache_dtype is not None:
+            context = context.to(query.dtype)  # back from the cache's dtype
         return self.out_proj(context), weights
 
     def memory_cache(self, memory: Tensor) -> KVCache:
@@ -365,8 +373,15 @@ class MultiHeadAttention(nn.Module):
         values are projected once here and reused at every decoding step."""
         key, value = self._fused_linear(memory, "kv").chunk(2, dim=-1)
         # Contiguous once here: batched matmuls would copy these head-split views every step.
-        key, value = self._split_heads(key).contiguous(), self._split_heads(value).contiguous()
+        key, value = self._split_heads(key), self._split_heads(value)
+        dtype = self.cache_dtype or key.dtype
+        key = key.to(dtype, memory_format=torch.contiguous_format)
+        value = value.to(dtype, memory_format=torch.contiguous_format)
         return KVCache(static=True, key=key, value=value)
+
+    def _for_cache(self, x: Tensor) -> Tensor:
+        """Keys or values ``(B, H, T, Dh)`` as a cache keeps them: in :attr:`cache_dtype`."""
+        return x if self.cache_dtype is None else x.to(self.cache_dtype)
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Input projections, split into heads: three ``(B, H, T, Dh)`` tensors."""

@@ -12,11 +12,16 @@ from test_serve_api import make_client
 from test_translate_cli import run_dir, source_lines, translate_cli  # noqa: F401 (fixture)
 from torch import nn
 
-from seq2seq_attn.attention import MultiHeadAttention
+from seq2seq_attn.attention import KVCache, MultiHeadAttention
 from seq2seq_attn.models import Ensemble
 from seq2seq_attn.models.int8 import Int8Linear, int8_supported, quantize_int8
 from seq2seq_attn.models.transformer import FeedForward
-from seq2seq_attn.translation import TranslationError, TranslationSettings, open_translator
+from seq2seq_attn.translation import (
+    TranslationError,
+    TranslationSettings,
+    open_translator,
+    torch_backend,
+)
 from seq2seq_attn.translation.torch_backend import open_checkpoints
 
 pytestmark = [
@@ -155,3 +160,75 @@ def test_a_relu_feed_forward_block_applies_its_relu_inside_the_int8_layer(kind):
     with torch.no_grad():
         for block, output in zip(blocks, expected, strict=True):
             assert torch.equal(block(x), output)  # the same numbers, one pass fewer
+
+
+def test_a_bf16_cache_keeps_keys_and_values_in_bf16_and_attends_like_torch():
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(32, 4).eval()
+    x = torch.randn(3, 5, 32)  # (B, T, D)
+    everywhere = torch.ones(3, 1, 5, dtype=torch.bool)
+
+    def decode(cache_dtype):  # (self-attention step by step, cross-attention, the caches)
+        attention.cache_dtype = cache_dtype
+        self_cache, cross_cache = KVCache(static=False), attention.memory_cache(x)
+        with torch.no_grad():
+            steps = [attention(x[:, t : t + 1], x[:, t : t + 1], x[:, t : t + 1],
+                               cache=self_cache)[0] for t in range(5)]  # fmt: skip
+            cross = attention(x, None, None, everywhere, cache=cross_cache)[0]
+        return torch.cat(steps, dim=1), cross, self_cache, cross_cache
+
+    steps, cross, self_cache, cross_cache = decode(torch.bfloat16)
+    with torch.no_grad():  # torch's attention of the projections rounded to bf16, in fp32
+        q, k, v = (t.bfloat16().float() for t in attention._project(x, x, x))  # (B, H, T, Dh)
+        causal = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        full = F.scaled_dot_product_attention(q, k, v)
+        expected_steps, expected_cross = (
+            attention.out_proj(context.transpose(1, 2).reshape(3, 5, 32))
+            for context in (causal, full)
+        )
+    for cache in (self_cache, cross_cache):
+        assert cache.key.dtype == cache.value.dtype == torch.bfloat16
+        assert cache.key.is_contiguous() and cache.value.is_contiguous()
+    assert torch.equal(self_cache.key.float(), k) and torch.equal(cross_cache.value.float(), v)
+    assert steps.dtype == cross.dtype == torch.float32
+    torch.testing.assert_close(steps, expected_steps, atol=1e-2, rtol=0)
+    torch.testing.assert_close(cross, expected_cross, atol=1e-2, rtol=0)
+    fp32_steps, fp32_cross, fp32_cache, _ = decode(None)
+    assert fp32_cache.key.dtype == torch.float32
+    assert (steps - fp32_steps).abs().max() > 0 and (cross - fp32_cross).abs().max() > 0
+
+
+def test_int8_decoding_with_bf16_caches_stays_within_the_int8_error():
+    model = briefly_trained("transformer-pre")
+    src, src_mask, tgt_in, tgt_lengths = padded_batch()
+    real = torch.arange(tgt_in.size(1)) < torch.tensor(tgt_lengths)[:, None]  # (B, T)
+    with torch.no_grad():
+        fp32 = model(src, src_mask, tgt_in).log_softmax(-1)
+    quantize_int8(model, torch.bfloat16)
+    attentions = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    assert all(m.cache_dtype == torch.bfloat16 for m in attentions)
+    with torch.no_grad():
+        state = model.init_state(model.encode(src, src_mask))
+        steps = []
+        for position in range(tgt_in.size(1)):
+            logits, state, _ = model.decode_step(tgt_in[:, position], state)
+            steps.append(logits.log_softmax(-1))
+    caches = [*state.self_caches, *state.cross_caches]
+    assert all(c.key.dtype == c.value.dtype == torch.bfloat16 for c in caches)
+    gap = (torch.stack(steps, 1) - fp32)[real].abs().max().item()
+    assert gap < INT8_LOG_PROB_ATOL, f"int8 log-probs with bf16 caches off by {gap:.3f}"
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_the_int8_translator_keeps_bf16_caches_where_the_cpu_computes_bf16(
+    run_dir,  # noqa: F811
+    monkeypatch,
+    native_bf16,
+):
+    monkeypatch.setattr(torch_backend, "cpu_has_fast_bf16", lambda: native_bf16)
+    translator = open_translator(run_dir, TranslationSettings(device="cpu", precision="int8"))
+    attentions = [m for m in translator.model.modules() if isinstance(m, MultiHeadAttention)]
+    assert attentions
+    expected = torch.bfloat16 if native_bf16 else None
+    assert all(m.cache_dtype == expected for m in attentions)
+    assert all(translator.detokenize(translator.translate(["ein kleiner Test ."])))

@@ -5,10 +5,12 @@ Weights are quantized once, symmetrically per output row (scale = row max |w| / 
 point 0); each call quantizes its input per tensor from its own range (fbgemm/oneDNN
 ``quantized::linear_dynamic``) and returns fp32. A Transformer feed-forward block's ReLU runs
 inside its first int8 layer (``quantized::linear_relu_dynamic``: the same output, without a pass
-over the block's widest activations). Embeddings, layer norms, recurrent encoder cells, softmax
-and attention scores stay fp32. This is what ``--precision int8`` of ``attn-translate``/
-``attn-serve`` runs; a quantized model is for translating only (its packed weights are not
-parameters: nothing of it is saved or trained).
+over the block's widest activations). Embeddings, layer norms, recurrent encoder cells and
+softmax stay fp32; so do attention scores, except that a Transformer's decoding caches may keep
+keys and values in bf16 and attend in it (``attention_dtype``). This is what ``--precision int8``
+of ``attn-translate``/``attn-serve`` runs (bf16 caches where the CPU computes bf16 natively); a
+quantized model is for translating only (its packed weights are not parameters: nothing of it
+is saved or trained).
 """
 
 from __future__ import annotations
@@ -101,12 +103,18 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8{fused}"
 
 
-def quantize_int8(model: nn.Module) -> int:
+def quantize_int8(model: nn.Module, attention_dtype: torch.dtype | None = None) -> int:
     """Replace, in place, every ``nn.Linear`` of ``model`` (on the CPU, in eval mode) by an
     :class:`Int8Linear`, and give each :class:`~seq2seq_attn.attention.MultiHeadAttention` its
     fused int8 Q/K/V and K/V projections; a ReLU feed-forward block's first layer applies the
     ReLU itself. Layers with one output (an additive attention's energy vector ``v``: a dot
     product whose error would go straight into the attention scores) stay fp32.
+
+    ``attention_dtype`` (``torch.bfloat16`` where the CPU computes it natively; None: fp32):
+    the dtype in which a Transformer's decoding caches keep keys and values and its attention
+    multiplies them (``MultiHeadAttention.cache_dtype``). The caches are copied at every beam
+    step, so halving them is worth 1.1x on a 1-thread beam search (docs/benchmarks.md); the
+    softmax stays fp32.
 
     Returns:
         How many linear layers are now int8. Raises ``ValueError`` for a model on another
@@ -120,6 +128,7 @@ def quantize_int8(model: nn.Module) -> int:
         raise ValueError("int8 quantization runs on the CPU: move the model with .cpu() first")
     for module in model.modules():
         if isinstance(module, MultiHeadAttention):
+            module.cache_dtype = attention_dtype
             module.fused_projections["qkv"] = Int8Linear.from_linears(
                 module.q_proj, module.k_proj, module.v_proj
             )

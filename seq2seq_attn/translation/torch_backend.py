@@ -24,7 +24,13 @@ from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..config import Config, DecodeConfig
 from ..constrained import constrained_beam_search
 from ..decoding import Hypothesis, Seq2Seq, beam_search, greedy_search
-from ..device import Precision, keep_freed_memory, resolve_device, resolve_precision
+from ..device import (
+    Precision,
+    cpu_has_fast_bf16,
+    keep_freed_memory,
+    resolve_device,
+    resolve_precision,
+)
 from ..models.ensemble import Ensemble
 from ..models.int8 import int8_supported, quantize_int8
 from ..sampling import Sampling, sample_search
@@ -393,8 +399,9 @@ def open_checkpoints(paths: Sequence[Path], settings: TranslationSettings) -> To
 
 
 def _quantized(model: Seq2Seq, device: torch.device) -> Precision:
-    """Quantize ``model``'s linear layers to int8 in place (:func:`quantize_int8`); the
-    precision to report. Int8 runs on the CPU only: another device is refused."""
+    """Quantize ``model``'s linear layers to int8 in place (:func:`quantize_int8`; decoding
+    caches and attention in bf16 where the CPU computes it natively); the precision to report.
+    Int8 runs on the CPU only: another device is refused."""
     if device.type != "cpu":
         raise TranslationError(
             f"--precision int8: int8 search runs on the CPU, not {device}; add --device cpu, "
@@ -405,8 +412,14 @@ def _quantized(model: Seq2Seq, device: torch.device) -> Precision:
             "--precision int8: this torch build has no quantized CPU engine; use fp32 or bf16"
         )
     model.eval()
-    layers = quantize_int8(model)
-    logger.info("int8: %d linear layers quantized (weights per output row, dynamic inputs)", layers)
+    attention_dtype = torch.bfloat16 if cpu_has_fast_bf16() else None
+    layers = quantize_int8(model, attention_dtype)
+    logger.info(
+        "int8: %d linear layers quantized (weights per output row, dynamic inputs); decoding "
+        "caches and attention in %s",
+        layers,
+        "bf16 (native on this CPU)" if attention_dtype else "fp32",
+    )
     return Precision("int8", device.type)
 
 
