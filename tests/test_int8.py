@@ -14,7 +14,7 @@ from torch import nn
 
 from seq2seq_attn.attention import KVCache, MultiHeadAttention
 from seq2seq_attn.models import Ensemble
-from seq2seq_attn.models.int8 import Int8Linear, int8_supported, quantize_int8
+from seq2seq_attn.models.int8 import WIDE_OUTPUTS, Int8Linear, int8_supported, quantize_int8
 from seq2seq_attn.models.transformer import FeedForward
 from seq2seq_attn.translation import (
     TranslationError,
@@ -56,6 +56,21 @@ def test_int8_linear_is_within_the_quantization_error_of_fp32(bias):
     gap = (found - expected).abs().flatten(0, 1)  # (N, out)
     assert (gap <= error_bound(x.flatten(0, 1), linear.weight.detach())).all()
     assert gap.max() > 0  # really int8: fp32 would be exact
+
+
+def test_a_vocabulary_wide_int8_layer_is_packed_by_onednn_within_the_quantization_error():
+    torch.manual_seed(0)
+    active = torch.backends.quantized.engine
+    has_onednn = "onednn" in torch.backends.quantized.supported_engines
+    x = torch.randn(9, 64) * torch.rand(9, 1) * 4  # (N, in), rows of varied range
+    for outputs, engine in [(WIDE_OUTPUTS, "onednn" if has_onednn else active), (64, active)]:
+        linear = nn.Linear(64, outputs)
+        quantized = Int8Linear.from_linears(linear)
+        assert quantized.engine == engine and torch.backends.quantized.engine == active
+        with torch.no_grad():
+            gap = (quantized(x) - linear(x)).abs()  # (N, out)
+        assert (gap <= error_bound(x, linear.weight.detach())).all()
+        assert gap.max() > 0
 
 
 def test_a_fused_int8_projection_is_its_layers_side_by_side():

@@ -3,7 +3,8 @@ projection included, computed in int8 with dynamic activation quantization.
 
 Weights are quantized once, symmetrically per output row (scale = row max |w| / 127, zero
 point 0); each call quantizes its input per tensor from its own range (fbgemm/oneDNN
-``quantized::linear_dynamic``) and returns fp32. A Transformer feed-forward block's ReLU runs
+``quantized::linear_dynamic``; oneDNN packs the vocabulary-wide output projection, where it is
+the faster) and returns fp32. A Transformer feed-forward block's ReLU runs
 inside its first int8 layer (``quantized::linear_relu_dynamic``: the same output, without a pass
 over the block's widest activations). Embeddings, layer norms, recurrent encoder cells and
 softmax stay fp32; so do attention scores, except that a Transformer's decoding caches may keep
@@ -24,9 +25,15 @@ from torch import Tensor, nn
 from ..attention import MultiHeadAttention
 from .transformer import FeedForward
 
-__all__ = ["Int8Linear", "int8_supported", "quantize_int8"]
+__all__ = ["WIDE_OUTPUTS", "Int8Linear", "int8_supported", "quantize_int8"]
 
 _TINY = torch.finfo(torch.float32).tiny  # the scale of an all-zero weight row
+
+WIDE_OUTPUTS = 2048
+"""An int8 layer with at least this many outputs (a vocabulary projection) is packed by oneDNN
+where torch has it: oneDNN's dynamic int8 linear ran 1.1-1.5x fbgemm's for 2,048-8,000 outputs
+of 256-512 inputs on an AMD EPYC with AVX-512 VNNI, and level with it or slower for narrower
+layers (docs/benchmarks.md)."""
 
 
 def int8_supported() -> bool:
@@ -37,8 +44,9 @@ def int8_supported() -> bool:
 class Int8Linear(nn.Module):
     """``y = x W^T + b`` with ``W`` in int8 (per output row) and ``x`` quantized per call.
 
-    Built from fp32 weights by :meth:`from_linears`; the packed weights belong to the quantized
-    engine active at that moment (``torch.backends.quantized.engine``).
+    Built from fp32 weights by :meth:`from_linears`; the packed weights belong to :attr:`engine`:
+    oneDNN for a layer of at least :data:`WIDE_OUTPUTS` outputs where torch has it, else the
+    quantized engine active at that moment (``torch.backends.quantized.engine``).
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, relu: bool = False) -> None:
@@ -58,7 +66,13 @@ class Int8Linear(nn.Module):
                 weight, scales.double(), zero_points, 0, torch.qint8
             )
         bias = None if bias is None else bias.detach().float().cpu()
-        self._packed = torch.ops.quantized.linear_prepack(quantized, bias)
+        self.engine = _packing_engine(self.out_features)
+        active = torch.backends.quantized.engine
+        torch.backends.quantized.engine = self.engine
+        try:
+            self._packed = torch.ops.quantized.linear_prepack(quantized, bias)
+        finally:
+            torch.backends.quantized.engine = active
 
     @classmethod
     def from_linears(cls, *layers: nn.Linear, relu: bool = False) -> Int8Linear:
@@ -98,9 +112,18 @@ class Int8Linear(nn.Module):
         return output.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        """Sizes, as ``nn.Linear`` prints them."""
+        """Sizes, as ``nn.Linear`` prints them, and the engine."""
         fused = ", relu" if self.relu else ""
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8{fused}"
+        sizes = f"in_features={self.in_features}, out_features={self.out_features}"
+        return f"{sizes}, int8{fused} ({self.engine})"
+
+
+def _packing_engine(out_features: int) -> str:
+    """The quantized engine to pack a layer of ``out_features`` outputs with (see
+    :data:`WIDE_OUTPUTS`)."""
+    if out_features >= WIDE_OUTPUTS and "onednn" in torch.backends.quantized.supported_engines:
+        return "onednn"
+    return torch.backends.quantized.engine
 
 
 def quantize_int8(model: nn.Module, attention_dtype: torch.dtype | None = None) -> int:
