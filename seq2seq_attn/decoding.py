@@ -303,43 +303,52 @@ def decode_rows(
 
 @dataclass
 class Beams:
-    """The live part of a beam search: ``N`` unfinished sentences times ``K`` beams.
+    """The live part of a beam search: ``N`` unfinished sentences times ``W`` rows each (``K``
+    beams; ``W = 1`` before the first step of a search that starts from one row a sentence).
 
     Sentences that joined a running search (:mod:`~seq2seq_attn.streaming`) have produced
     fewer tokens than ``t``: their ``tokens`` rows hold them at the end, after filler.
     """
 
     sentences: Tensor  # (N,) each unfinished sentence's key in the search's `finished`
-    scores: Tensor  # (N, K) cumulative log-probabilities
-    tokens: Tensor  # (N * K, t) tokens so far, each row's last `steps` of its sentence real
-    attention: Tensor | None  # (N * K, t, S) or None
-    prev_tokens: Tensor  # (N * K,)
+    scores: Tensor  # (N, W) cumulative log-probabilities
+    tokens: Tensor  # (N * W, t) tokens so far, each row's last `steps` of its sentence real
+    attention: Tensor | None  # (N * W, t, S) or None
+    prev_tokens: Tensor  # (N * W,)
     state: object
     limits: Tensor  # (N,) most output tokens of each sentence, EOS included
     steps: Tensor  # (N,) tokens each sentence has produced
 
+    @property
+    def width(self) -> int:
+        """Rows per sentence ``W``."""
+        return self.scores.size(1)
+
     @classmethod
     def start(
         cls, model: Seq2Seq, src: Tensor, src_mask: Tensor, limits: Tensor, first: int,
-        bos_id: int, decode: DecodeConfig, return_attention: bool = False,
+        bos_id: int, decode: DecodeConfig, return_attention: bool = False, expanded: bool = True,
     ) -> Beams:  # fmt: skip
         """A search's first beams for a ``(B, S)`` batch: sentence keys ``first .. first + B
-        - 1``, only each sentence's first beam alive (all start identical), BOS before each."""
-        beam_size, device = decode.beam_size, src.device
+        - 1``, BOS before each. ``expanded``: ``K`` rows a sentence, only the first alive (all
+        start identical; what a running search's rows must be to take these in); else one row
+        a sentence, which the first :func:`beam_step` expands to ``K`` (the first step then
+        decodes ``B`` rows instead of ``B * K``)."""
+        width, device = decode.beam_size if expanded else 1, src.device
         batch = src.size(0)
-        scores = torch.full((batch, beam_size), -math.inf, device=device)
+        scores = torch.full((batch, width), -math.inf, device=device)
         scores[:, 0] = 0.0  # all beams start identical: let only the first one expand
         return cls(
             sentences=torch.arange(first, first + batch, device=device),
             scores=scores,
-            tokens=torch.empty((batch * beam_size, 0), dtype=torch.long, device=device),
+            tokens=torch.empty((batch * width, 0), dtype=torch.long, device=device),
             attention=(
-                torch.empty((batch * beam_size, 0, src.size(1)), device=device)
+                torch.empty((batch * width, 0, src.size(1)), device=device)
                 if return_attention
                 else None
             ),
-            prev_tokens=torch.full((batch * beam_size,), bos_id, dtype=torch.long, device=device),
-            state=model.init_state(model.encode(src, src_mask), beam_size),
+            prev_tokens=torch.full((batch * width,), bos_id, dtype=torch.long, device=device),
+            state=model.init_state(model.encode(src, src_mask), width),
             limits=limits,
             steps=torch.zeros(batch, dtype=torch.long, device=device),
         )
@@ -372,7 +381,9 @@ def beam_search(
     """
     limits = output_limits(src_mask, decode, model.max_positions)  # (B,)
     table, limits = prefix_table(prefixes, limits, model.max_positions, eos_id)
-    beams = Beams.start(model, src, src_mask, limits, 0, bos_id, decode, return_attention)
+    beams = Beams.start(
+        model, src, src_mask, limits, 0, bos_id, decode, return_attention, expanded=False
+    )
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
     for step in range(int(limits.max())):
         forced = forced_tokens(table, beams.sentences, step)  # (N,) or None
@@ -400,20 +411,18 @@ def beam_step(
     token, -1: free); ``None`` once all are done. ``step``: the tokens every sentence has
     produced, or None when they differ (``beams.steps`` says). A finished hypothesis goes to
     ``finished[key]``, the key being the sentence's entry in ``beams.sentences``."""
-    beam_size = decode.beam_size
+    beam_size, width = decode.beam_size, beams.width
     num_sentences = beams.sentences.numel()
     logits, state, step_attention = model.decode_step(
         beams.prev_tokens, beams.state, beams.attention is not None
-    )  # (N * K, V)
+    )  # (N * W, V)
     at_limit = beams.limits == beams.steps + 1  # (N,)
     if step is None:
-        step = beams.steps.repeat_interleave(beam_size)  # (N * K,) per row
+        step = beams.steps.repeat_interleave(width)  # (N * W,) per row
     top_scores, top_ids = _best_continuations(logits, beams, step, eos_id, decode, at_limit, forced)
     vocab = logits.size(-1)
     top_beams, top_tokens = top_ids // vocab, top_ids % vocab
-    from_rows = (
-        top_beams + torch.arange(num_sentences, device=top_ids.device).unsqueeze(1) * beam_size
-    )
+    from_rows = top_beams + torch.arange(num_sentences, device=top_ids.device).unsqueeze(1) * width
     is_eos = top_tokens == eos_id  # (N, 2K)
     attention = beams.attention
     if attention is not None:
@@ -435,7 +444,7 @@ def beam_step(
         tokens=torch.cat([beams.tokens[rows], next_tokens.unsqueeze(1)], dim=1),
         attention=None if attention is None else attention[rows],
         prev_tokens=next_tokens,
-        state=state.select(rows),
+        state=state.select(rows) if width == beam_size else state.select(rows, beam_size),
         limits=beams.limits[keep],
         steps=beams.steps[keep] + 1,
     )
@@ -450,21 +459,23 @@ def _best_continuations(
     at_limit: Tensor,
     forced: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
-    """The best ``2K`` of each sentence's ``K * V`` continuations of ``logits`` ``(N * K, V)``:
-    ``(N, 2K)`` cumulative scores and ids (``beam * V + token``), scored a chunk at a time."""
-    beam_size, num_sentences = decode.beam_size, beams.sentences.numel()
+    """The best ``2K`` of each sentence's ``W * V`` continuations of ``logits`` ``(N * W, V)``:
+    ``(N, 2K)`` cumulative scores and ids (``row of the sentence * V + token``), scored a chunk
+    at a time."""
+    beam_size, width, num_sentences = decode.beam_size, beams.width, beams.sentences.numel()
     vocab = logits.size(-1)
-    top_scores = torch.empty((num_sentences, 2 * beam_size), device=logits.device)
-    top_ids = torch.empty((num_sentences, 2 * beam_size), dtype=torch.long, device=logits.device)
-    chunk = rows_per_chunk(logits, beam_size)
-    row_scores = beams.scores.view(-1, 1)  # (N * K, 1)
+    wanted = min(2 * beam_size, width * vocab)  # fewer only from one row of a tiny vocabulary
+    top_scores = torch.full((num_sentences, 2 * beam_size), -math.inf, device=logits.device)
+    top_ids = torch.zeros((num_sentences, 2 * beam_size), dtype=torch.long, device=logits.device)
+    chunk = rows_per_chunk(logits, width)
+    row_scores = beams.scores.view(-1, 1)  # (N * W, 1)
     for rows, log_probs in scored_chunks(
-        logits, chunk, step, eos_id, decode, at_limit.repeat_interleave(beam_size),
-        None if forced is None else forced.repeat_interleave(beam_size),
+        logits, chunk, step, eos_id, decode, at_limit.repeat_interleave(width),
+        None if forced is None else forced.repeat_interleave(width),
     ):  # fmt: skip
-        candidates = log_probs.add_(row_scores[rows]).view(-1, beam_size * vocab)
-        sentences = slice(rows.start // beam_size, rows.start // beam_size + candidates.size(0))
-        top_scores[sentences], top_ids[sentences] = top_k(candidates, 2 * beam_size)
+        candidates = log_probs.add_(row_scores[rows]).view(-1, width * vocab)
+        sentences = slice(rows.start // width, rows.start // width + candidates.size(0))
+        top_scores[sentences, :wanted], top_ids[sentences, :wanted] = top_k(candidates, wanted)
     return top_scores, top_ids
 
 

@@ -197,6 +197,66 @@ def test_batch_composition_does_not_change_results(kind):
 
 
 @kinds
+def test_beam_search_decodes_its_first_step_with_one_row_a_sentence(kind, monkeypatch):
+    model = make(kind, seed=5)
+    src, src_mask = source_batch([6, 4, 5], seed=5)
+    options = DecodeConfig(beam_size=4, n_best=4, length_penalty=0.6, min_length=2)
+    rows_per_step = []
+    decode_step = model.decode_step
+
+    def counting(prev_tokens, state, need_attention=False):
+        rows_per_step.append(prev_tokens.numel())
+        return decode_step(prev_tokens, state, need_attention)
+
+    monkeypatch.setattr(model, "decode_step", counting)
+    found = beam_search(model, src, src_mask, BOS, EOS, options, return_attention=True)
+    assert rows_per_step[:2] == [3, 3 * 4]  # one row a sentence, then its beams
+    expanded = decoding.Beams.start.__func__  # a start with every beam's row, as streaming's
+
+    def start_expanded(cls, *args, **kwargs):
+        return expanded(cls, *args, **{**kwargs, "expanded": True})
+
+    monkeypatch.setattr(decoding.Beams, "start", classmethod(start_expanded))
+    rows_per_step.clear()
+    before = beam_search(model, src, src_mask, BOS, EOS, options, return_attention=True)
+    assert rows_per_step[0] == 3 * 4
+    for ours, theirs in zip(found, before, strict=True):
+        assert [h.tokens for h in ours] == [h.tokens for h in theirs]
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.score == pytest.approx(b.score, abs=1e-5)
+            torch.testing.assert_close(a.attention, b.attention, atol=1e-5, rtol=0)
+
+
+@kinds
+def test_a_beam_wider_than_half_the_vocabulary_equals_the_reference(kind):
+    model = make(kind, seed=6)  # the first step has 14 candidates a sentence for 2 x 8 places
+    options = DecodeConfig(beam_size=8, n_best=8, length_penalty=0.6, max_length=5)
+    src, src_mask = source_batch([4, 3], seed=6)
+    batched = beam_search(model, src, src_mask, BOS, EOS, options)
+    for row in range(2):
+        length = int(src_mask[row].sum())
+        expected = reference_beam_search(
+            model, src[row : row + 1, :length], src_mask[row : row + 1, :length], options
+        )
+        assert [h.tokens for h in batched[row]] == [e[0] for e in expected]
+        assert [h.score for h in batched[row]] == pytest.approx([e[2] for e in expected], abs=1e-4)
+
+
+def test_a_transformer_state_of_one_row_a_sentence_expands_to_beams():
+    model = make("transformer")
+    src, src_mask = source_batch([5, 3])
+    state = model.init_state(model.encode(src, src_mask))  # (2 rows, beams=1)
+    _, state, _ = model.decode_step(torch.tensor([BOS, BOS]), state)
+    expanded = state.select(torch.tensor([0, 0, 0, 1, 1, 1]), beams=3)
+    assert expanded.beams == 3 and expanded.rows == 6
+    assert expanded.cross_caches[0].key.size(0) == 2  # still once per sentence
+    assert expanded.self_caches[0].key.size(0) == 6
+    assert torch.equal(expanded.self_caches[0].key[3], state.self_caches[0].key[1])
+    with pytest.raises(ValueError, match="one sentence's rows"):
+        state.select(torch.tensor([0, 1, 1, 1]), beams=2)
+
+
+@kinds
 def test_n_best_lists_are_sorted_and_complete(kind):
     model = make(kind, seed=3)
     src, src_mask = source_batch([4, 6], seed=3)

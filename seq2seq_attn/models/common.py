@@ -102,11 +102,12 @@ class DecoderState(Protocol):
     Beam search reorders and shrinks it with :meth:`select` and nothing else.
     """
 
-    def select(self: StateT, batch_indices: Tensor) -> StateT:
+    def select(self: StateT, batch_indices: Tensor, beams: int | None = None) -> StateT:
         """A new state holding batch rows ``batch_indices`` (``(B',)`` long, repeats allowed)
         in that order; ``self`` is left as it was. A state built with ``beams > 1`` (see
         :meth:`Seq2Seq.init_state`) takes whole groups: each ``beams`` consecutive indices
-        from one sentence's rows."""
+        from one sentence's rows. ``beams``: the rows per sentence of the new state (default:
+        this state's), e.g. a one-row-a-sentence state expanded to a beam search's ``K``."""
         ...
 
     def join(self: StateT, other: StateT) -> StateT:

@@ -42,9 +42,9 @@ class EnsembleState:
 
     members: list[DecoderState]
 
-    def select(self, batch_indices: Tensor) -> EnsembleState:
+    def select(self, batch_indices: Tensor, beams: int | None = None) -> EnsembleState:
         """Rows ``batch_indices`` of every member's state (see ``DecoderState.select``)."""
-        return EnsembleState([member.select(batch_indices) for member in self.members])
+        return EnsembleState([member.select(batch_indices, beams) for member in self.members])
 
     def join(self, other: EnsembleState) -> EnsembleState:
         """Every member's state joined with the same member's in ``other`` (see

@@ -194,8 +194,9 @@ class RNNState:
     cell: Tensor | None  # (B, L, H), LSTM only
     feed: Tensor | None  # (B, H) Luong's previous attentional state; None for Bahdanau
 
-    def select(self, batch_indices: Tensor) -> RNNState:
-        """A new state holding rows ``batch_indices`` of every tensor."""
+    def select(self, batch_indices: Tensor, beams: int | None = None) -> RNNState:
+        """A new state holding rows ``batch_indices`` of every tensor (every row has its own
+        copy of everything, so ``beams`` changes nothing)."""
         return RNNState(
             memory=self.memory.index_select(0, batch_indices),
             keys=self.keys.index_select(0, batch_indices),

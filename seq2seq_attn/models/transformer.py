@@ -189,16 +189,18 @@ class TransformerState:
         """Number of decoder rows ``B``."""
         return self.src_mask.size(0) * self.beams
 
-    def select(self, batch_indices: Tensor) -> TransformerState:
+    def select(self, batch_indices: Tensor, beams: int | None = None) -> TransformerState:
         """A new state holding rows ``batch_indices`` ``(B',)``: each group of ``beams`` rows
-        taken from one sentence's rows (see :meth:`Transformer.init_state`). The per-sentence
-        tensors are re-indexed only when the sentences change (some finished)."""
-        if batch_indices.numel() % self.beams:
+        (default: this state's ``beams``) taken from one sentence's rows (see
+        :meth:`Transformer.init_state`). The per-sentence tensors are re-indexed only when the
+        sentences change (some finished)."""
+        beams = self.beams if beams is None else beams
+        if batch_indices.numel() % beams:
             raise ValueError(
                 f"select: {batch_indices.numel()} rows is not a whole number of groups of "
-                f"{self.beams} beams"
+                f"{beams} beams"
             )
-        groups = batch_indices.view(-1, self.beams) // self.beams  # (B' / beams, beams)
+        groups = batch_indices.view(-1, beams) // self.beams  # (B' / beams, beams)
         sentences = groups[:, 0]  # (B' / beams,) the sentence of each group
         cross_caches, src_mask = self.cross_caches, self.src_mask
         same_sentences = torch.arange(sentences.numel(), device=sentences.device)
@@ -218,7 +220,7 @@ class TransformerState:
             cross_caches=cross_caches,
             src_mask=src_mask,
             position=self.position,
-            beams=self.beams,
+            beams=beams,
             offsets=None if self.offsets is None else self.offsets.index_select(0, batch_indices),
         )
 
