@@ -210,11 +210,12 @@ def softmax_attention(
         dropout_p: dropout on the weights used for the context (pass 0 at inference).
 
     Returns:
-        ``(context (..., Tq, Dv), weights (..., Tq, Tk))``; the weights are before dropout.
+        ``(context (..., Tq, Dv), weights (..., Tq, Tk))``; the weights are before dropout, in
+        the scores' dtype, and multiply the values in theirs.
     """
     weights = masked_softmax(scores, mask)
     used = F.dropout(weights, p=dropout_p) if dropout_p > 0.0 else weights
-    return used @ value, weights
+    return used.to(value.dtype) @ value, weights
 
 
 DECODING_QUERIES = 16
@@ -248,8 +249,10 @@ def scaled_dot_product_attention(
     Returns:
         ``(context (..., Tq, Dv), weights or None)``.
     """
-    if need_weights:
-        return softmax_attention(scaled_dot_product_scores(query, key), value, mask, dropout_p)
+    if need_weights:  # the weights in fp32 (or fp64) whatever the inputs' dtype
+        scores = scaled_dot_product_scores(query, key)
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        return softmax_attention(scores, value, mask, dropout_p)
     few_queries = query.size(-2) <= DECODING_QUERIES and not torch.is_grad_enabled()
     if few_queries and query.device.type == "cpu" and dropout_p == 0.0:
         scores = scaled_dot_product_scores(query, key).float()  # (..., Tq, Tk)
@@ -373,10 +376,8 @@ class MultiHeadAttention(nn.Module):
         values are projected once here and reused at every decoding step."""
         key, value = self._fused_linear(memory, "kv").chunk(2, dim=-1)
         # Contiguous once here: batched matmuls would copy these head-split views every step.
-        key, value = self._split_heads(key), self._split_heads(value)
-        dtype = self.cache_dtype or key.dtype
-        key = key.to(dtype, memory_format=torch.contiguous_format)
-        value = value.to(dtype, memory_format=torch.contiguous_format)
+        key = self._for_cache(self._split_heads(key)).contiguous()
+        value = self._for_cache(self._split_heads(value)).contiguous()
         return KVCache(static=True, key=key, value=value)
 
     def _for_cache(self, x: Tensor) -> Tensor:

@@ -367,13 +367,14 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """Batched beam search with GNMT length penalty.
 
-    Every step scores ``K * V`` continuations per sentence, finishes the EOS ones ranked in the
-    top ``K``, and keeps the best ``K`` others. A sentence is done when it has ``K`` finished
+    Every step scores ``K * V`` continuations per sentence (``V`` at the first, which decodes
+    one row a sentence and expands it to ``K`` beams), finishes the EOS ones ranked in the top
+    ``K``, and keeps the best ``K`` others. A sentence is done when it has ``K`` finished
     hypotheses or reaches its length limit, and then leaves the batch.
 
     ``prefixes`` (per sentence, target ids without BOS; see :func:`greedy_search`) force a
     sentence's first tokens: while inside its prefix only one beam of the sentence is alive
-    (the others stay at -inf, as at the first step), and the search branches after it.
+    (the others stay at -inf), and the search branches after it.
 
     Returns:
         Per sentence (batch order), its ``decode.n_best`` best hypotheses, best first; their

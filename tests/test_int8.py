@@ -13,7 +13,7 @@ from test_translate_cli import run_dir, source_lines, translate_cli  # noqa: F40
 from torch import nn
 
 from seq2seq_attn.attention import KVCache, MultiHeadAttention
-from seq2seq_attn.models import Ensemble
+from seq2seq_attn.models import Ensemble, int8
 from seq2seq_attn.models.int8 import WIDE_OUTPUTS, Int8Linear, int8_supported, quantize_int8
 from seq2seq_attn.models.transformer import FeedForward
 from seq2seq_attn.translation import (
@@ -58,12 +58,18 @@ def test_int8_linear_is_within_the_quantization_error_of_fp32(bias):
     assert gap.max() > 0  # really int8: fp32 would be exact
 
 
-def test_a_vocabulary_wide_int8_layer_is_packed_by_onednn_within_the_quantization_error():
+@pytest.mark.parametrize("vnni", [True, False])
+def test_a_vocabulary_wide_int8_layer_is_packed_by_onednn_within_the_quantization_error(
+    vnni, monkeypatch
+):
+    if vnni and not int8._cpu_has_vnni():
+        pytest.skip("this CPU has no VNNI, which oneDNN's full-range int8 needs")
+    monkeypatch.setattr(int8, "_cpu_has_vnni", lambda: vnni)
     torch.manual_seed(0)
     active = torch.backends.quantized.engine
-    has_onednn = "onednn" in torch.backends.quantized.supported_engines
+    wide = "onednn" if vnni and "onednn" in torch.backends.quantized.supported_engines else active
     x = torch.randn(9, 64) * torch.rand(9, 1) * 4  # (N, in), rows of varied range
-    for outputs, engine in [(WIDE_OUTPUTS, "onednn" if has_onednn else active), (64, active)]:
+    for outputs, engine in [(WIDE_OUTPUTS, wide), (WIDE_OUTPUTS - 1, active)]:
         linear = nn.Linear(64, outputs)
         quantized = Int8Linear.from_linears(linear)
         assert quantized.engine == engine and torch.backends.quantized.engine == active
@@ -208,9 +214,15 @@ def test_a_bf16_cache_keeps_keys_and_values_in_bf16_and_attends_like_torch():
     assert steps.dtype == cross.dtype == torch.float32
     torch.testing.assert_close(steps, expected_steps, atol=1e-2, rtol=0)
     torch.testing.assert_close(cross, expected_cross, atol=1e-2, rtol=0)
-    fp32_steps, fp32_cross, fp32_cache, _ = decode(None)
-    assert fp32_cache.key.dtype == torch.float32
+    fp32_steps, fp32_cross, fp32_cache, fp32_cross_cache = decode(None)
+    assert fp32_cache.key.dtype == fp32_cross_cache.key.dtype == torch.float32
+    assert fp32_cross_cache.key.is_contiguous() and fp32_cross_cache.value.is_contiguous()
     assert (steps - fp32_steps).abs().max() > 0 and (cross - fp32_cross).abs().max() > 0
+    attention.cache_dtype = torch.bfloat16
+    with torch.no_grad():  # weights asked for: still fp32 distributions over the keys
+        _, weights = attention(x, None, None, everywhere, True, attention.memory_cache(x))
+    assert weights.dtype == torch.float32
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4, 5), atol=1e-6, rtol=0)
 
 
 def test_int8_decoding_with_bf16_caches_stays_within_the_int8_error():

@@ -99,7 +99,8 @@ StateT = TypeVar("StateT", bound="DecoderState")
 class DecoderState(Protocol):
     """Everything a decoder carries between steps (caches, recurrent state, encoder memory).
 
-    Beam search reorders and shrinks it with :meth:`select` and nothing else.
+    Beam search reorders, shrinks and (after a first step of one row a sentence) expands it
+    with :meth:`select` and nothing else.
     """
 
     def select(self: StateT, batch_indices: Tensor, beams: int | None = None) -> StateT:

@@ -3,8 +3,8 @@ projection included, computed in int8 with dynamic activation quantization.
 
 Weights are quantized once, symmetrically per output row (scale = row max |w| / 127, zero
 point 0); each call quantizes its input per tensor from its own range (fbgemm/oneDNN
-``quantized::linear_dynamic``; oneDNN packs the vocabulary-wide output projection, where it is
-the faster) and returns fp32. A Transformer feed-forward block's ReLU runs
+``quantized::linear_dynamic``; oneDNN packs layers as wide as a vocabulary projection, where it
+is the faster) and returns fp32. A Transformer feed-forward block's ReLU runs
 inside its first int8 layer (``quantized::linear_relu_dynamic``: the same output, without a pass
 over the block's widest activations). Embeddings, layer norms, recurrent encoder cells and
 softmax stay fp32; so do attention scores, except that a Transformer's decoding caches may keep
@@ -16,6 +16,7 @@ is saved or trained).
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
@@ -30,10 +31,13 @@ __all__ = ["WIDE_OUTPUTS", "Int8Linear", "int8_supported", "quantize_int8"]
 _TINY = torch.finfo(torch.float32).tiny  # the scale of an all-zero weight row
 
 WIDE_OUTPUTS = 2048
-"""An int8 layer with at least this many outputs (a vocabulary projection) is packed by oneDNN
-where torch has it: oneDNN's dynamic int8 linear ran 1.1-1.5x fbgemm's for 2,048-8,000 outputs
-of 256-512 inputs on an AMD EPYC with AVX-512 VNNI, and level with it or slower for narrower
-layers (docs/benchmarks.md)."""
+"""An int8 layer with at least this many outputs is packed by oneDNN on a CPU with VNNI (int8
+dot products without saturation) where torch has oneDNN; in the shipped configs that is only
+the vocabulary projection. oneDNN's dynamic int8 linear ran 1.1-1.5x fbgemm's for 2,048-8,000
+outputs of 256-512 inputs on an AMD EPYC with AVX-512 VNNI, and level with it or slower for
+narrower layers (docs/benchmarks.md)."""
+
+_ENGINE_SWITCH = threading.Lock()  # packing with another engine sets torch's global one
 
 
 def int8_supported() -> bool:
@@ -45,8 +49,8 @@ class Int8Linear(nn.Module):
     """``y = x W^T + b`` with ``W`` in int8 (per output row) and ``x`` quantized per call.
 
     Built from fp32 weights by :meth:`from_linears`; the packed weights belong to :attr:`engine`:
-    oneDNN for a layer of at least :data:`WIDE_OUTPUTS` outputs where torch has it, else the
-    quantized engine active at that moment (``torch.backends.quantized.engine``).
+    oneDNN for a layer of at least :data:`WIDE_OUTPUTS` outputs on a CPU with VNNI where torch
+    has it, else the quantized engine active at that moment (``torch.backends.quantized.engine``).
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, relu: bool = False) -> None:
@@ -66,13 +70,14 @@ class Int8Linear(nn.Module):
                 weight, scales.double(), zero_points, 0, torch.qint8
             )
         bias = None if bias is None else bias.detach().float().cpu()
-        self.engine = _packing_engine(self.out_features)
-        active = torch.backends.quantized.engine
-        torch.backends.quantized.engine = self.engine
-        try:
-            self._packed = torch.ops.quantized.linear_prepack(quantized, bias)
-        finally:
-            torch.backends.quantized.engine = active
+        with _ENGINE_SWITCH:
+            self.engine = _packing_engine(self.out_features)
+            active = torch.backends.quantized.engine
+            torch.backends.quantized.engine = self.engine
+            try:
+                self._packed = torch.ops.quantized.linear_prepack(quantized, bias)
+            finally:
+                torch.backends.quantized.engine = active
 
     @classmethod
     def from_linears(cls, *layers: nn.Linear, relu: bool = False) -> Int8Linear:
@@ -121,9 +126,17 @@ class Int8Linear(nn.Module):
 def _packing_engine(out_features: int) -> str:
     """The quantized engine to pack a layer of ``out_features`` outputs with (see
     :data:`WIDE_OUTPUTS`)."""
-    if out_features >= WIDE_OUTPUTS and "onednn" in torch.backends.quantized.supported_engines:
+    wide = out_features >= WIDE_OUTPUTS and _cpu_has_vnni()
+    if wide and "onednn" in torch.backends.quantized.supported_engines:
         return "onednn"
     return torch.backends.quantized.engine
+
+
+def _cpu_has_vnni() -> bool:
+    """Whether this x86 CPU has VNNI, which oneDNN needs for full-range int8 inputs (torch warns
+    of accuracy issues without it); False where torch cannot tell."""
+    probe = getattr(torch.cpu, "_is_vnni_supported", None)
+    return bool(probe and probe())
 
 
 def quantize_int8(model: nn.Module, attention_dtype: torch.dtype | None = None) -> int:
