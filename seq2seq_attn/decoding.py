@@ -319,35 +319,27 @@ class Beams:
     limits: Tensor  # (N,) most output tokens of each sentence, EOS included
     steps: Tensor  # (N,) tokens each sentence has produced
 
-    @property
-    def width(self) -> int:
-        """Rows per sentence ``W``."""
-        return self.scores.size(1)
-
     @classmethod
     def start(
         cls, model: Seq2Seq, src: Tensor, src_mask: Tensor, limits: Tensor, first: int,
-        bos_id: int, decode: DecodeConfig, return_attention: bool = False, expanded: bool = True,
+        bos_id: int, decode: DecodeConfig, return_attention: bool = False, expanded: bool = False,
     ) -> Beams:  # fmt: skip
         """A search's first beams for a ``(B, S)`` batch: sentence keys ``first .. first + B
-        - 1``, BOS before each. ``expanded``: ``K`` rows a sentence, only the first alive (all
-        start identical; what a running search's rows must be to take these in); else one row
-        a sentence, which the first :func:`beam_step` expands to ``K`` (the first step then
-        decodes ``B`` rows instead of ``B * K``)."""
+        - 1``, BOS before each. ``expanded``: ``K`` rows a sentence, only the first alive (as
+        a running search needs them to join it); else one row a sentence, which the first
+        :func:`beam_step` expands to ``K`` (that step decodes ``B`` rows, not ``B * K``)."""
         width, device = decode.beam_size if expanded else 1, src.device
         batch = src.size(0)
+        rows = batch * width
         scores = torch.full((batch, width), -math.inf, device=device)
         scores[:, 0] = 0.0  # all beams start identical: let only the first one expand
+        attention = torch.empty((rows, 0, src.size(1)), device=device) if return_attention else None
         return cls(
             sentences=torch.arange(first, first + batch, device=device),
             scores=scores,
-            tokens=torch.empty((batch * width, 0), dtype=torch.long, device=device),
-            attention=(
-                torch.empty((batch * width, 0, src.size(1)), device=device)
-                if return_attention
-                else None
-            ),
-            prev_tokens=torch.full((batch * width,), bos_id, dtype=torch.long, device=device),
+            tokens=torch.empty((rows, 0), dtype=torch.long, device=device),
+            attention=attention,
+            prev_tokens=torch.full((rows,), bos_id, dtype=torch.long, device=device),
             state=model.init_state(model.encode(src, src_mask), width),
             limits=limits,
             steps=torch.zeros(batch, dtype=torch.long, device=device),
@@ -367,10 +359,9 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """Batched beam search with GNMT length penalty.
 
-    Every step scores ``K * V`` continuations per sentence (``V`` at the first, which decodes
-    one row a sentence and expands it to ``K`` beams), finishes the EOS ones ranked in the top
-    ``K``, and keeps the best ``K`` others. A sentence is done when it has ``K`` finished
-    hypotheses or reaches its length limit, and then leaves the batch.
+    Every step scores ``K * V`` continuations per sentence (``V`` at the first, from one row a
+    sentence), finishes the EOS ones ranked in the top ``K``, and keeps the best ``K`` others.
+    A sentence is done when it has ``K`` finished hypotheses or reaches its length limit.
 
     ``prefixes`` (per sentence, target ids without BOS; see :func:`greedy_search`) force a
     sentence's first tokens: while inside its prefix only one beam of the sentence is alive
@@ -382,9 +373,7 @@ def beam_search(
     """
     limits = output_limits(src_mask, decode, model.max_positions)  # (B,)
     table, limits = prefix_table(prefixes, limits, model.max_positions, eos_id)
-    beams = Beams.start(
-        model, src, src_mask, limits, 0, bos_id, decode, return_attention, expanded=False
-    )
+    beams = Beams.start(model, src, src_mask, limits, 0, bos_id, decode, return_attention)
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
     for step in range(int(limits.max())):
         forced = forced_tokens(table, beams.sentences, step)  # (N,) or None
@@ -412,7 +401,7 @@ def beam_step(
     token, -1: free); ``None`` once all are done. ``step``: the tokens every sentence has
     produced, or None when they differ (``beams.steps`` says). A finished hypothesis goes to
     ``finished[key]``, the key being the sentence's entry in ``beams.sentences``."""
-    beam_size, width = decode.beam_size, beams.width
+    beam_size, width = decode.beam_size, beams.scores.size(1)  # W rows a sentence
     num_sentences = beams.sentences.numel()
     logits, state, step_attention = model.decode_step(
         beams.prev_tokens, beams.state, beams.attention is not None
@@ -461,9 +450,9 @@ def _best_continuations(
     forced: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """The best ``2K`` of each sentence's ``W * V`` continuations of ``logits`` ``(N * W, V)``:
-    ``(N, 2K)`` cumulative scores and ids (``row of the sentence * V + token``), scored a chunk
-    at a time."""
-    beam_size, width, num_sentences = decode.beam_size, beams.width, beams.sentences.numel()
+    ``(N, 2K)`` cumulative scores and ids (``row * V + token``), scored a chunk at a time."""
+    beam_size, num_sentences = decode.beam_size, beams.sentences.numel()
+    width = beams.scores.size(1)  # W rows a sentence
     vocab = logits.size(-1)
     wanted = min(2 * beam_size, width * vocab)  # fewer only from one row of a tiny vocabulary
     top_scores = torch.full((num_sentences, 2 * beam_size), -math.inf, device=logits.device)

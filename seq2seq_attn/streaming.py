@@ -48,7 +48,9 @@ class StreamingSearch:
         returns their keys, in batch order."""
         first = self.added
         limits = output_limits(src_mask, self.decode, self.model.max_positions)  # (B,)
-        joining = Beams.start(self.model, src, src_mask, limits, first, self.bos_id, self.decode)
+        joining = Beams.start(
+            self.model, src, src_mask, limits, first, self.bos_id, self.decode, expanded=True
+        )  # a running search's rows: K a sentence
         self.beams = joining if self.beams is None else join_beams(self.beams, joining)
         keys = list(range(first, first + src.size(0)))
         self.finished.update((key, []) for key in keys)

@@ -149,8 +149,8 @@ def quantize_int8(model: nn.Module, attention_dtype: torch.dtype | None = None) 
     ``attention_dtype`` (``torch.bfloat16`` where the CPU computes it natively; None: fp32):
     the dtype in which a Transformer's decoding caches keep keys and values and its attention
     multiplies them (``MultiHeadAttention.cache_dtype``). The caches are copied at every beam
-    step, so halving them made a Transformer's beam search 1.07-1.08x as fast on an AMD EPYC
-    (docs/benchmarks.md); the softmax stays fp32.
+    step, so halving them made a Transformer's 1-thread beam search about 1.1x as fast on an AMD
+    EPYC (docs/benchmarks.md); the softmax stays fp32.
 
     Returns:
         How many linear layers are now int8. Raises ``ValueError`` for a model on another
