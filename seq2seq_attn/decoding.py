@@ -434,7 +434,7 @@ def beam_step(
         tokens=torch.cat([beams.tokens[rows], next_tokens.unsqueeze(1)], dim=1),
         attention=None if attention is None else attention[rows],
         prev_tokens=next_tokens,
-        state=state.select(rows) if width == beam_size else state.select(rows, beam_size),
+        state=state.select(rows, beam_size),  # K rows a sentence from now on
         limits=beams.limits[keep],
         steps=beams.steps[keep] + 1,
     )
